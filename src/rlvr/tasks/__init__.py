@@ -1,0 +1,27 @@
+"""Tasks: prompts with reference data, and verifiers that map completions to named rewards.
+
+Built-ins (see :func:`make_task`):
+
+* ``"arithmetic"``: :class:`ArithmeticTask`, our integer-arithmetic generator;
+* ``"reasoning_gym:<dataset>"``: :class:`ReasoningGymTask`, any reasoning-gym dataset;
+* ``"math"``: :class:`MathTask`, (question, answer) pairs checked with math-verify.
+
+Importing this package is cheap: reasoning-gym and math-verify load on first use.
+"""
+
+from rlvr.tasks.base import TASKS, Problem, SupportsSFT, Task, make_task, register_task
+from rlvr.tasks.arithmetic import ArithmeticTask
+from rlvr.tasks.math import MathTask
+from rlvr.tasks.reasoning_gym import ReasoningGymTask
+
+__all__ = [
+    "TASKS",
+    "ArithmeticTask",
+    "MathTask",
+    "Problem",
+    "ReasoningGymTask",
+    "SupportsSFT",
+    "Task",
+    "make_task",
+    "register_task",
+]

@@ -1,0 +1,747 @@
+"""Policy losses (minimised).
+
+Every loss is registered in ``POLICY_LOSSES`` and called through :func:`policy_loss`, which
+returns ``(loss scalar tensor, metrics dict[str, float])``.
+
+A registered loss is called with keyword arguments only::
+
+    fn(*, logp, old_logp, advantages, mask, agg, weights, batch_num_tokens, batch_num_seqs,
+       norm_constant, **hp)
+
+Common conventions
+------------------
+* ``weights`` ``[B, T]`` (optional) multiplies the per-token loss before aggregation; it is detached
+  (train-inference mismatch correction, see :mod:`rlvr.algorithms.mismatch`).
+* Aggregation uses :func:`rlvr.algorithms.aggregate_loss` with ``agg`` and the global counts
+  ``batch_num_tokens`` / ``batch_num_seqs`` / ``norm_constant``.
+* Log-ratios ``logp - old_logp`` are clamped to [-20, 20] before ``exp`` (verl).
+* Metrics are over the valid tokens of the tensors passed (a micro-batch): ``clip_frac`` (fraction
+  of valid tokens where a clip is active, i.e. the gradient of the token is cut or changed by the
+  clip), ``approx_kl`` = mean of ``0.5 * (logp - old_logp)**2`` (the k2 estimate of
+  KL(pi_old || pi_theta), always >= 0), ``ppo_kl`` = mean of ``old_logp - logp`` (k1, verl's
+  ``ppo_kl``), ``ratio_mean`` / ``ratio_max`` / ``ratio_min`` of ``exp(logp - old_logp)``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from ._utils import as_float_mask, masked_mean, masked_sum
+from .aggregation import aggregate_loss
+from .registry import POLICY_LOSSES, lookup, register_policy_loss
+
+LOG_RATIO_CLAMP = 20.0
+
+
+def _log_ratio(logp: Tensor, old_logp: Tensor) -> Tensor:
+    return torch.clamp(logp - old_logp, -LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)
+
+
+def _apply_weights(per_tok: Tensor, weights: Tensor | None) -> Tensor:
+    if weights is None:
+        return per_tok
+    return per_tok * weights.detach().to(per_tok.dtype)
+
+
+def _agg(per_tok, mask, agg, weights, batch_num_tokens, batch_num_seqs, norm_constant) -> Tensor:
+    return aggregate_loss(
+        _apply_weights(per_tok, weights),
+        mask,
+        agg,
+        batch_num_tokens=batch_num_tokens,
+        batch_num_seqs=batch_num_seqs,
+        norm_constant=norm_constant,
+    )
+
+
+def _item(x: Tensor) -> float:
+    return float(x.detach().item())
+
+
+def _base_metrics(logp: Tensor, old_logp: Tensor, mask: Tensor) -> dict[str, float]:
+    with torch.no_grad():
+        m = as_float_mask(mask, logp)
+        d = (logp - old_logp).detach()
+        ratio = torch.exp(torch.clamp(d, -LOG_RATIO_CLAMP, LOG_RATIO_CLAMP))
+        valid = m != 0
+        has = bool(valid.any())
+        return {
+            "approx_kl": _item(masked_mean(0.5 * d * d, m)),
+            "ppo_kl": _item(masked_mean(-d, m)),
+            "ratio_mean": _item(masked_mean(ratio, m)) if has else 1.0,
+            "ratio_max": _item(ratio[valid].max()) if has else 1.0,
+            "ratio_min": _item(ratio[valid].min()) if has else 1.0,
+        }
+
+
+def _frac(flag: Tensor, mask: Tensor) -> float:
+    with torch.no_grad():
+        return _item(masked_mean(flag.to(torch.get_default_dtype()), mask.to(torch.get_default_dtype())))
+
+
+# ------------------------------------------------------------------------------------------ vanilla
+
+
+@register_policy_loss("vanilla", "ppo")
+def vanilla(
+    *,
+    logp,
+    old_logp,
+    advantages,
+    mask,
+    agg="token-mean",
+    weights=None,
+    batch_num_tokens=None,
+    batch_num_seqs=None,
+    norm_constant=None,
+    clip_ratio_low=0.2,
+    clip_ratio_high=0.2,
+    clip_ratio_c=3.0,
+):
+    """PPO clipped surrogate (Schulman et al. 2017, arXiv 1707.06347, eq. 7) with decoupled bounds
+    (DAPO clip-higher, arXiv 2503.14476 sec. 3.1) and optional dual clip (Ye et al. 2020,
+    arXiv 1912.09729, sec. 4; ``clip_ratio_c=None`` disables it).  Spec 0.3; verl
+    ``compute_policy_loss_vanilla``.
+
+    ``l = max(-A rho, -A clip(rho, 1-low, 1+high))``; for ``A < 0``: ``l = min(l, -A c)``.
+    """
+    if clip_ratio_c is not None and clip_ratio_c <= 1.0:
+        raise ValueError(f"clip_ratio_c must be > 1 (or None), got {clip_ratio_c}")
+    ratio = torch.exp(_log_ratio(logp, old_logp))
+    l1 = -advantages * ratio
+    l2 = -advantages * torch.clamp(ratio, 1.0 - clip_ratio_low, 1.0 + clip_ratio_high)
+    clipped = torch.maximum(l1, l2)
+    clip_flag = l2 > l1
+    per_tok = clipped
+    metrics = {}
+    if clip_ratio_c is not None:
+        l3 = -advantages * clip_ratio_c
+        dual = torch.minimum(l3, clipped)
+        neg = advantages < 0
+        per_tok = torch.where(neg, dual, clipped)
+        dual_flag = neg & (clipped > l3)
+        metrics["clip_frac_lower"] = _frac(dual_flag, mask)
+        clip_flag = clip_flag | dual_flag
+    loss = _agg(per_tok, mask, agg, weights, batch_num_tokens, batch_num_seqs, norm_constant)
+    metrics["clip_frac"] = _frac(clip_flag, mask)
+    metrics.update(_base_metrics(logp, old_logp, mask))
+    return loss, metrics
+
+
+# ---------------------------------------------------------------------------- sequence helpers
+
+
+def _seq_len(mask: Tensor, like: Tensor) -> Tensor:
+    return as_float_mask(mask, like).sum(-1)
+
+
+def _seq_mean(x: Tensor, mask: Tensor) -> Tensor:
+    """Per-sequence masked mean ``[B]`` (0 for empty rows)."""
+    m = as_float_mask(mask, x)
+    return masked_sum(x, m, dim=-1) / m.sum(-1).clamp(min=1.0)
+
+
+def _seq_weight(weights: Tensor | None, mask: Tensor, like: Tensor) -> Tensor | None:
+    """Sequence-level weight from per-token weights: geometric mean over valid tokens (the
+    sequence-level importance weight of a product of token weights, length-normalised)."""
+    if weights is None:
+        return None
+    w = weights.detach().to(like.dtype)
+    logw = torch.log(w.clamp(min=1e-30))
+    return torch.exp(_seq_mean(logw, mask))
+
+
+def _num_seqs(mask: Tensor, batch_num_seqs, like: Tensor) -> Tensor:
+    n = (mask != 0).any(-1).sum() if batch_num_seqs is None else batch_num_seqs
+    return torch.as_tensor(n, dtype=like.dtype, device=like.device).clamp(min=1.0)
+
+
+# ------------------------------------------------------------------------------------------- GSPO
+
+
+@register_policy_loss("gspo")
+def gspo(
+    *,
+    logp,
+    old_logp,
+    advantages,
+    mask,
+    agg="seq-mean-token-mean",
+    weights=None,
+    batch_num_tokens=None,
+    batch_num_seqs=None,
+    norm_constant=None,
+    clip_ratio_low=3e-4,
+    clip_ratio_high=4e-4,
+):
+    """GSPO (Zheng et al. 2025, "Group Sequence Policy Optimization", arXiv 2507.18071, sec. 4: the
+    GSPO objective and its GSPO-token form; spec 7; verl ``compute_policy_loss_gspo``).
+
+    ``log s_i = mean_t (lp - lp_old)`` over valid tokens; token form
+    ``log s_it = sg(log s_i) + lp - sg(lp)`` (clamped at max 10, verl); per-token loss
+    ``max(-A s_it, -A clip(s_it, 1-low, 1+high))``.  Paper defaults low=3e-4, high=4e-4.  The paper /
+    verl aggregate with ``seq-mean-token-mean`` (verl forces it); here ``agg`` is honoured, pass
+    ``agg="seq-mean-token-mean"`` for the paper's objective.
+    """
+    d = logp - old_logp
+    log_si = _seq_mean(d, mask)
+    log_sit = torch.clamp(logp - logp.detach() + log_si.detach().unsqueeze(-1), max=10.0)
+    s = torch.exp(log_sit)
+    l1 = -advantages * s
+    l2 = -advantages * torch.clamp(s, 1.0 - clip_ratio_low, 1.0 + clip_ratio_high)
+    per_tok = torch.maximum(l1, l2)
+    loss = _agg(per_tok, mask, agg, weights, batch_num_tokens, batch_num_seqs, norm_constant)
+    metrics = {"clip_frac": _frac(l2 > l1, mask)}
+    metrics.update(_base_metrics(logp, old_logp, mask))
+    with torch.no_grad():
+        valid = (mask != 0).any(-1)
+        metrics["seq_ratio_mean"] = _item(torch.exp(log_si[valid]).mean()) if bool(valid.any()) else 1.0
+    return loss, metrics
+
+
+# ------------------------------------------------------------------------------------------ CISPO
+
+
+def _clipped_is_weight(ratio: Tensor, low, high, cap) -> Tensor:
+    lo = None if low is None else 1.0 - low
+    hi = cap if cap is not None else (None if high is None else 1.0 + high)
+    return torch.clamp(ratio, min=lo, max=hi)
+
+
+@register_policy_loss("cispo")
+def cispo(
+    *,
+    logp,
+    old_logp,
+    advantages,
+    mask,
+    agg="token-mean",
+    weights=None,
+    batch_num_tokens=None,
+    batch_num_seqs=None,
+    norm_constant=None,
+    clip_ratio_low=None,
+    clip_ratio_high=4.0,
+    clip_ratio_max=None,
+    mask_outside=False,
+):
+    """CISPO (MiniMax-M1 technical report, arXiv 2506.13585, sec. 3.1, eq. 4-5; spec 6.2).
+
+    Per-token loss ``-sg(r_hat) * A * lp`` with ``r_hat = clip(rho, 1 - low, 1 + high)``; the ratio
+    receives no gradient, so ``d loss / d lp = -r_hat * A`` for every token (clipped tokens keep
+    their gradient).  Two parameterisations (spec 6.3): ``1 + eps`` form (``clip_ratio_low`` /
+    ``clip_ratio_high``, verl) or an absolute cap ``clip_ratio_max`` (TRL ``epsilon_high``), which
+    overrides ``clip_ratio_high`` when given.  Defaults: no lower bound (paper: eps_low^IS "very
+    large") and upper cap 1 + 4.0 = 5.0 (the TRL-documented value from ScaleRL; the paper gives no
+    number).  ``mask_outside=True`` applies the unified-form token mask M of eq. 7 (drop tokens
+    with A > 0 and rho > 1 + high or A < 0 and rho < 1 - low).
+    """
+    ratio = torch.exp(_log_ratio(logp, old_logp)).detach()
+    r_hat = _clipped_is_weight(ratio, clip_ratio_low, clip_ratio_high, clip_ratio_max)
+    per_tok = -r_hat * advantages * logp
+    clipped = r_hat != ratio
+    if mask_outside:
+        hi = clip_ratio_max if clip_ratio_max is not None else (
+            math.inf if clip_ratio_high is None else 1.0 + clip_ratio_high
+        )
+        lo = -math.inf if clip_ratio_low is None else 1.0 - clip_ratio_low
+        drop = ((advantages > 0) & (ratio > hi)) | ((advantages < 0) & (ratio < lo))
+        per_tok = torch.where(drop, torch.zeros_like(per_tok), per_tok)
+    loss = _agg(per_tok, mask, agg, weights, batch_num_tokens, batch_num_seqs, norm_constant)
+    metrics = {"clip_frac": _frac(clipped, mask)}
+    metrics.update(_base_metrics(logp, old_logp, mask))
+    return loss, metrics
+
+
+@register_policy_loss("dispo")
+def dispo(
+    *,
+    logp,
+    old_logp,
+    advantages,
+    mask,
+    agg="token-mean",
+    weights=None,
+    batch_num_tokens=None,
+    batch_num_seqs=None,
+    norm_constant=None,
+    clip_low_pos=0.2,
+    clip_high_pos=0.28,
+    clip_low_neg=0.2,
+    clip_high_neg=0.28,
+    correct=None,
+    out_of_range="clip",
+):
+    """DISPO (arXiv 2602.00983; spec 6.4-6.5, structure verified, details INFERRED).
+
+    CISPO-style REINFORCE loss ``-sg(r_d) * A * lp`` whose importance-weight clip is decoupled by
+    response correctness: ``r_d = clip(rho, 1 - clip_low_pos, 1 + clip_high_pos)`` for tokens of
+    correct responses and ``clip(rho, 1 - clip_low_neg, 1 + clip_high_neg)`` for incorrect ones
+    (four parameters = four update regimes).  ``correct`` ``[B]`` bool is the verifier outcome
+    (spec 6.5 edge case); when ``None`` it falls back to ``A > 0`` per token.
+    ``out_of_range="clip"`` keeps the gradient of out-of-range tokens (CISPO-like, default);
+    ``"mask"`` drops them (PPO-like).  The paper's four values were not found: the defaults
+    (0.2 / 0.28 for both signs, DAPO's clip-higher bounds) make DISPO equal to CISPO with
+    ``clip_ratio_low=0.2, clip_ratio_high=0.28``; tune them per regime.
+    """
+    if out_of_range not in ("clip", "mask"):
+        raise ValueError("out_of_range must be 'clip' or 'mask'")
+    ratio = torch.exp(_log_ratio(logp, old_logp)).detach()
+    if correct is None:
+        pos = advantages > 0
+    else:
+        pos = torch.as_tensor(correct, device=logp.device).bool().unsqueeze(-1).expand_as(logp)
+    lo = torch.where(pos, torch.full_like(ratio, 1.0 - clip_low_pos), torch.full_like(ratio, 1.0 - clip_low_neg))
+    hi = torch.where(pos, torch.full_like(ratio, 1.0 + clip_high_pos), torch.full_like(ratio, 1.0 + clip_high_neg))
+    r_d = torch.minimum(torch.maximum(ratio, lo), hi)
+    outside = r_d != ratio
+    per_tok = -r_d * advantages * logp
+    if out_of_range == "mask":
+        per_tok = torch.where(outside, torch.zeros_like(per_tok), per_tok)
+    loss = _agg(per_tok, mask, agg, weights, batch_num_tokens, batch_num_seqs, norm_constant)
+    metrics = {
+        "clip_frac": _frac(outside, mask),
+        "clip_frac_pos": _frac(outside & pos, mask),
+        "clip_frac_neg": _frac(outside & ~pos, mask),
+    }
+    metrics.update(_base_metrics(logp, old_logp, mask))
+    return loss, metrics
+
+
+# ------------------------------------------------------------------------------------------- SAPO
+
+
+@register_policy_loss("sapo")
+def sapo(
+    *,
+    logp,
+    old_logp,
+    advantages,
+    mask,
+    agg="token-mean",
+    weights=None,
+    batch_num_tokens=None,
+    batch_num_seqs=None,
+    norm_constant=None,
+    tau_pos=1.0,
+    tau_neg=1.05,
+    clip_ratio_low=0.2,
+    clip_ratio_high=0.2,
+):
+    """SAPO (Soft Adaptive Policy Optimization, Gao et al. 2025, arXiv 2511.20347, eq. 5-6, 10-12;
+    verl ``compute_policy_loss_sapo``).  Smooth gate instead of the hard clip:
+    ``f(r) = 4/tau * sigmoid(tau (r - 1))``, ``tau = tau_pos if A > 0 else tau_neg``; per-token
+    loss ``-f(rho) * A``.  ``f'(1) = 1`` so on-policy it is the plain policy gradient.  Defaults
+    tau_pos = 1.0, tau_neg = 1.05 (paper / verl); the paper aggregates per sequence
+    (``agg="seq-mean-token-mean"``).  ``clip_ratio_low/high`` only define the diagnostic
+    ``clip_frac`` (fraction of tokens outside [1-low, 1+high]).
+    """
+    ratio = torch.exp(_log_ratio(logp, old_logp))
+    tau = torch.where(
+        advantages > 0,
+        torch.as_tensor(tau_pos, dtype=ratio.dtype, device=ratio.device),
+        torch.as_tensor(tau_neg, dtype=ratio.dtype, device=ratio.device),
+    )
+    gate = torch.sigmoid(tau * (ratio - 1.0)) * (4.0 / tau)
+    per_tok = -gate * advantages
+    loss = _agg(per_tok, mask, agg, weights, batch_num_tokens, batch_num_seqs, norm_constant)
+    r = ratio.detach()
+    metrics = {"clip_frac": _frac((r > 1 + clip_ratio_high) | (r < 1 - clip_ratio_low), mask)}
+    metrics.update(_base_metrics(logp, old_logp, mask))
+    return loss, metrics
+
+
+# --------------------------------------------------------------------------------- Clip-Cov / KL-Cov
+
+
+def _centred_cov(advantages: Tensor, logp: Tensor, mask: Tensor) -> Tensor:
+    m = as_float_mask(mask, logp)
+    a = advantages.detach()
+    lp = logp.detach()
+    return (a - masked_mean(a, m)) * (lp - masked_mean(lp, m))
+
+
+@register_policy_loss("clip_cov")
+def clip_cov(
+    *,
+    logp,
+    old_logp,
+    advantages,
+    mask,
+    agg="token-mean",
+    weights=None,
+    batch_num_tokens=None,
+    batch_num_seqs=None,
+    norm_constant=None,
+    clip_ratio_low=0.2,
+    clip_ratio_high=0.2,
+    clip_cov_ratio=2e-4,
+    clip_cov_lb=1.0,
+    clip_cov_ub=5.0,
+    generator=None,
+):
+    """Clip-Cov (Cui et al. 2025, "The Entropy Mechanism of RL for Reasoning LMs", arXiv 2505.22617,
+    sec. 4 "Clip-Cov"; verl ``compute_policy_loss_clip_cov``).
+
+    Token covariance ``cov = (A - mean A)(lp - mean lp)`` over valid tokens (detached).  Among valid
+    tokens not already clipped by PPO with ``lb < cov < ub``, ``max(int(clip_cov_ratio * N), 1)`` are
+    drawn uniformly at random (``generator`` makes it deterministic) and their loss is zeroed
+    (gradient detached); the rest use the PPO clipped loss.  Means and N are over the tensors
+    passed (batch-relative: not micro-batch invariant, as in the reference).
+    """
+    ratio = torch.exp(_log_ratio(logp, old_logp))
+    l1 = -advantages * ratio
+    l2 = -advantages * torch.clamp(ratio, 1.0 - clip_ratio_low, 1.0 + clip_ratio_high)
+    valid = mask != 0
+    clip_by_origin = (l2 > l1) & valid
+    cov = _centred_cov(advantages, logp, mask)
+    cand = (cov > clip_cov_lb) & (cov < clip_cov_ub) & valid & ~clip_by_origin
+    idx = torch.nonzero(cand.reshape(-1)).squeeze(-1)
+    corr = torch.ones(logp.numel(), dtype=logp.dtype, device=logp.device)
+    n_clip = max(int(clip_cov_ratio * int(valid.sum())), 1)
+    if idx.numel() > 0:
+        perm = torch.randperm(idx.numel(), generator=generator, device="cpu").to(idx.device)
+        corr = corr.index_fill(0, idx[perm[: min(n_clip, idx.numel())]], 0.0)
+    corr = corr.reshape(logp.shape)
+    per_tok = torch.maximum(l1, l2) * corr
+    loss = _agg(per_tok, mask, agg, weights, batch_num_tokens, batch_num_seqs, norm_constant)
+    metrics = {"clip_frac": _frac(clip_by_origin, mask), "cov_clip_frac": _frac(corr == 0, mask)}
+    metrics.update(_base_metrics(logp, old_logp, mask))
+    return loss, metrics
+
+
+@register_policy_loss("kl_cov")
+def kl_cov(
+    *,
+    logp,
+    old_logp,
+    advantages,
+    mask,
+    agg="token-mean",
+    weights=None,
+    batch_num_tokens=None,
+    batch_num_seqs=None,
+    norm_constant=None,
+    kl_cov_ratio=2e-4,
+    ppo_kl_coef=1.0,
+):
+    """KL-Cov (Cui et al. 2025, arXiv 2505.22617, sec. 4 "KL-Cov"; verl ``compute_policy_loss_kl_cov``).
+
+    Unclipped surrogate ``-A rho`` for every token; the top ``max(1, int(kl_cov_ratio * N))`` valid
+    tokens by covariance ``(A - mean A)(lp - mean lp)`` get an extra ``ppo_kl_coef * |lp - lp_old|``
+    penalty.  Batch-relative selection (not micro-batch invariant), as in the reference.
+    """
+    d = _log_ratio(logp, old_logp)
+    ratio = torch.exp(d)
+    per_tok = -advantages * ratio
+    valid = mask != 0
+    n_valid = int(valid.sum())
+    sel = torch.zeros_like(valid)
+    if n_valid > 0:
+        k = max(1, int(n_valid * kl_cov_ratio))
+        cov = _centred_cov(advantages, logp, mask).reshape(-1)
+        vidx = torch.nonzero(valid.reshape(-1)).squeeze(-1)
+        top = torch.topk(cov[vidx], k, largest=True).indices
+        sel = torch.zeros(valid.numel(), dtype=torch.bool, device=valid.device).index_fill(0, vidx[top], True)
+        sel = sel.reshape(valid.shape)
+    per_tok = torch.where(sel, per_tok + ppo_kl_coef * d.abs(), per_tok)
+    loss = _agg(per_tok, mask, agg, weights, batch_num_tokens, batch_num_seqs, norm_constant)
+    metrics = {"clip_frac": 0.0, "kl_cov_frac": _frac(sel, mask)}
+    metrics.update(_base_metrics(logp, old_logp, mask))
+    return loss, metrics
+
+
+# -------------------------------------------------------------------------------------------- GPG
+
+
+@register_policy_loss("gpg")
+def gpg(
+    *,
+    logp,
+    old_logp,
+    advantages,
+    mask,
+    agg="token-mean",
+    weights=None,
+    batch_num_tokens=None,
+    batch_num_seqs=None,
+    norm_constant=None,
+):
+    """GPG (Chu et al. 2025, arXiv 2504.02546, sec. 3 GPG objective; verl ``compute_policy_loss_gpg``): plain
+    policy gradient ``-A * lp`` (no ratio, no clip); ``old_logp`` only feeds the metrics."""
+    per_tok = -advantages * logp
+    loss = _agg(per_tok, mask, agg, weights, batch_num_tokens, batch_num_seqs, norm_constant)
+    metrics = {"clip_frac": 0.0}
+    metrics.update(_base_metrics(logp, old_logp, mask))
+    return loss, metrics
+
+
+# ------------------------------------------------------------------------------------------- GMPO
+
+
+@register_policy_loss("geo_mean")
+def geo_mean(
+    *,
+    logp,
+    old_logp,
+    advantages,
+    mask,
+    agg="token-mean",
+    weights=None,
+    batch_num_tokens=None,
+    batch_num_seqs=None,
+    norm_constant=None,
+    clip_ratio_low=0.4,
+    clip_ratio_high=0.4,
+):
+    """GMPO (Geometric-Mean Policy Optimization, Zhao et al. 2025, arXiv 2507.20673, sec. 3 GMPO objective; verl
+    ``compute_policy_loss_geo_mean``).
+
+    Token log-ratios are clipped in LOG space to ``[-clip_ratio_low, clip_ratio_high]`` on the
+    pessimistic side (``sgn(A) * min(sgn(A) d, sgn(A) clip(d))``); the sequence ratio is the
+    geometric mean ``exp(mean_t clipped d)``; the loss is ``-A_i * ratio_i`` per sequence, with
+    ``A_i`` the token mean of ``advantages``, averaged over sequences with at least one valid token
+    (global ``batch_num_seqs`` when given).  ``agg`` is ignored (sequence-level objective).
+    Defaults 0.4 / 0.4 (paper: clip range (e^-0.4, e^0.4)).  ``weights``: each sequence's loss is
+    multiplied by the geometric mean of its token weights.
+    """
+    d = logp - old_logp
+    sgn = torch.sign(advantages)
+    d_clamp = torch.clamp(d, -clip_ratio_low, clip_ratio_high)
+    d_min = sgn * torch.minimum(sgn * d, sgn * d_clamp)
+    ratio_seq = torch.exp(_seq_mean(d_min, mask))
+    adv_seq = _seq_mean(advantages, mask)
+    per_seq = -adv_seq * ratio_seq
+    sw = _seq_weight(weights, mask, per_seq)
+    if sw is not None:
+        per_seq = per_seq * sw
+    valid_seq = (mask != 0).any(-1)
+    per_seq = torch.where(valid_seq, per_seq, torch.zeros_like(per_seq))
+    loss = per_seq.sum() / _num_seqs(mask, batch_num_seqs, per_seq)
+    clipped = (d != d_clamp).detach()
+    metrics = {
+        "clip_frac": _frac(clipped & (advantages != 0), mask),
+        "clip_frac_pos": _frac(clipped & (advantages > 0), mask),
+        "clip_frac_lower": _frac(clipped & (advantages < 0), mask),
+    }
+    metrics.update(_base_metrics(logp, old_logp, mask))
+    return loss, metrics
+
+
+# ------------------------------------------------------------------------------------------- REAL
+
+
+def _group_lse_with_anchor(z: Tensor, member: Tensor, inv: Tensor, k: int, logw: Tensor | None = None):
+    """Per group: ``log(1 + sum_{j in group, member} w_j exp(z_j))`` (anchor logit 0), shape [K]."""
+    v = z if logw is None else z + logw
+    neg_inf = torch.full_like(v, -math.inf)
+    v = torch.where(member, v, neg_inf)
+    gmax = torch.zeros(k, dtype=v.dtype, device=v.device).scatter_reduce(
+        0, inv, v.detach(), "amax", include_self=True
+    )  # includes the anchor 0
+    e = torch.where(member, torch.exp(v - gmax[inv]), torch.zeros_like(v))
+    s = torch.zeros(k, dtype=v.dtype, device=v.device).index_add(0, inv, e)
+    return gmax + torch.log(torch.exp(-gmax) + s)
+
+
+@register_policy_loss("real")
+def real(
+    *,
+    logp,
+    old_logp,
+    advantages,
+    mask,
+    agg="token-mean",
+    weights=None,
+    batch_num_tokens=None,
+    batch_num_seqs=None,
+    norm_constant=None,
+    rewards,
+    group,
+    tau=0.5,
+    num_prompts=None,
+):
+    """REAL (Rewards as Labels, arXiv 2602.05630, sec. 3; spec 10; authors' ``compute_policy_loss_real``).
+
+    ``z_i = mean_t (lp - lp_old) / tau``; per prompt with positives P (R = 1) and negatives N (R = 0):
+    ``L = log(1 + sum_N exp z) + log(1 + sum_P exp(-z))``; prompts lacking P or N contribute 0.  The
+    batch loss is the sum over prompts divided by ``num_prompts`` (the number of prompts of the whole
+    batch; default: number of distinct groups passed).  ``advantages`` and ``agg`` are ignored;
+    ``rewards`` ``[B]`` (exactly 0/1) and ``group`` ``[B]`` are required hp.  ``weights``: each
+    response's term inside the log-sum-exp is multiplied by the geometric mean of its token weights.
+    """
+    from ._utils import group_inverse
+
+    r = torch.as_tensor(rewards, device=logp.device)
+    d = logp - old_logp
+    z = _seq_mean(d, mask) / tau
+    inv, k = group_inverse(group, logp.shape[0], logp.device)
+    valid_seq = (mask != 0).any(-1)
+    pos = (r == 1) & valid_seq
+    neg = (r == 0) & valid_seq
+    sw = _seq_weight(weights, mask, z)
+    logw = None if sw is None else torch.log(sw)
+    lse_n = _group_lse_with_anchor(z, neg, inv, k, logw)
+    lse_p = _group_lse_with_anchor(-z, pos, inv, k, logw)
+    has_p = torch.zeros(k, dtype=torch.bool, device=z.device).index_fill(0, inv[pos], True)
+    has_n = torch.zeros(k, dtype=torch.bool, device=z.device).index_fill(0, inv[neg], True)
+    both = has_p & has_n
+    per_prompt = torch.where(both, lse_n + lse_p, torch.zeros_like(lse_n))
+    den = torch.as_tensor(k if num_prompts is None else num_prompts, dtype=z.dtype, device=z.device).clamp(min=1.0)
+    loss = per_prompt.sum() / den
+    metrics = {"clip_frac": 0.0, "real_active_prompt_frac": float(both.float().mean()) if k > 0 else 0.0}
+    metrics.update(_base_metrics(logp, old_logp, mask))
+    with torch.no_grad():
+        metrics["z_mean"] = _item(z[valid_seq].mean()) if bool(valid_seq.any()) else 0.0
+    return loss, metrics
+
+
+# ------------------------------------------------------------------------------------------ ROVER
+
+
+def _next_valid(x: Tensor, mask: Tensor) -> Tensor:
+    """``out[i, t] = x[i, t']`` with t' the next valid position after t (0 if none)."""
+    m = mask != 0
+    b, t_len = x.shape
+    out = []
+    nxt = torch.zeros(b, dtype=x.dtype, device=x.device)
+    for t in reversed(range(t_len)):
+        out.append(nxt)
+        nxt = torch.where(m[:, t], x[:, t], nxt)
+    return torch.stack(out[::-1], dim=1)
+
+
+@register_policy_loss("rover")
+def rover(
+    *,
+    logp,
+    old_logp,
+    advantages,
+    mask,
+    agg="token-mean",
+    weights=None,
+    batch_num_tokens=None,
+    batch_num_seqs=None,
+    norm_constant=None,
+    mean_logp,
+    old_mean_logp,
+    rover_t=1.0,
+):
+    """ROVER (Random Policy Valuation, arXiv 2509.24981; spec 8.2; authors' ``compute_rover_loss``).
+
+    ``Q_t = rover_t (lp_t - lp_old_t)``; ``V_u(s_{t+1}) = rover_t (mean_logp - old_mean_logp)`` at the
+    next valid position (0 after the last valid token; masked positions are skipped as in GAE);
+    target ``= A_t + sg(V_u(s_{t+1}))`` with ``A`` the (group-centred) reward passed as
+    ``advantages``; per-token loss ``(Q_t - target_t)^2`` aggregated with ``agg`` (paper: token-mean).
+    ``mean_logp`` / ``old_mean_logp`` ``[B, T]``: at position t, ``(1/|V|) sum_a log pi(a | s_t)``
+    under the current / old policy (``logits.mean(-1) - logsumexp(logits)``), supplied by the learner.
+    """
+    q = rover_t * (logp - old_logp)
+    v_here = rover_t * (mean_logp - old_mean_logp).detach()
+    v_next = _next_valid(v_here, mask)
+    target = (advantages + v_next).detach()
+    per_tok = (q - target) ** 2
+    loss = _agg(per_tok, mask, agg, weights, batch_num_tokens, batch_num_seqs, norm_constant)
+    metrics = {"clip_frac": 0.0}
+    metrics.update(_base_metrics(logp, old_logp, mask))
+    with torch.no_grad():
+        metrics["q_mean"] = _item(masked_mean(q.detach(), mask))
+    return loss, metrics
+
+
+# -------------------------------------------------------------------------------------------- TB
+
+
+@register_policy_loss("tb")
+def trajectory_balance(
+    *,
+    logp,
+    old_logp,
+    advantages,
+    mask,
+    agg="token-mean",
+    weights=None,
+    batch_num_tokens=None,
+    batch_num_seqs=None,
+    norm_constant=None,
+    ref_logp,
+    rewards,
+    group,
+    beta=0.012,
+):
+    """Trajectory balance with a VarGrad log-partition (TBA, Bartoldson et al. 2025, arXiv
+    2503.18929; spec 9.2; authors' ``tba_trainer_gsm8k.py``).
+
+    ``res_k = LP(y_k) - LP_ref(y_k) - R_k / beta`` with sequence log-probs summed over valid tokens;
+    ``log Z_hat(x) = -mean_{k in group} res_k`` (detached); loss = mean over responses of
+    ``(sg(log Z_hat) + res_k)^2`` (global ``batch_num_seqs`` when given).  Off-policy valid: no
+    importance ratio (``old_logp``/``advantages``/``agg`` unused).  Groups of size 1 contribute 0.
+    Default ``beta = 0.012`` (authors' config default; anneal it in the trainer).  ``weights``:
+    each response's squared residual is multiplied by the geometric mean of its token weights.
+    """
+    from ._utils import group_inverse
+
+    m = as_float_mask(mask, logp)
+    lp = masked_sum(logp, m, dim=-1)
+    lp_ref = masked_sum(ref_logp.detach().to(logp.dtype), m, dim=-1)
+    r = torch.as_tensor(rewards, device=logp.device).to(logp.dtype)
+    res = lp - lp_ref - r / beta
+    inv, k = group_inverse(group, logp.shape[0], logp.device)
+    cnt = torch.zeros(k, dtype=res.dtype, device=res.device).index_add(0, inv, torch.ones_like(res))
+    log_z = -(torch.zeros(k, dtype=res.dtype, device=res.device).index_add(0, inv, res.detach()) / cnt)
+    per_seq = (log_z[inv] + res) ** 2
+    sw = _seq_weight(weights, mask, per_seq)
+    if sw is not None:
+        per_seq = per_seq * sw
+    valid_seq = (mask != 0).any(-1)
+    per_seq = torch.where(valid_seq, per_seq, torch.zeros_like(per_seq))
+    loss = per_seq.sum() / _num_seqs(mask, batch_num_seqs, per_seq)
+    metrics = {"clip_frac": 0.0}
+    metrics.update(_base_metrics(logp, old_logp, mask))
+    with torch.no_grad():
+        metrics["log_z_mean"] = _item(log_z.mean()) if k > 0 else 0.0
+    return loss, metrics
+
+
+# ------------------------------------------------------------------------------------------ entry
+
+
+def policy_loss(
+    name: str,
+    *,
+    logp: Tensor,
+    old_logp: Tensor,
+    advantages: Tensor,
+    mask: Tensor,
+    agg: str = "token-mean",
+    weights: Tensor | None = None,
+    batch_num_tokens=None,
+    batch_num_seqs=None,
+    norm_constant=None,
+    **hp,
+) -> tuple[Tensor, dict[str, float]]:
+    """Compute the named policy loss: ``(loss scalar tensor, metrics dict[str, float])``.
+
+    ``old_logp`` and ``advantages`` are treated as constants (detached here).  ``hp`` are the
+    keyword hyper-parameters of the registered loss (unknown ones raise ``TypeError``).
+    """
+    fn = lookup(POLICY_LOSSES, name, "policy loss")
+    if logp.shape != mask.shape or old_logp.shape != mask.shape:
+        raise ValueError("logp, old_logp and mask must all have shape [B, T]")
+    if advantages.shape != mask.shape:
+        raise ValueError(f"advantages must have shape {tuple(mask.shape)}, got {tuple(advantages.shape)}")
+    return fn(
+        logp=logp,
+        old_logp=old_logp.detach(),
+        advantages=advantages.detach(),
+        mask=mask,
+        agg=agg,
+        weights=weights,
+        batch_num_tokens=batch_num_tokens,
+        batch_num_seqs=batch_num_seqs,
+        norm_constant=norm_constant,
+        **hp,
+    )

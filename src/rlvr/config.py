@@ -1,0 +1,260 @@
+"""Typed, validated configuration: YAML files plus dotted command-line overrides.
+
+``load_config("configs/x.yaml", ["trainer.lr=1e-5"])`` returns a validated :class:`Config`.
+Any wrong or unknown field raises :class:`ConfigError`, whose message is one line per problem,
+naming the field and the allowed values or the fix.
+"""
+
+from __future__ import annotations
+
+import typing
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+
+class ConfigError(ValueError):
+    """A configuration problem a user can fix; the message names the field."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class RunSection(_Section):
+    name: str = "run"
+    output_dir: str = "runs"
+    seed: int = 0
+    device: str = "cpu"
+    backend: Literal["local"] = "local"
+
+
+class ModelSection(_Section):
+    path: str = Field("builtin:tiny", description="'builtin:tiny', a local HF checkpoint folder or a hub id")
+    warm_start: bool = Field(True, description="supervised warm start on the task (builtin:tiny only), cached")
+    dtype: Literal["float32", "bfloat16"] = "float32"
+
+
+class TaskSection(_Section):
+    name: str = "arithmetic"
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
+class RolloutSection(_Section):
+    engine: Literal["hf"] = "hf"
+    temperature: float = Field(1.0, gt=0)
+    top_p: float = Field(1.0, gt=0, le=1)
+    max_new_tokens: int = Field(8, ge=1)
+    group_size: int = Field(8, ge=1, description="G: completions per prompt")
+    prompts_per_step: int = Field(32, ge=1)
+    batch_size: int = Field(512, ge=1, description="sequences per generate call")
+
+
+class AlgorithmSection(_Section):
+    advantage_estimator: str = "grpo"
+    advantage_params: dict[str, Any] = Field(default_factory=dict)
+    policy_loss: str = "vanilla"
+    policy_loss_params: dict[str, Any] = Field(default_factory=dict)
+    loss_agg_mode: str = "token-mean"
+    loss_agg_params: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("advantage_estimator")
+    @classmethod
+    def _known_estimator(cls, v: str) -> str:
+        return _check_registry(v, "ADVANTAGE_ESTIMATORS")
+
+    @field_validator("policy_loss")
+    @classmethod
+    def _known_loss(cls, v: str) -> str:
+        return _check_registry(v, "POLICY_LOSSES")
+
+    @field_validator("loss_agg_mode")
+    @classmethod
+    def _known_agg(cls, v: str) -> str:
+        return _check_registry(v, "LOSS_AGGREGATIONS")
+
+
+class KLSection(_Section):
+    placement: Literal["none", "reward", "loss"] = "none"
+    estimator: str = "k3"
+    coef: float = Field(0.0, ge=0)
+
+    @field_validator("estimator")
+    @classmethod
+    def _known_kl(cls, v: str) -> str:
+        return _check_registry(v, "KL_ESTIMATORS")
+
+
+class TrainerSection(_Section):
+    steps: int = Field(100, ge=0, description="RL steps (one rollout batch each)")
+    lr: float = Field(5e-5, gt=0)
+    warmup_steps: int = Field(0, ge=0, description="linear warm-up, in optimizer steps")
+    weight_decay: float = Field(0.0, ge=0)
+    betas: tuple[float, float] = (0.9, 0.999)
+    ppo_epochs: int = Field(1, ge=1)
+    num_minibatches: int = Field(1, ge=1, description="optimizer steps per epoch")
+    micro_batch_size: int = Field(256, ge=1, description="sequences per forward/backward")
+    max_grad_norm: float = Field(1.0, gt=0)
+    entropy_coef: float = Field(0.0, ge=0)
+
+
+class SFTSection(_Section):
+    steps: int = Field(500, ge=0)
+    lr: float = Field(1e-3, gt=0)
+    batch_size: int = Field(128, ge=1)
+    warmup_steps: int = Field(30, ge=0)
+    seed: int = 0
+
+
+class EvalSection(_Section):
+    num_problems: int = Field(200, ge=1)
+    samples_per_problem: int = Field(4, ge=1, description="sampled completions per problem for the mean reward")
+    every: int = Field(0, ge=0, description="evaluate every N steps (0: only before and after)")
+
+
+class LoggingSection(_Section):
+    samples_every: int = Field(10, ge=1)
+    num_samples: int = Field(4, ge=0)
+    checkpoint_every: int = Field(25, ge=1)
+    keep_checkpoints: int = Field(2, ge=1)
+    progress: bool = True
+    plots: bool = True
+
+
+class Config(_Section):
+    run: RunSection = Field(default_factory=RunSection)
+    model: ModelSection = Field(default_factory=ModelSection)
+    task: TaskSection = Field(default_factory=TaskSection)
+    rollout: RolloutSection = Field(default_factory=RolloutSection)
+    algorithm: AlgorithmSection = Field(default_factory=AlgorithmSection)
+    kl: KLSection = Field(default_factory=KLSection)
+    trainer: TrainerSection = Field(default_factory=TrainerSection)
+    sft: SFTSection = Field(default_factory=SFTSection)
+    eval: EvalSection = Field(default_factory=EvalSection)
+    logging: LoggingSection = Field(default_factory=LoggingSection)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "Config":
+        batch = self.rollout.prompts_per_step * self.rollout.group_size
+        if self.trainer.num_minibatches > batch:
+            raise ValueError(
+                f"trainer.num_minibatches ({self.trainer.num_minibatches}) exceeds the rollout batch "
+                f"({batch} = rollout.prompts_per_step x rollout.group_size); lower it")
+        if self.kl.placement != "none" and self.kl.coef == 0:
+            raise ValueError("kl.coef is 0 while kl.placement is "
+                             f"'{self.kl.placement}'; set kl.coef > 0 or kl.placement=none")
+        return self
+
+    def to_dict(self) -> dict:
+        return self.model_dump(mode="json")
+
+
+def _check_registry(name: str, registry: str) -> str:
+    from rlvr import algorithms
+
+    known = getattr(algorithms, registry)
+    if name not in known:
+        raise ValueError(f"unknown name '{name}'; known: {', '.join(sorted(known))}")
+    return name
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    """``"trainer.lr=1e-5"`` -> (["trainer", "lr"], 1e-05). Values are parsed as YAML."""
+    if "=" not in item:
+        raise ConfigError(f"override '{item}': expected key.path=value, e.g. trainer.lr=1e-5")
+    key, raw = item.split("=", 1)
+    keys = key.strip().split(".")
+    if not all(keys):
+        raise ConfigError(f"override '{item}': empty key part in '{key}'")
+    value = yaml.safe_load(raw) if raw.strip() else ""
+    # YAML reads '1e-5' as a string (it wants '1.0e-5'); accept what a person types.
+    if isinstance(value, str):
+        try:
+            value = float(value) if any(c in value for c in ".eE") else value
+        except ValueError:
+            pass
+    return keys, value
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    data = _deepcopy(data)
+    for item in overrides:
+        keys, value = parse_override(item)
+        node = data
+        for k in keys[:-1]:
+            child = node.get(k)
+            if child is None:
+                child = node[k] = {}
+            elif not isinstance(child, dict):
+                raise ConfigError(f"override '{item}': '{k}' is a value, not a section")
+            node = child
+        node[keys[-1]] = value
+    return data
+
+
+def _deepcopy(d):
+    return {k: _deepcopy(v) for k, v in d.items()} if isinstance(d, dict) else d
+
+
+def config_from_dict(data: dict) -> Config:
+    try:
+        return Config.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(format_validation_error(err)) from None
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    data: dict = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file '{path}' not found; see configs/ for ready ones")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as err:
+            raise ConfigError(f"config file '{path}' is not valid YAML: {err}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"config file '{path}' must hold a mapping of sections")
+    return config_from_dict(apply_overrides(data, overrides or []))
+
+
+def format_validation_error(err: ValidationError) -> str:
+    """One line per problem: the dotted field, what is wrong, and what is allowed."""
+    lines = []
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"])
+        if e["type"] == "extra_forbidden":
+            parent = _model_at(Config, e["loc"][:-1])
+            allowed = ", ".join(parent.model_fields) if parent else "?"
+            lines.append(f"config error: unknown field '{loc}'; allowed here: {allowed}")
+        elif e["type"] == "literal_error":
+            lines.append(f"config error: {loc} = {e['input']!r}: {e['msg'].lower()}")
+        else:
+            msg = e["msg"].removeprefix("Value error, ")
+            where = f"{loc} = {e['input']!r}: " if loc else ""
+            lines.append(f"config error: {where}{msg}")
+    return "\n".join(lines)
+
+
+def _model_at(model: type[BaseModel], loc: tuple) -> type[BaseModel] | None:
+    for part in loc:
+        field = model.model_fields.get(str(part))
+        if field is None:
+            return None
+        ann = field.annotation
+        if not (isinstance(ann, type) and issubclass(ann, BaseModel)):
+            return None
+        model = ann
+    return model
+
+
+def dump_config(config: Config, path: str | Path) -> None:
+    from rlvr.utils import atomic_write_text
+
+    atomic_write_text(Path(path), yaml.safe_dump(config.to_dict(), sort_keys=False))

@@ -1,0 +1,51 @@
+"""The rollout-engine protocol and the data it returns."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol, Sequence
+
+import torch
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """How completions are sampled. ``temperature=0`` means greedy decoding."""
+
+    temperature: float = 1.0
+    top_p: float = 1.0
+    max_new_tokens: int = 16
+    n: int = 1  # completions per prompt (the group size G)
+
+
+@dataclass
+class Rollout:
+    """A batch of completions, one row per completion (B = prompts x n).
+
+    Tensors are right-padded over the completion positions ``T``; prompts are left-padded.
+    ``rollout_logp`` holds the log-probabilities of the sampled tokens under the *sampling*
+    distribution (temperature and top-p applied), as returned by the engine, so that
+    train-inference mismatch is always measurable.
+    """
+
+    prompt_ids: torch.Tensor  # [B, P] left-padded
+    prompt_mask: torch.Tensor  # [B, P]
+    completion_ids: torch.Tensor  # [B, T] right-padded (pad id after the end)
+    completion_mask: torch.Tensor  # [B, T] 1 for generated tokens (EOS included)
+    rollout_logp: torch.Tensor  # [B, T]
+    finish_reason: list[str]  # "stop" (EOS) or "length"
+    prompt_index: torch.Tensor  # [B] index of the prompt in the request (the group id)
+    texts: list[str]  # decoded completions without special tokens
+    policy_version: int
+    num_generated_tokens: int = 0
+    extras: dict = field(default_factory=dict)
+
+
+class RolloutEngine(Protocol):
+    """Anything that turns prompts into sampled completions with their log-probs."""
+
+    policy_version: int
+
+    def generate(self, prompts: Sequence[str], params: SamplingParams) -> Rollout: ...
+
+    def update_weights(self, state_dict: dict[str, torch.Tensor], policy_version: int) -> None: ...

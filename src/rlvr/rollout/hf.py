@@ -1,0 +1,101 @@
+"""A rollout engine on Hugging Face ``generate``."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from rlvr.rollout.base import Rollout, SamplingParams
+
+
+class HFRolloutEngine:
+    """Batched sampling with ``model.generate``; returns per-token log-probs of the samples.
+
+    The engine shares the policy's module in the single-process mode (``update_weights`` then only
+    bumps the version); a separate engine (another process, a Ray actor) loads the state dict.
+    The log-probs are ``log_softmax`` of the processed scores, i.e. of the distribution that was
+    actually sampled from (logits / temperature, then top-p).
+    """
+
+    def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
+                 batch_size: int = 512, policy_version: int = 0):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.batch_size = batch_size
+        self.policy_version = policy_version
+
+    def update_weights(self, state_dict: dict[str, torch.Tensor] | None, policy_version: int) -> None:
+        if state_dict is not None:
+            self.model.load_state_dict(state_dict)
+        self.policy_version = policy_version
+
+    @torch.no_grad()
+    def generate(self, prompts: Sequence[str], params: SamplingParams) -> Rollout:
+        expanded = [p for p in prompts for _ in range(params.n)]
+        index = torch.arange(len(prompts)).repeat_interleave(params.n)
+        chunks = [self._generate(expanded[i:i + self.batch_size], params)
+                  for i in range(0, len(expanded), self.batch_size)]
+        rollout = _concat(chunks, self.tokenizer.pad_token_id)
+        rollout.prompt_index = index
+        rollout.policy_version = self.policy_version
+        return rollout
+
+    def _generate(self, prompts: Sequence[str], params: SamplingParams) -> Rollout:
+        tok = self.tokenizer
+        enc = tok(list(prompts), return_tensors="pt", padding=True, padding_side="left")
+        enc = {k: v.to(self.model.device) for k, v in enc.items() if k in ("input_ids", "attention_mask")}
+        greedy = params.temperature <= 0
+        was_training = self.model.training
+        self.model.eval()
+        out = self.model.generate(
+            **enc, do_sample=not greedy, max_new_tokens=params.max_new_tokens,
+            temperature=None if greedy else params.temperature,
+            top_p=None if greedy else params.top_p, top_k=None,
+            eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+            return_dict_in_generate=True, output_scores=True, output_logits=greedy)
+        self.model.train(was_training)
+        P = enc["input_ids"].shape[1]
+        completion = out.sequences[:, P:]
+        scores = out.logits if greedy else out.scores
+        logp = torch.stack([torch.log_softmax(s.float(), dim=-1) for s in scores], dim=1)
+        sampled_logp = logp.gather(-1, completion.unsqueeze(-1)).squeeze(-1)
+        # A position is generated if no EOS came before it; EOS itself is part of the completion.
+        is_eos = completion == tok.eos_token_id
+        before_eos = (is_eos.cumsum(-1) - is_eos.long()) == 0
+        mask = before_eos.long()
+        finished = is_eos.any(-1)
+        completion = completion.masked_fill(mask == 0, tok.pad_token_id)
+        sampled_logp = sampled_logp.masked_fill(mask == 0, 0.0)
+        texts = tok.batch_decode(completion, skip_special_tokens=True)
+        return Rollout(
+            prompt_ids=enc["input_ids"].cpu(), prompt_mask=enc["attention_mask"].cpu(),
+            completion_ids=completion.cpu(), completion_mask=mask.cpu(),
+            rollout_logp=sampled_logp.cpu(),
+            finish_reason=["stop" if f else "length" for f in finished.tolist()],
+            prompt_index=torch.zeros(0, dtype=torch.long), texts=texts, policy_version=0,
+            num_generated_tokens=int(mask.sum()))
+
+
+def _pad_cat(tensors: list[torch.Tensor], value, left: bool) -> torch.Tensor:
+    width = max(t.shape[1] for t in tensors)
+    padded = []
+    for t in tensors:
+        pad = (width - t.shape[1], 0) if left else (0, width - t.shape[1])
+        padded.append(torch.nn.functional.pad(t, pad, value=value))
+    return torch.cat(padded)
+
+
+def _concat(chunks: list[Rollout], pad_id: int) -> Rollout:
+    if len(chunks) == 1:
+        return chunks[0]
+    return Rollout(
+        prompt_ids=_pad_cat([c.prompt_ids for c in chunks], pad_id, left=True),
+        prompt_mask=_pad_cat([c.prompt_mask for c in chunks], 0, left=True),
+        completion_ids=_pad_cat([c.completion_ids for c in chunks], pad_id, left=False),
+        completion_mask=_pad_cat([c.completion_mask for c in chunks], 0, left=False),
+        rollout_logp=_pad_cat([c.rollout_logp for c in chunks], 0.0, left=False),
+        finish_reason=sum((c.finish_reason for c in chunks), []),
+        prompt_index=torch.zeros(0, dtype=torch.long), texts=sum((c.texts for c in chunks), []),
+        policy_version=0, num_generated_tokens=sum(c.num_generated_tokens for c in chunks))

@@ -1,0 +1,207 @@
+"""The synchronous RL training loop, top to bottom.
+
+    task, model, engine, learner, experience source   (set up, or restored on resume)
+    evaluate before training
+    for each step:
+        experience = source.next_batch(policy_version)   # rollouts scored by the verifier
+        metrics    = learner.update(experience)          # advantages, loss, optimizer steps
+        engine.update_weights(...)                       # the sampler now runs the new policy
+        callbacks: log metrics, samples, periodic eval, checkpoint
+    evaluate after training, plot, print the before/after table
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from rlvr.config import Config, dump_config, load_config
+from rlvr.eval.evaluate import evaluate
+from rlvr.models.load import load_model_and_tokenizer, resolve_model_path
+from rlvr.rollout.base import SamplingParams
+from rlvr.rollout.hf import HFRolloutEngine
+from rlvr.tasks import make_task
+from rlvr.train.checkpoint import latest_checkpoint, load_trainer_state, save_checkpoint
+from rlvr.train.experience import Experience, OnPolicyQueue, PromptSampler, RolloutProducer
+from rlvr.train.learner import Learner
+from rlvr.train.logger import RunLogger
+from rlvr.utils import atomic_write_text, seed_everything
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    before: dict
+    after: dict
+    steps: int
+
+
+def progress_enabled(config: Config) -> bool:
+    return config.logging.progress and sys.stderr.isatty() and not os.environ.get("CI")
+
+
+def new_run_dir(config: Config) -> Path:
+    """``runs/<name>``; if taken, ``runs/<name>-1``, ``-2``... (a finished run is never overwritten)."""
+    base = Path(config.run.output_dir) / config.run.name
+    path, i = base, 0
+    while path.exists():
+        i += 1
+        path = base.with_name(f"{base.name}-{i}")
+    return path
+
+
+def train(config: Config | None = None, resume: str | Path | None = None, log=print) -> RunResult:
+    if resume is not None:
+        run_dir = Path(resume)
+        if not (run_dir / "config.yaml").exists():
+            raise ValueError(f"--resume {run_dir}: no config.yaml there; give a run folder under runs/")
+        config = load_config(run_dir / "config.yaml")
+    else:
+        run_dir = new_run_dir(config)
+    progress = progress_enabled(config)
+    seed_everything(config.run.seed)
+    task = make_task(config.task.name, **config.task.options)
+
+    # --- components
+    model_path = resolve_model_path(config, task, progress, log)
+    model, tokenizer = load_model_and_tokenizer(model_path, config.model.dtype, config.run.device)
+    learner = Learner(model, config)
+    engine = HFRolloutEngine(model, tokenizer, batch_size=config.rollout.batch_size)
+    r = config.rollout
+    params = SamplingParams(temperature=r.temperature, top_p=r.top_p, max_new_tokens=r.max_new_tokens,
+                            n=r.group_size)
+    source = OnPolicyQueue(RolloutProducer(engine, task, PromptSampler(task.problems("train"), config.run.seed),
+                                           params, r.prompts_per_step))
+    logger = RunLogger(run_dir)
+    eval_problems = task.problems("eval", config.eval.num_problems)
+
+    def run_eval(step: int) -> dict:
+        result = evaluate(engine, task, eval_problems, r.temperature, r.top_p, r.max_new_tokens,
+                          config.eval.samples_per_problem, seed=config.run.seed + 1234)
+        logger.log({"step": step, **{f"eval/{k}": v for k, v in result.items()}})
+        return result
+
+    # --- start or resume
+    start = 0
+    ckpt = latest_checkpoint(run_dir) if resume is not None else None
+    if ckpt is not None:
+        restored, _ = load_model_and_tokenizer(ckpt, config.model.dtype, config.run.device)
+        model.load_state_dict(restored.state_dict())
+        state = load_trainer_state(ckpt)
+        learner.load_state_dict(state["learner"])
+        source.load_state_dict(state["source"])
+        engine.update_weights(None, learner.policy_version)
+        start = state["step"]
+        logger.truncate_after(start)
+        log(f"resumed {run_dir} from {ckpt.name} (step {start} of {config.trainer.steps})")
+    else:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        logger.truncate_after(0)
+        dump_config(config, run_dir / "config.yaml")
+        log(f"run folder: {run_dir}")
+    before = _first_eval(logger) if start > 0 else run_eval(0)
+
+    def checkpoint(step: int) -> None:
+        save_checkpoint(run_dir, step, model, tokenizer,
+                        {"learner": learner.state_dict(), "source": source.state_dict()},
+                        keep=config.logging.keep_checkpoints)
+
+    # --- the loop
+    bar = tqdm(range(start, config.trainer.steps), initial=start, total=config.trainer.steps,
+               desc="RL", disable=not progress, dynamic_ncols=True)
+    for step in bar:
+        experience = source.next_batch(learner.policy_version)
+        staleness = learner.policy_version - experience.policy_version
+        metrics = learner.update(experience, step)
+        engine.update_weights(None, learner.policy_version)
+
+        record = {"step": step + 1, "policy_version": learner.policy_version, "staleness": staleness,
+                  **rollout_metrics(experience), **metrics}
+        logger.log(record)
+        bar.set_postfix(reward=f"{record['reward_mean']:.3f}", acc=f"{record['accuracy']:.3f}")
+        done = step + 1
+        if config.logging.num_samples and (done % config.logging.samples_every == 0 or done == 1):
+            logger.log_samples(done, sample_rows(experience, config.logging.num_samples))
+        if config.eval.every and done % config.eval.every == 0 and done < config.trainer.steps:
+            run_eval(done)
+        if done % config.logging.checkpoint_every == 0 and done < config.trainer.steps:
+            checkpoint(done)
+            if config.logging.plots:
+                logger.plot()
+    bar.close()
+
+    steps = config.trainer.steps
+    if latest_checkpoint(run_dir) is None or latest_checkpoint(run_dir).name != f"step_{steps:06d}":
+        after = run_eval(steps)
+        checkpoint(steps)
+    else:
+        after = _last_eval(logger)
+    if config.logging.plots:
+        logger.plot()
+    table = summary_table(before, after, len(eval_problems), r.temperature, config.eval.samples_per_problem)
+    atomic_write_text(run_dir / "summary.md", table + "\n")
+    log(table)
+    return RunResult(run_dir=run_dir, before=before, after=after, steps=steps)
+
+
+def rollout_metrics(exp: Experience) -> dict[str, float]:
+    mask = exp.rollout.completion_mask.float()
+    t_gen = exp.timings.get("generate", 0.0)
+    out = {
+        "reward_mean": float(exp.rewards.mean()),
+        "reward_std": float(exp.rewards.std()) if exp.rewards.numel() > 1 else 0.0,
+        "accuracy": float(exp.reward_components["correct"].mean()),
+        "response_length": float(mask.sum(-1).mean()),
+        "truncated_frac": sum(f == "length" for f in exp.rollout.finish_reason) / len(exp.rollout.finish_reason),
+        "time_generate": t_gen,
+        "time_score": exp.timings.get("score", 0.0),
+        "generated_tokens": exp.rollout.num_generated_tokens,
+        "tokens_per_second": exp.rollout.num_generated_tokens / t_gen if t_gen > 0 else 0.0,
+    }
+    for name, values in exp.reward_components.items():
+        if name not in ("reward", "correct"):
+            out[f"reward/{name}"] = float(values.mean())
+    return out
+
+
+def sample_rows(exp: Experience, n: int) -> list[dict]:
+    rows, seen = [], set()
+    for i, g in enumerate(exp.group.tolist()):
+        if g in seen:
+            continue
+        seen.add(g)
+        rows.append({"prompt": exp.problems[i].prompt, "answer": exp.problems[i].answer,
+                     "completion": exp.rollout.texts[i], "reward": float(exp.rewards[i])})
+        if len(rows) == n:
+            break
+    return rows
+
+
+def _first_eval(logger: RunLogger) -> dict:
+    evals = [r for r in logger.records() if "eval/greedy_accuracy" in r]
+    return {k.removeprefix("eval/"): v for k, v in evals[0].items() if k.startswith("eval/")} if evals else {}
+
+
+def _last_eval(logger: RunLogger) -> dict:
+    evals = [r for r in logger.records() if "eval/greedy_accuracy" in r]
+    return {k.removeprefix("eval/"): v for k, v in evals[-1].items() if k.startswith("eval/")} if evals else {}
+
+
+def summary_table(before: dict, after: dict, n: int, temperature: float, k: int) -> str:
+    def pct(d, key):
+        return f"{100 * d[key]:5.1f}%" if key in d else "    -"
+
+    rows = [("greedy accuracy", "greedy_accuracy"),
+            (f"sampled reward (T={temperature:g}, {k}/problem)", "sampled_reward")]
+    width = max(len(r[0]) for r in rows)
+    lines = [f"Held-out problems: {n}", f"{'':{width}}  before    after   change"]
+    for label, key in rows:
+        change = f"{100 * (after[key] - before[key]):+6.1f}" if key in before and key in after else ""
+        lines.append(f"{label:{width}}  {pct(before, key)}   {pct(after, key)}   {change}")
+    return "\n".join(lines)
