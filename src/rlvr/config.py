@@ -42,6 +42,14 @@ class TaskSection(_Section):
     options: dict[str, Any] = Field(default_factory=dict)
 
 
+class DynamicSamplingSection(_Section):
+    """DAPO dynamic sampling (Yu et al. 2025, arXiv 2503.14476, sec. 3.2)."""
+
+    enabled: bool = False
+    metric: str = Field("correct", description="reward component whose all-equal groups are dropped")
+    max_gen_batches: int = Field(10, description="generation rounds before giving up; <= 0: unlimited")
+
+
 class RolloutSection(_Section):
     engine: Literal["hf"] = "hf"
     temperature: float = Field(1.0, gt=0)
@@ -50,6 +58,28 @@ class RolloutSection(_Section):
     group_size: int = Field(8, ge=1, description="G: completions per prompt")
     prompts_per_step: int = Field(32, ge=1)
     batch_size: int = Field(512, ge=1, description="sequences per generate call")
+    greedy_baseline: bool = Field(False, description="also decode one greedy completion per prompt "
+                                  "(ReMax's baseline reward)")
+    dynamic_sampling: DynamicSamplingSection = Field(default_factory=DynamicSamplingSection)
+
+
+class RewardSection(_Section):
+    """Reward shaping applied after the verifier."""
+
+    overlong_buffer_len: int = Field(0, ge=0, description="DAPO soft overlong punishment: L_cache "
+                                     "(0 disables); L_max is rollout.max_new_tokens")
+    overlong_penalty_factor: float = Field(1.0, ge=0)
+
+
+class MismatchSection(_Section):
+    """Train-inference mismatch correction from rollout_logp vs the trainer's old_logp."""
+
+    method: Literal["none", "tis", "mis", "hispo"] = "none"
+    level: Literal["token", "sequence", "geometric"] = "token"
+    upper: float = Field(2.0, gt=0)
+    lower: float | None = None
+    delta_seq: float | None = None
+    delta_tok: float | None = None
 
 
 class AlgorithmSection(_Section):
@@ -59,6 +89,17 @@ class AlgorithmSection(_Section):
     policy_loss_params: dict[str, Any] = Field(default_factory=dict)
     loss_agg_mode: str = "token-mean"
     loss_agg_params: dict[str, Any] = Field(default_factory=dict)
+    mismatch: MismatchSection = Field(default_factory=MismatchSection)
+
+    @model_validator(mode="after")
+    def _known_params(self) -> "AlgorithmSection":
+        from rlvr import algorithms as A
+
+        _check_params("algorithm.advantage_params", self.advantage_params,
+                      A.ADVANTAGE_ESTIMATORS.get(self.advantage_estimator), self.advantage_estimator)
+        _check_params("algorithm.policy_loss_params", self.policy_loss_params,
+                      A.POLICY_LOSSES.get(self.policy_loss), self.policy_loss)
+        return self
 
     @field_validator("advantage_estimator")
     @classmethod
@@ -128,6 +169,7 @@ class Config(_Section):
     model: ModelSection = Field(default_factory=ModelSection)
     task: TaskSection = Field(default_factory=TaskSection)
     rollout: RolloutSection = Field(default_factory=RolloutSection)
+    reward: RewardSection = Field(default_factory=RewardSection)
     algorithm: AlgorithmSection = Field(default_factory=AlgorithmSection)
     kl: KLSection = Field(default_factory=KLSection)
     trainer: TrainerSection = Field(default_factory=TrainerSection)
@@ -142,6 +184,9 @@ class Config(_Section):
             raise ValueError(
                 f"trainer.num_minibatches ({self.trainer.num_minibatches}) exceeds the rollout batch "
                 f"({batch} = rollout.prompts_per_step x rollout.group_size); lower it")
+        if self.reward.overlong_buffer_len >= self.rollout.max_new_tokens:
+            raise ValueError(f"reward.overlong_buffer_len ({self.reward.overlong_buffer_len}) must be "
+                             f"smaller than rollout.max_new_tokens ({self.rollout.max_new_tokens})")
         if self.kl.placement != "none" and self.kl.coef == 0:
             raise ValueError("kl.coef is 0 while kl.placement is "
                              f"'{self.kl.placement}'; set kl.coef > 0 or kl.placement=none")
@@ -149,6 +194,27 @@ class Config(_Section):
 
     def to_dict(self) -> dict:
         return self.model_dump(mode="json")
+
+
+#: Inputs the trainer supplies itself; they are not hyper-parameters a config may set.
+_SUPPLIED = {"logp", "old_logp", "advantages", "mask", "agg", "weights", "batch_num_tokens", "batch_num_seqs",
+             "norm_constant", "rewards", "token_rewards", "values", "group", "ref_logp", "rollout_logp",
+             "mean_logp", "old_mean_logp", "num_prompts", "baseline_rewards", "correct"}
+
+
+def _check_params(field: str, params: dict, fn, name: str) -> None:
+    if fn is None:
+        return
+    import inspect
+
+    sig = inspect.signature(fn).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in sig.values()):
+        return
+    allowed = [k for k in sig if k not in _SUPPLIED]
+    for key in params:
+        if key not in allowed:
+            raise ValueError(f"{field}.{key} is not a parameter of '{name}'; "
+                             f"its parameters: {', '.join(allowed) or 'none'}")
 
 
 def _check_registry(name: str, registry: str) -> str:
@@ -209,18 +275,35 @@ def config_from_dict(data: dict) -> Config:
         raise ConfigError(format_validation_error(err)) from None
 
 
+def read_yaml(path: str | Path, _seen: tuple = ()) -> dict:
+    """A config file as a dict. ``base: other.yaml`` (relative to the file) is read first and the
+    file's own sections are merged over it, key by key."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file '{path}' not found; see configs/ for ready ones")
+    if path.resolve() in _seen:
+        raise ConfigError(f"config file '{path}': 'base' chain loops back on itself")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"config file '{path}' is not valid YAML: {err}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file '{path}' must hold a mapping of sections")
+    base = data.pop("base", None)
+    if base is not None:
+        data = deep_merge(read_yaml(path.parent / base, _seen + (path.resolve(),)), data)
+    return data
+
+
+def deep_merge(base: dict, top: dict) -> dict:
+    out = _deepcopy(base)
+    for k, v in top.items():
+        out[k] = deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else _deepcopy(v)
+    return out
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
-    data: dict = {}
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file '{path}' not found; see configs/ for ready ones")
-        try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as err:
-            raise ConfigError(f"config file '{path}' is not valid YAML: {err}") from None
-        if not isinstance(data, dict):
-            raise ConfigError(f"config file '{path}' must hold a mapping of sections")
+    data = read_yaml(path) if path is not None else {}
     return config_from_dict(apply_overrides(data, overrides or []))
 
 
@@ -237,7 +320,7 @@ def format_validation_error(err: ValidationError) -> str:
             lines.append(f"config error: {loc} = {e['input']!r}: {e['msg'].lower()}")
         else:
             msg = e["msg"].removeprefix("Value error, ")
-            where = f"{loc} = {e['input']!r}: " if loc else ""
+            where = f"{loc} = {e['input']!r}: " if loc and not isinstance(e["input"], dict) else ""
             lines.append(f"config error: {where}{msg}")
     return "\n".join(lines)
 

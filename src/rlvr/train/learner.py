@@ -6,15 +6,24 @@ only moves tensors. One call of :meth:`Learner.update` consumes one :class:`Expe
 1. ``old_logp`` (and ``ref_logp`` when a KL term is used) recomputed by the trainer, no grad;
 2. KL in the reward (optional) and ``compute_advantages``;
 3. ``ppo_epochs`` x ``num_minibatches`` optimizer steps; each minibatch is split into
-   micro-batches whose losses are normalised by the *minibatch* token/sequence counts, so the
-   accumulated gradient equals the full-minibatch gradient exactly.
+   micro-batches whose losses are normalised by the *minibatch* token/sequence/prompt counts, so
+   the accumulated gradient equals the full-minibatch gradient exactly. Minibatches and
+   micro-batches hold whole groups, so group-wise losses (REAL, trajectory balance) see every
+   response of a prompt together.
+
+Losses and estimators that need more than the standard inputs declare them as keyword
+parameters (``rewards``, ``group``, ``ref_logp``, ``rollout_logp``, ``mean_logp``,
+``old_mean_logp``, ``num_prompts``, ``baseline_rewards``, ``correct``); the learner passes each
+one the function's signature asks for, so a user-registered loss gets them too.
 """
 
 from __future__ import annotations
 
 import copy
+import inspect
 import math
 import time
+from functools import lru_cache
 
 import torch
 
@@ -49,20 +58,29 @@ class Learner:
                                  r.completion_mask[idx], temperature=self.config.rollout.temperature)
 
     @torch.no_grad()
-    def _logprobs(self, model, exp: Experience) -> torch.Tensor:
+    def _logprobs(self, model, exp: Experience, with_mean: bool = False):
+        """Sampled-token log-probs ``[B, T]`` (and, if asked, the vocabulary-mean log-prob)."""
         B = exp.rewards.shape[0]
         mb = self.config.trainer.micro_batch_size
-        out = []
+        out, means = [], []
         for start in range(0, B, mb):
             idx = torch.arange(start, min(B, start + mb))
-            out.append(token_logprobs(self._logits(model, exp, idx), exp.rollout.completion_ids[idx]))
-        return torch.cat(out)
+            logits = self._logits(model, exp, idx)
+            out.append(token_logprobs(logits, exp.rollout.completion_ids[idx]))
+            if with_mean:
+                means.append(mean_logprob(logits))
+        return (torch.cat(out), torch.cat(means)) if with_mean else torch.cat(out)
 
     # ------------------------------------------------------------------ one RL step
     def update(self, exp: Experience, step: int) -> dict[str, float]:
         cfg, t0 = self.config, time.perf_counter()
         mask = exp.rollout.completion_mask.float()
-        old_logp = self._logprobs(self.model, exp)
+        loss_inputs = wanted_inputs(A.POLICY_LOSSES[cfg.algorithm.policy_loss])
+        old_mean_logp = None
+        if "old_mean_logp" in loss_inputs:
+            old_logp, old_mean_logp = self._logprobs(self.model, exp, with_mean=True)
+        else:
+            old_logp = self._logprobs(self.model, exp)
         ref_logp = self._logprobs(self.ref_model, exp) if self.ref_model is not None else None
 
         rewards, token_rewards = exp.rewards, _outcome_on_last_token(exp.rewards, mask)
@@ -72,18 +90,25 @@ class Learner:
             token_rewards = token_rewards - cfg.kl.coef * kl_tok
             rewards = token_rewards.sum(-1)
             metrics["kl_in_reward"] = float(kl_tok.sum() / mask.sum().clamp(min=1))
+        available = {"baseline_rewards": exp.extras.get("baseline_rewards"),
+                     "correct": exp.reward_components.get("correct")}
+        est = A.ADVANTAGE_ESTIMATORS[cfg.algorithm.advantage_estimator]
+        extra = {k: v for k, v in available.items() if k in wanted_inputs(est)}
+        _require(extra, wanted_inputs(est, required_only=True), cfg.algorithm.advantage_estimator)
         advantages, _returns = A.compute_advantages(
             cfg.algorithm.advantage_estimator, rewards=rewards, token_rewards=token_rewards,
-            mask=mask, group=exp.group, **cfg.algorithm.advantage_params)
+            mask=mask, group=exp.group, **extra, **cfg.algorithm.advantage_params)
+        weights = mismatch_weights(cfg.algorithm.mismatch, old_logp, exp.rollout.rollout_logp, mask)
+        batch = {"rewards": exp.rewards, "group": exp.group, "ref_logp": ref_logp,
+                 "rollout_logp": exp.rollout.rollout_logp, "old_mean_logp": old_mean_logp,
+                 "correct": exp.reward_components.get("correct"), "weights": weights}
 
         sums: dict[str, float] = {}
         grad_norms = []
-        B = mask.shape[0]
         gen = torch.Generator().manual_seed(cfg.run.seed * 1_000_003 + step)
         for _epoch in range(cfg.trainer.ppo_epochs):
-            perm = torch.randperm(B, generator=gen)
-            for mb_idx in torch.tensor_split(perm, cfg.trainer.num_minibatches):
-                grad_norms.append(self._minibatch_step(exp, mb_idx, mask, old_logp, ref_logp, advantages, sums))
+            for mb_groups in split_groups(exp.group, cfg.trainer.num_minibatches, gen):
+                grad_norms.append(self._minibatch_step(exp, mb_groups, mask, old_logp, advantages, batch, sums))
         self.policy_version += 1
 
         n_updates = cfg.trainer.ppo_epochs * cfg.trainer.num_minibatches
@@ -98,20 +123,32 @@ class Learner:
         })
         return metrics
 
-    def _minibatch_step(self, exp, mb_idx, mask, old_logp, ref_logp, advantages, sums) -> float:
+    def _minibatch_step(self, exp, mb_groups, mask, old_logp, advantages, batch, sums) -> float:
         cfg = self.config
         alg = cfg.algorithm
+        mb_idx = torch.cat(mb_groups)
         m = mask[mb_idx]
         counts = dict(batch_num_tokens=m.sum(), batch_num_seqs=(m.sum(-1) > 0).sum())
         agg = dict(mode=alg.loss_agg_mode, **counts, **alg.loss_agg_params)
+        loss_inputs = wanted_inputs(A.POLICY_LOSSES[alg.policy_loss])
+        ref_logp = batch["ref_logp"]
         self.optimizer.zero_grad(set_to_none=True)
-        for idx in torch.split(mb_idx, cfg.trainer.micro_batch_size):
+        for idx in micro_batches(mb_groups, cfg.trainer.micro_batch_size):
             mm = mask[idx]
             logits = self._logits(self.model, exp, idx)
             logp = token_logprobs(logits, exp.rollout.completion_ids[idx])
+            extra = {k: (v[idx] if isinstance(v, torch.Tensor) else v) for k, v in batch.items()
+                     if k in loss_inputs and k != "weights"}
+            if "mean_logp" in loss_inputs:
+                extra["mean_logp"] = mean_logprob(logits)
+            if "num_prompts" in loss_inputs:
+                extra["num_prompts"] = len(mb_groups)
+            _require(extra, wanted_inputs(A.POLICY_LOSSES[alg.policy_loss], required_only=True), alg.policy_loss)
+            weights = batch["weights"][idx] if batch["weights"] is not None else None
             loss, pg_metrics = A.policy_loss(
                 alg.policy_loss, logp=logp, old_logp=old_logp[idx], advantages=advantages[idx], mask=mm,
-                agg=alg.loss_agg_mode, **counts, **alg.loss_agg_params, **alg.policy_loss_params)
+                agg=alg.loss_agg_mode, weights=weights, **counts, **alg.loss_agg_params, **extra,
+                **alg.policy_loss_params)
             entropy = A.aggregate_loss(A.entropy_from_logits(logits.detach() if cfg.trainer.entropy_coef == 0
                                                              else logits), mm, **agg)
             if cfg.trainer.entropy_coef > 0:
@@ -140,6 +177,67 @@ class Learner:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.policy_version = int(state["policy_version"])
+
+
+#: Inputs the learner can supply to a loss or estimator that names them in its signature.
+BATCH_INPUTS = ("rewards", "group", "ref_logp", "rollout_logp", "mean_logp", "old_mean_logp",
+                "num_prompts", "baseline_rewards", "correct")
+
+
+@lru_cache(maxsize=None)
+def wanted_inputs(fn, required_only: bool = False) -> frozenset[str]:
+    """The batch inputs (of :data:`BATCH_INPUTS`) that ``fn`` accepts (or requires)."""
+    params = inspect.signature(fn).parameters
+    return frozenset(k for k in BATCH_INPUTS if k in params and
+                     (not required_only or params[k].default is inspect.Parameter.empty))
+
+
+def _require(given: dict, required: frozenset, name: str) -> None:
+    missing = sorted(k for k in required if given.get(k) is None)
+    if missing:
+        hint = {"ref_logp": "set kl.placement and kl.coef so a reference model is kept",
+                "baseline_rewards": "set rollout.greedy_baseline=true"}
+        raise ValueError(f"'{name}' needs {', '.join(missing)}; "
+                         + "; ".join(hint.get(k, f"{k} is not available") for k in missing))
+
+
+def mean_logprob(logits: torch.Tensor) -> torch.Tensor:
+    """``(1/|V|) sum_a log pi(a | s_t)`` per position: ROVER's uniform-policy value input."""
+    return logits.mean(-1) - torch.logsumexp(logits, dim=-1)
+
+
+def mismatch_weights(cfg, old_logp, rollout_logp, mask):
+    """Per-token train-inference mismatch weights (TIS / MIS / HisPO), or None."""
+    if cfg.method == "none":
+        return None
+    if cfg.method == "tis":
+        return A.truncated_is_weights(old_logp, rollout_logp, mask, level=cfg.level, upper=cfg.upper)
+    if cfg.method == "mis":
+        return A.masked_is_weights(old_logp, rollout_logp, mask, level=cfg.level, upper=cfg.upper,
+                                   lower=cfg.lower)
+    return A.hispo_mask(old_logp, rollout_logp, mask, delta_seq=cfg.delta_seq, delta_tok=cfg.delta_tok)
+
+
+def split_groups(group: torch.Tensor, n: int, generator: torch.Generator) -> list[list[torch.Tensor]]:
+    """Shuffle the groups and deal them into ``n`` minibatches (lists of row-index tensors)."""
+    ids = torch.unique(group)
+    order = ids[torch.randperm(len(ids), generator=generator)]
+    rows = [torch.nonzero(group == g).flatten() for g in order]
+    n = min(n, len(rows))
+    return [rows[i::n] for i in range(n)] if n > 1 else [rows]
+
+
+def micro_batches(groups: list[torch.Tensor], size: int):
+    """Row indices in chunks of whole groups, each at most ``size`` rows (or one group if larger)."""
+    chunk, count = [], 0
+    for rows in groups:
+        if chunk and count + len(rows) > size:
+            yield torch.cat(chunk)
+            chunk, count = [], 0
+        chunk.append(rows)
+        count += len(rows)
+    if chunk:
+        yield torch.cat(chunk)
 
 
 def _acc(sums: dict, key: str, value: float) -> None:

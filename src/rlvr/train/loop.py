@@ -56,7 +56,13 @@ def new_run_dir(config: Config) -> Path:
     return path
 
 
-def train(config: Config | None = None, resume: str | Path | None = None, log=print) -> RunResult:
+def train(config: Config | None = None, resume: str | Path | None = None, log=print,
+          stop_after: int | None = None) -> RunResult | None:
+    """Train from ``config`` into a new run folder, or continue the run folder ``resume``.
+
+    ``stop_after=k`` stops after global step ``k`` as an interruption would (after that step's
+    checkpoint, if one falls due); the run is then continued with ``resume``.
+    """
     if resume is not None:
         run_dir = Path(resume)
         if not (run_dir / "config.yaml").exists():
@@ -76,8 +82,12 @@ def train(config: Config | None = None, resume: str | Path | None = None, log=pr
     r = config.rollout
     params = SamplingParams(temperature=r.temperature, top_p=r.top_p, max_new_tokens=r.max_new_tokens,
                             n=r.group_size)
-    source = OnPolicyQueue(RolloutProducer(engine, task, PromptSampler(task.problems("train"), config.run.seed),
-                                           params, r.prompts_per_step))
+    overlong = ((r.max_new_tokens, config.reward.overlong_buffer_len, config.reward.overlong_penalty_factor)
+                if config.reward.overlong_buffer_len > 0 else None)
+    producer = RolloutProducer(engine, task, PromptSampler(task.problems("train"), config.run.seed), params,
+                               r.prompts_per_step, greedy_baseline=r.greedy_baseline, overlong=overlong,
+                               dynamic_sampling=r.dynamic_sampling)
+    source = OnPolicyQueue(producer)
     logger = RunLogger(run_dir)
     eval_problems = task.problems("eval", config.eval.num_problems)
 
@@ -134,6 +144,10 @@ def train(config: Config | None = None, resume: str | Path | None = None, log=pr
             checkpoint(done)
             if config.logging.plots:
                 logger.plot()
+        if stop_after is not None and done >= stop_after and done < config.trainer.steps:
+            bar.close()
+            log(f"stopped after step {done}; continue with: rlvr train --resume {run_dir}")
+            return None
     bar.close()
 
     steps = config.trainer.steps
@@ -164,6 +178,8 @@ def rollout_metrics(exp: Experience) -> dict[str, float]:
         "generated_tokens": exp.rollout.num_generated_tokens,
         "tokens_per_second": exp.rollout.num_generated_tokens / t_gen if t_gen > 0 else 0.0,
     }
+    if "gen_rounds" in exp.extras:
+        out["gen_rounds"] = exp.extras["gen_rounds"]
     for name, values in exp.reward_components.items():
         if name not in ("reward", "correct"):
             out[f"reward/{name}"] = float(values.mean())

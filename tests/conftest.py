@@ -1,0 +1,49 @@
+"""Test-wide settings: everything offline, a private warm-start cache, small configs."""
+
+import os
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["HF_DATASETS_OFFLINE"] = "1"
+os.environ["TOKENIZERS_PARALLELISM"] = "false"
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _private_cache(tmp_path_factory):
+    """Warm starts built by tests go to a temporary cache, never the user's ~/.cache/rlvr."""
+    old = os.environ.get("RLVR_CACHE")
+    os.environ["RLVR_CACHE"] = str(tmp_path_factory.mktemp("rlvr_cache"))
+    yield
+    if old is None:
+        os.environ.pop("RLVR_CACHE", None)
+    else:
+        os.environ["RLVR_CACHE"] = old
+
+
+#: Overrides that make a run take seconds: few prompts, a short warm start, a small eval.
+FAST = [
+    "task.options={min_digits: 1, max_digits: 2, ops: '+-', num_train: 2000, num_eval: 50}",
+    "rollout.prompts_per_step=4", "rollout.group_size=4", "rollout.max_new_tokens=4",
+    "trainer.micro_batch_size=8", "trainer.num_minibatches=2",
+    "sft.steps=10", "sft.batch_size=16", "sft.warmup_steps=2",
+    "eval.num_problems=8", "eval.samples_per_problem=2",
+    "logging.progress=false", "logging.plots=false",
+]
+
+
+@pytest.fixture
+def fast_overrides():
+    return list(FAST)
+
+
+@pytest.fixture
+def fast_config(tmp_path):
+    """A function that makes a small, fast Config writing under ``tmp_path``."""
+    from rlvr.config import load_config
+
+    def make(*overrides: str):
+        return load_config("configs/grpo_arithmetic_tiny.yaml",
+                           FAST + [f"run.output_dir={tmp_path / 'runs'}", *overrides])
+
+    return make
