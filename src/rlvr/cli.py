@@ -4,6 +4,7 @@
     rlvr train --resume runs/grpo_arithmetic_tiny
     rlvr sft   --config configs/grpo_arithmetic_tiny.yaml
     rlvr eval  --checkpoint runs/grpo_arithmetic_tiny
+    rlvr kl-table
 """
 
 from __future__ import annotations
@@ -38,13 +39,16 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--config", help="config for task and sampling (default: the run's config.yaml)")
     e.add_argument("--json", action="store_true", help="print JSON instead of a table")
     e.add_argument("overrides", nargs="*")
+
+    sub.add_parser("kl-table", help="which KL estimator x placement gives the true reverse-KL gradient "
+                                    "(exact enumeration on a tiny tabular policy)")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        return {"train": _train, "sft": _sft, "eval": _eval}[args.command](args)
+        return {"train": _train, "sft": _sft, "eval": _eval, "kl-table": _kl_table}[args.command](args)
     except ConfigError as err:
         print(err, file=sys.stderr)
         return 2
@@ -77,6 +81,13 @@ def _sft(args) -> int:
     task = make_task(config.task.name, **config.task.options)
     path = warm_start(task, config.task.name, config.task.options, config.sft, progress_enabled(config))
     print(path)
+    return 0
+
+
+def _kl_table(args) -> int:
+    from rlvr.algorithms.kl_table import main as kl_main
+
+    kl_main()
     return 0
 
 

@@ -59,3 +59,13 @@ def test_run_folder_is_never_overwritten(fast_config):
     a = train(fast_config("trainer.steps=1"), log=lambda *_: None).run_dir
     b = train(fast_config("trainer.steps=1"), log=lambda *_: None).run_dir
     assert a != b and b.name == a.name + "-1"
+
+
+def test_eval_cli_reads_a_run_folder(fast_config, capsys):
+    from rlvr.cli import main
+
+    run_dir = train(fast_config("trainer.steps=1"), log=lambda *_: None).run_dir
+    assert main(["eval", "--checkpoint", str(run_dir), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert out["checkpoint"].endswith("step_000001")
+    assert 0 <= out["greedy_accuracy"] <= 1 and 0 <= out["sampled_reward"] <= 1
