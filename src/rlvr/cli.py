@@ -47,6 +47,9 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    from rlvr.models.load import quiet_transformers
+
+    quiet_transformers()
     try:
         return {"train": _train, "sft": _sft, "eval": _eval, "kl-table": _kl_table}[args.command](args)
     except ConfigError as err:

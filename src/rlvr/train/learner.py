@@ -47,7 +47,8 @@ class Learner:
         t = config.trainer
         self.optimizer, self.scheduler = make_optimizer(model, t.lr, t.weight_decay, t.betas, t.warmup_steps)
         self.ref_model = None
-        if config.kl.placement != "none":
+        needs_ref = "ref_logp" in wanted_inputs(A.POLICY_LOSSES[config.algorithm.policy_loss])
+        if config.kl.placement != "none" or needs_ref:
             self.ref_model = copy.deepcopy(model).eval().requires_grad_(False)
         self.policy_version = 0
 
@@ -111,8 +112,7 @@ class Learner:
                 grad_norms.append(self._minibatch_step(exp, mb_groups, mask, old_logp, advantages, batch, sums))
         self.policy_version += 1
 
-        n_updates = cfg.trainer.ppo_epochs * cfg.trainer.num_minibatches
-        metrics.update({k: v / n_updates for k, v in sums.items()})
+        metrics.update({k: v / len(grad_norms) for k, v in sums.items()})
         metrics.update({
             "grad_norm": sum(grad_norms) / len(grad_norms),
             "lr": self.scheduler.get_last_lr()[0],
