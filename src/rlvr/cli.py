@@ -4,7 +4,10 @@
     rlvr train --resume runs/grpo_arithmetic_tiny
     rlvr sft   --config configs/grpo_arithmetic_tiny.yaml
     rlvr eval  --checkpoint runs/grpo_arithmetic_tiny
+    rlvr eval  --checkpoint A --checkpoint B --k 1,2,4,8,16     (pass@k, maj@k, diversity; resumable)
+    rlvr tts   --checkpoint runs/x --strategy rsa,majority,best_of_n --N 8 --K 3 --T 0..4
     rlvr kl-table
+    rlvr compare studies/tricks_or_traps.yaml --workers 2
 """
 
 from __future__ import annotations
@@ -21,6 +24,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
 def _parser() -> argparse.ArgumentParser:
+    from rlvr.eval.cli_eval import add_eval_k_arguments, add_tts_parser
+
     p = argparse.ArgumentParser(prog="rlvr", description="RL post-training with verifiable rewards.")
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -34,11 +39,27 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("overrides", nargs="*")
 
     e = sub.add_parser("eval", help="held-out greedy accuracy and mean sampled reward of a checkpoint")
-    e.add_argument("--checkpoint", required=True,
-                   help="a run folder (its latest checkpoint), a checkpoint folder, or a model path")
+    e.add_argument("--checkpoint", required=True, action="append",
+                   help="a run folder (its latest checkpoint), a checkpoint folder, or a model path; "
+                        "repeat it with --k to compare checkpoints")
     e.add_argument("--config", help="config for task and sampling (default: the run's config.yaml)")
     e.add_argument("--json", action="store_true", help="print JSON instead of a table")
     e.add_argument("overrides", nargs="*")
+    add_eval_k_arguments(e)
+    add_tts_parser(sub)
+
+    c = sub.add_parser("compare", help="run a study: arms of overrides x seeds, then results.md with "
+                                       "intervals, verdicts against a baseline arm and plots")
+    c.add_argument("study", help="study YAML (see studies/ and docs/compare.md)")
+    c.add_argument("--workers", type=int, help="concurrent runs (default: the study's parallel.workers; "
+                                               "auto = CPUs // threads per run)")
+    c.add_argument("--threads", type=int, help="torch threads per run (default: parallel.threads_per_run)")
+    c.add_argument("--backend", choices=["local", "ray"], help="process pool (default) or Ray tasks")
+    c.add_argument("--out", metavar="DIR", help="study folder (default: <output_dir>/<study name>)")
+    c.add_argument("--arms", help="only these arms, comma-separated (e.g. a quick check)")
+    c.add_argument("--seeds", help="only these seeds, comma-separated")
+    c.add_argument("--dry-run", action="store_true", help="validate every arm x seed and list the runs")
+    c.add_argument("--report-only", action="store_true", help="only rebuild results from finished runs")
 
     sub.add_parser("kl-table", help="which KL estimator x placement gives the true reverse-KL gradient "
                                     "(exact enumeration on a tiny tabular policy)")
@@ -51,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
 
     quiet_transformers()
     try:
-        return {"train": _train, "sft": _sft, "eval": _eval, "kl-table": _kl_table}[args.command](args)
+        return {"train": _train, "sft": _sft, "eval": _eval, "tts": _tts, "kl-table": _kl_table, "compare": _compare}[args.command](args)
     except ConfigError as err:
         print(err, file=sys.stderr)
         return 2
@@ -87,6 +108,48 @@ def _sft(args) -> int:
     return 0
 
 
+def _compare(args) -> int:
+    from rlvr.compare.report import write_report
+    from rlvr.compare.runner import plan, run_study
+    from rlvr.compare.study import load_study
+
+    study = load_study(args.study, out=args.out)  # every arm x seed validated before anything runs
+    if args.arms or args.seeds:
+        try:
+            seeds = [int(k) for k in args.seeds.split(",")] if args.seeds else None
+        except ValueError:
+            raise ConfigError(f"--seeds {args.seeds}: expected comma-separated integers, e.g. 0,1") from None
+        study = study.subset(args.arms.split(",") if args.arms else None, seeds)
+    for flag, value in (("--workers", args.workers), ("--threads", args.threads)):
+        if value is not None and value < 1:
+            raise ConfigError(f"{flag} must be >= 1")
+    if args.dry_run:
+        for p in plan(study):
+            print(f"{p.status:8}  {p.run.label:32}  {p.run.run_dir}")
+        print(f"{len(study.runs)} runs ({len(study.arms)} arms x {len(study.seeds)} seeds); nothing was run")
+        return 0
+    failed = {}
+    if args.report_only:
+        plan(study)  # refuses run folders made with another config than the study file's
+    else:
+        try:
+            outcome = run_study(study, workers=args.workers, backend=args.backend, threads_per_run=args.threads)
+        except KeyboardInterrupt:
+            print(f"interrupted; run the same command again to resume: rlvr compare {args.study}"
+                  + (f" --out {args.out}" if args.out else ""), file=sys.stderr)
+            return 130
+        failed = outcome.failed
+        if outcome.trained:
+            print(f"trained {len(outcome.trained)} runs in {outcome.wall_s / 60:.1f} min")
+    path = write_report(study)
+    print(f"results: {path}")
+    if failed:
+        print(f"{len(failed)} runs failed (see error.txt in their folders): {', '.join(failed)}; "
+              f"rerun the same command to retry them", file=sys.stderr)
+        return 1
+    return 0
+
+
 def _kl_table(args) -> int:
     from rlvr.algorithms.kl_table import main as kl_main
 
@@ -94,22 +157,24 @@ def _kl_table(args) -> int:
     return 0
 
 
+def _tts(args) -> int:
+    from rlvr.eval.cli_eval import tts
+
+    return tts(args)
+
+
 def _eval(args) -> int:
+    from rlvr.eval.cli_eval import eval_k, resolve_checkpoint
     from rlvr.eval.evaluate import evaluate
     from rlvr.models.load import load_model_and_tokenizer
     from rlvr.rollout.hf import HFRolloutEngine
     from rlvr.tasks import make_task
-    from rlvr.train.checkpoint import latest_checkpoint
 
-    target = Path(args.checkpoint)
-    model_path, config_path = target, args.config
-    if (target / "config.yaml").exists():  # a run folder
-        ckpt = latest_checkpoint(target)
-        if ckpt is None:
-            raise ValueError(f"--checkpoint {target}: the run has no checkpoint yet")
-        model_path, config_path = ckpt, config_path or target / "config.yaml"
-    elif (target.parent.parent / "config.yaml").exists():  # runs/x/checkpoints/step_N
-        config_path = config_path or target.parent.parent / "config.yaml"
+    if args.k:
+        return eval_k(args)
+    if len(args.checkpoint) > 1:
+        raise ValueError("several --checkpoint need pass@k mode (--k 1,2,4,...)")
+    model_path, config_path = resolve_checkpoint(args.checkpoint[0], args.config)
     config = load_config(config_path, args.overrides)
     task = make_task(config.task.name, **config.task.options)
     model, tokenizer = load_model_and_tokenizer(model_path, config.model.dtype, config.run.device)

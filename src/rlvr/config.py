@@ -61,6 +61,11 @@ class RolloutSection(_Section):
     greedy_baseline: bool = Field(False, description="also decode one greedy completion per prompt "
                                   "(ReMax's baseline reward)")
     dynamic_sampling: DynamicSamplingSection = Field(default_factory=DynamicSamplingSection)
+    aggregation_ratio: float = Field(0.0, ge=0, lt=1, description="aggregation-aware RL (RSA, arXiv "
+                                     "2509.26626): share of each step's groups whose prompt is an "
+                                     "aggregation prompt over the policy's own candidates (0: off)")
+    aggregation_k: int = Field(3, ge=1, description="candidates per aggregation prompt (K); must be "
+                               "<= rollout.group_size")
 
 
 class RewardSection(_Section):
@@ -132,6 +137,9 @@ class TrainerSection(_Section):
     steps: int = Field(100, ge=0, description="RL steps (one rollout batch each)")
     lr: float = Field(5e-5, gt=0)
     warmup_steps: int = Field(0, ge=0, description="linear warm-up, in optimizer steps")
+    lr_schedule: Literal["constant", "linear", "cosine"] = Field(
+        "constant", description="after warm-up: constant, or decay to min_lr_ratio x lr at the last step")
+    min_lr_ratio: float = Field(0.0, ge=0, le=1)
     weight_decay: float = Field(0.0, ge=0)
     betas: tuple[float, float] = (0.9, 0.999)
     ppo_epochs: int = Field(1, ge=1)
@@ -141,12 +149,69 @@ class TrainerSection(_Section):
     entropy_coef: float = Field(0.0, ge=0)
 
 
+class CriticSection(_Section):
+    """Learned value model(s) for critic-based estimators (``gae``: PPO; ``asyppo``: AsyPPO).
+
+    Used only when the advantage estimator needs ``values``. Each critic is a Hugging Face
+    token-classification model (a transformer with a value head on every position) built from
+    ``model_path``; ``num_layers`` / ``hidden_size`` make it a smaller member of the family.
+    """
+
+    model_path: str = Field("actor", description="'actor' (the actor's starting checkpoint), a local HF "
+                            "checkpoint folder or a hub id")
+    num_layers: int | None = Field(None, ge=1, description="keep only the first N transformer layers "
+                                   "(a 'mini-critic' that still starts from pretrained weights)")
+    hidden_size: int | None = Field(None, ge=8, description="a freshly initialised critic of this width "
+                                    "(intermediate = 2x, heads = 4); None keeps the checkpoint's width")
+    num_critics: int = Field(1, ge=1, description="M: the ensemble size (AsyPPO); critic m trains on shard m "
+                             "of every group's responses")
+    lr: float = Field(1e-4, gt=0)
+    warmup_steps: int = Field(0, ge=0, description="RL steps at the start in which only the critic is "
+                              "trained and the actor is frozen (verl trainer.critic_warmup)")
+    lr_warmup_steps: int = Field(0, ge=0, description="linear learning-rate warm-up of the critic's "
+                                 "optimizer, in optimizer steps")
+    weight_decay: float = Field(0.0, ge=0)
+    max_grad_norm: float = Field(1.0, gt=0)
+    value_loss: str = Field("mse", description="mse | hl_gauss | two_hot (or a registered value loss)")
+    value_loss_params: dict[str, Any] = Field(default_factory=dict)
+    adv_mask_frac: float = Field(0.2, ge=0, lt=1, description="AsyPPO: lowest-disagreement fraction of "
+                                 "tokens whose advantage is masked")
+    ent_mask_frac: float = Field(0.2, ge=0, lt=1, description="AsyPPO: highest-disagreement fraction of "
+                                 "tokens excluded from the entropy bonus")
+
+    @field_validator("value_loss")
+    @classmethod
+    def _known_value_loss(cls, v: str) -> str:
+        return _check_registry(v, "VALUE_LOSSES")
+
+    @model_validator(mode="after")
+    def _known_params(self) -> "CriticSection":
+        from rlvr import algorithms as A
+
+        _check_params("critic.value_loss_params", self.value_loss_params,
+                      A.VALUE_LOSSES.get(self.value_loss), self.value_loss)
+        return self
+
+    def num_outputs(self) -> int:
+        """Value-head width: 1 for a scalar loss, ``num_bins`` for a classification loss."""
+        if self.value_loss == "mse":
+            return 1
+        from rlvr import algorithms as A
+        import inspect
+
+        default = inspect.signature(A.VALUE_LOSSES[self.value_loss]).parameters.get("num_bins")
+        return int(self.value_loss_params.get("num_bins", default.default if default else 1))
+
+
 class SFTSection(_Section):
     steps: int = Field(500, ge=0)
     lr: float = Field(1e-3, gt=0)
     batch_size: int = Field(128, ge=1)
     warmup_steps: int = Field(30, ge=0)
     seed: int = 0
+    aggregation_ratio: float = Field(0.0, ge=0, le=1, description="share of warm-start rows that are "
+                                     "RSA aggregation examples over noisy candidates (0: none)")
+    aggregation_k: int = Field(4, ge=1, description="aggregation examples show 1..aggregation_k candidates")
 
 
 class EvalSection(_Section):
@@ -173,6 +238,7 @@ class Config(_Section):
     algorithm: AlgorithmSection = Field(default_factory=AlgorithmSection)
     kl: KLSection = Field(default_factory=KLSection)
     trainer: TrainerSection = Field(default_factory=TrainerSection)
+    critic: CriticSection = Field(default_factory=CriticSection)
     sft: SFTSection = Field(default_factory=SFTSection)
     eval: EvalSection = Field(default_factory=EvalSection)
     logging: LoggingSection = Field(default_factory=LoggingSection)
@@ -187,17 +253,38 @@ class Config(_Section):
         if self.reward.overlong_buffer_len >= self.rollout.max_new_tokens:
             raise ValueError(f"reward.overlong_buffer_len ({self.reward.overlong_buffer_len}) must be "
                              f"smaller than rollout.max_new_tokens ({self.rollout.max_new_tokens})")
+        if self.rollout.aggregation_ratio > 0 and self.rollout.aggregation_k > self.rollout.group_size:
+            raise ValueError(f"rollout.aggregation_k ({self.rollout.aggregation_k}) exceeds rollout.group_size "
+                             f"({self.rollout.group_size}): candidates are drawn without replacement from "
+                             "one group; lower rollout.aggregation_k")
+        if self.rollout.aggregation_ratio > 0 and round(
+                self.rollout.aggregation_ratio * self.rollout.prompts_per_step) >= self.rollout.prompts_per_step:
+            raise ValueError(f"rollout.aggregation_ratio ({self.rollout.aggregation_ratio}) leaves no plain "
+                             f"prompt out of rollout.prompts_per_step ({self.rollout.prompts_per_step}); "
+                             "lower it")
         if self.kl.placement != "none" and self.kl.coef == 0:
             raise ValueError("kl.coef is 0 while kl.placement is "
                              f"'{self.kl.placement}'; set kl.coef > 0 or kl.placement=none")
+        if self.critic.num_critics > 1 and self.algorithm.advantage_estimator != "asyppo":
+            raise ValueError(f"critic.num_critics = {self.critic.num_critics} needs "
+                             "algorithm.advantage_estimator=asyppo (gae uses one critic); set one of them")
         return self
+
+    def uses_critic(self) -> bool:
+        """True when the advantage estimator needs learned values (``gae``, ``asyppo``, ...)."""
+        import inspect
+
+        from rlvr import algorithms as A
+
+        p = inspect.signature(A.ADVANTAGE_ESTIMATORS[self.algorithm.advantage_estimator]).parameters.get("values")
+        return p is not None and p.default is inspect.Parameter.empty
 
     def to_dict(self) -> dict:
         return self.model_dump(mode="json")
 
 
 #: Inputs the trainer supplies itself; they are not hyper-parameters a config may set.
-_SUPPLIED = {"logp", "old_logp", "advantages", "mask", "agg", "weights", "batch_num_tokens", "batch_num_seqs",
+_SUPPLIED = {"logp", "old_logp", "old_values", "returns", "advantages", "mask", "agg", "weights", "batch_num_tokens", "batch_num_seqs",
              "norm_constant", "rewards", "token_rewards", "values", "group", "ref_logp", "rollout_logp",
              "mean_logp", "old_mean_logp", "num_prompts", "baseline_rewards", "correct"}
 

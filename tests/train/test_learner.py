@@ -48,3 +48,19 @@ def test_outcome_reward_sits_on_the_last_valid_token():
     mask = torch.tensor([[1, 1, 1, 0], [1, 0, 0, 0], [0, 0, 0, 0]], dtype=torch.float)
     out = _outcome_on_last_token(torch.tensor([2.0, -1.0, 5.0]), mask)
     assert out.tolist() == [[0, 0, 2, 0], [-1, 0, 0, 0], [0, 0, 0, 0]]
+
+
+def test_lr_schedules_warm_up_then_hold_or_decay():
+    import math
+
+    from rlvr.train.learner import lr_factor
+
+    for schedule in ("constant", "linear", "cosine"):
+        assert [lr_factor(s, 4, schedule, 20, 0.1) for s in range(3)] == [0.25, 0.5, 0.75]
+        assert lr_factor(3, 4, schedule, 20, 0.1) == 1.0
+    assert lr_factor(19, 4, "constant", 20, 0.1) == 1.0
+    assert lr_factor(19, 4, "linear", 20, 0.1) == pytest.approx(0.1)
+    assert lr_factor(19, 4, "cosine", 20, 0.1) == pytest.approx(0.1)
+    mid = 4 + (20 - 4) // 2 - 1  # progress 1/2
+    assert lr_factor(mid, 4, "linear", 20, 0.0) == pytest.approx(0.5)
+    assert lr_factor(mid, 4, "cosine", 20, 0.0) == pytest.approx(0.5 * (1 + math.cos(math.pi / 2)))

@@ -1,6 +1,8 @@
-"""Held-out evaluation: greedy accuracy and the mean sampled reward."""
+"""Held-out evaluation: greedy accuracy and the mean sampled reward; n samples per problem for pass@k."""
 
 from __future__ import annotations
+
+import os
 
 import torch
 
@@ -30,3 +32,122 @@ def evaluate(engine, task, problems: list, temperature: float, top_p: float, max
         "sampled_accuracy": float(s["correct"].mean()),
         "response_length": float(sampled.completion_mask.sum(-1).float().mean()),
     }
+
+
+# ------------------------------------------------------------------------------------------------
+# n samples per problem, written incrementally (``rlvr eval --k``)
+
+SAMPLES_FILE = "samples.jsonl"
+META_FILE = "meta.json"
+
+
+def sample_eval_rows(engine, task, problems: list, out_dir, n: int, temperature: float, top_p: float,
+                     max_new_tokens: int, seed: int, batch_problems: int = 32, meta: dict | None = None,
+                     progress: bool = False) -> list[dict]:
+    """One greedy and ``n`` sampled completions per problem, as per-problem rows (resumable).
+
+    Rows are appended to ``out_dir/samples.jsonl`` one batch of ``batch_problems`` problems at a
+    time. A rerun reads the file, keeps the batches that are complete, and samples only the
+    rest; each batch is sampled under its own seed (``seed`` and the batch's first index), so the
+    result does not depend on where a run was interrupted. ``meta`` (what shapes the samples:
+    checkpoint, task, sampling) is stored in ``out_dir/meta.json``; a rerun with different
+    ``meta`` raises instead of mixing samples. Asking for more problems than a previous run
+    extends it (problems are a prefix-stable list).
+    """
+    import json
+    from pathlib import Path
+
+    from tqdm.auto import tqdm
+
+    from rlvr.utils import atomic_write_text
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    meta = {**(meta or {}), "n": n, "temperature": temperature, "top_p": top_p,
+            "max_new_tokens": max_new_tokens, "seed": seed, "batch_problems": batch_problems}
+    _check_meta(out_dir / META_FILE, meta)
+    atomic_write_text(out_dir / META_FILE, json.dumps(meta, indent=1, sort_keys=True) + "\n")
+    done = _load_complete_batches(out_dir / SAMPLES_FILE, problems, batch_problems)
+    starts = [s for s in range(0, len(problems), batch_problems) if s not in done]
+    bar = tqdm(total=len(problems), initial=sum(len(rows) for rows in done.values()),
+               desc="eval (problems)", disable=not progress, dynamic_ncols=True)
+    for start in starts:
+        batch = problems[start:start + batch_problems]
+        rows = _sample_batch(engine, task, batch, start, n, temperature, top_p, max_new_tokens, seed)
+        with open(out_dir / SAMPLES_FILE, "a") as f:
+            f.write("".join(json.dumps(r) + "\n" for r in rows))
+            f.flush()
+            os.fsync(f.fileno())
+        done[start] = rows
+        bar.update(len(batch))
+    bar.close()
+    return [row for s in sorted(done) for row in done[s]][: len(problems)]
+
+
+def _sample_batch(engine, task, batch: list, start: int, n: int, temperature: float, top_p: float,
+                  max_new_tokens: int, seed: int) -> list[dict]:
+    from rlvr.eval.metrics import distinct_n
+    from rlvr.tasks.base import SupportsChainVerifier
+
+    prompts = [p.prompt for p in batch]
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed * 1_000_003 + start)
+        greedy = engine.generate(prompts, SamplingParams(temperature=0, max_new_tokens=max_new_tokens, n=1))
+        sampled = engine.generate(prompts, SamplingParams(temperature=temperature, top_p=top_p,
+                                                          max_new_tokens=max_new_tokens, n=n))
+    chain = isinstance(task, SupportsChainVerifier)
+    lengths = sampled.completion_mask.sum(-1).tolist()
+    ids = [row[:L] for row, L in zip(sampled.completion_ids.tolist(), lengths)]
+    rows = []
+    for i, problem in enumerate(batch):
+        idx = [j for j, p in enumerate(sampled.prompt_index.tolist()) if p == i]
+        texts = [sampled.texts[j] for j in idx]
+        scores = [task.score(problem, t) for t in texts]
+        correct = [int(s["correct"] > 0) for s in scores]
+        rows.append({
+            "index": start + i, "prompt": problem.prompt, "answer": problem.answer,
+            "greedy": greedy.texts[i], "greedy_correct": int(task.score(problem, greedy.texts[i])["correct"] > 0),
+            "completions": texts, "answers": [task.extract_answer(t) for t in texts], "correct": correct,
+            "cot": [int(c and bool(task.verify_chain(problem, t))) for c, t in zip(correct, texts)] if chain else None,
+            "lengths": [lengths[j] for j in idx], "distinct_2": distinct_n([ids[j] for j in idx], 2),
+        })
+    return rows
+
+
+def _check_meta(path, meta: dict) -> None:
+    import json
+
+    if not path.exists():
+        return
+    old = json.loads(path.read_text())
+    diff = sorted(k for k in set(old) | set(meta) if old.get(k) != meta.get(k))
+    if diff:
+        raise ValueError(f"{path.parent}: earlier samples were made with other settings ({', '.join(diff)}); "
+                         "use another --out folder or delete this one")
+
+
+def _load_complete_batches(path, problems: list, batch_problems: int) -> dict[int, list[dict]]:
+    """Rows already on disk, by batch start; incomplete batches and torn lines are dropped (and the
+    file is rewritten without them). A row whose prompt is not the expected problem raises."""
+    import json
+
+    from rlvr.utils import atomic_write_text, read_jsonl
+
+    rows = read_jsonl(path)
+    by_start: dict[int, dict[int, dict]] = {}
+    for r in rows:
+        i = int(r["index"])
+        if i < len(problems) and r["prompt"] != problems[i].prompt:
+            raise ValueError(f"{path}: row {i} is for prompt {r['prompt']!r}, not {problems[i].prompt!r}; "
+                             "the task or its options changed: use another --out folder")
+        by_start.setdefault(i - i % batch_problems, {})[i] = r
+    done = {}
+    for start, got in by_start.items():
+        want = range(start, min(start + batch_problems, max(len(problems), max(got) + 1)))
+        if all(i in got for i in want):
+            done[start] = [got[i] for i in want]
+    kept = [r for s in sorted(done) for r in done[s]]
+    if path.exists() and len(kept) != len(path.read_text().splitlines()):
+        atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in kept))
+    return {s: [r for r in rs if r["index"] < len(problems)] for s, rs in done.items()
+            if s < len(problems)}

@@ -3,6 +3,8 @@
 Built-ins (see :func:`make_task`):
 
 * ``"arithmetic"``: :class:`ArithmeticTask`, our integer-arithmetic generator;
+* ``"arithmetic_chain"``: :class:`ArithmeticChainTask`, left-to-right multi-step arithmetic whose
+  completions show every step, with a chain-of-thought verifier (CoT-pass@k);
 * ``"reasoning_gym:<dataset>"``: :class:`ReasoningGymTask`, any reasoning-gym dataset;
 * ``"math"``: :class:`MathTask`, (question, answer) pairs checked with math-verify.
 
@@ -11,11 +13,13 @@ Importing this package is cheap: reasoning-gym and math-verify load on first use
 
 from rlvr.tasks.base import TASKS, Problem, SupportsSFT, Task, make_task, register_task
 from rlvr.tasks.arithmetic import ArithmeticTask
+from rlvr.tasks.arithmetic_chain import ArithmeticChainTask
 from rlvr.tasks.math import MathTask
 from rlvr.tasks.reasoning_gym import ReasoningGymTask
 
 __all__ = [
     "TASKS",
+    "ArithmeticChainTask",
     "ArithmeticTask",
     "MathTask",
     "Problem",

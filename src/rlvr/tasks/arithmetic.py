@@ -27,6 +27,7 @@ from rlvr.tasks.base import (
     MAX_ANSWER_CHARS,
     Problem,
     check_split,
+    compact_aggregation_prompt,
     guarded,
     hash_fraction,
     register_task,
@@ -39,6 +40,10 @@ ALLOWED_OPS = "+-*"
 _INTEGER = re.compile(r"-?[0-9]+")  # ASCII digits only: int() would accept "٣" and "+5"
 _ENUMERATION_LIMIT = 200_000  # spaces up to this size are listed in full for the eval split
 _MAX_DRAWS_PER_PROBLEM = 100  # rejection-sampling budget, per problem asked for
+#: Characters kept in aggregation candidates (others become "?"), see ``compact_aggregation_prompt``.
+AGGREGATION_ALPHABET = "0123456789+-*=;"
+#: Offsets that turn the right answer into a plausible wrong candidate for the warm start.
+_SLIPS = (-10, -2, -1, 1, 2, 10)
 
 
 def evaluate(operands: Sequence[int], ops: Sequence[str]) -> int:
@@ -241,6 +246,28 @@ class ArithmeticTask:
     def format_sft_target(self, problem: Problem) -> str:
         """The reference completion for supervised warm start: the answer itself."""
         return problem.answer
+
+    # ------------------------------------------------------------------ aggregation (RSA)
+
+    def aggregation_prompt(self, problem: Problem, candidates: list[str]) -> str:
+        """RSA aggregation prompt (arXiv 2509.26626) in the compact format ``12+7=|19|18|19|=>``.
+
+        The completion after ``=>`` is judged exactly like a completion of ``problem.prompt``.
+        """
+        return compact_aggregation_prompt(problem.prompt, candidates, AGGREGATION_ALPHABET)
+
+    def sft_candidates(self, problem: Problem, k: int, rng: random.Random) -> list[str]:
+        """``k`` noisy candidates for warm-start aggregation examples.
+
+        Each is right with probability ``q ~ U(0.5, 1)`` (drawn per example), else the right answer
+        shifted by a small slip (+-1, +-2, +-10): like a decent policy's own samples, the
+        candidates are right more often than not, so reading them pays off. (With ``q ~ U(0, 1)``
+        the tiny model learned to ignore the candidates and solve from scratch: its accuracy on
+        aggregation prompts was the same whether the candidates were right or wrong.)
+        """
+        q = 0.5 + 0.5 * rng.random()
+        result = int(problem.answer)
+        return [problem.answer if rng.random() < q else str(result + rng.choice(_SLIPS)) for _ in range(k)]
 
     def __repr__(self) -> str:
         return (

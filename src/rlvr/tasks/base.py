@@ -12,6 +12,15 @@ makes an underlying verifier raise, scores 0 on every reward. The helpers at the
 this module (:func:`guarded`, :func:`zero_rewards`, :data:`MAX_ANSWER_CHARS`) are what the
 built-in tasks use to keep that promise.
 
+Optional capabilities, each a small protocol a task may implement (checked with ``isinstance``):
+
+* :class:`SupportsSFT`: ``format_sft_target`` for the supervised warm start;
+* :class:`SupportsChainVerifier`: ``verify_chain`` judges the chain of thought, not only the final
+  answer (CoT-pass@k, spec section 18.2);
+* :class:`SupportsAggregation`: ``aggregation_prompt`` shows the model candidate solutions to
+  aggregate (RSA, spec section 17), and ``sft_candidates`` makes noisy candidate lists so the warm
+  start can teach that format. Tasks without it fall back to :func:`default_aggregation_prompt`.
+
 Tasks are built by name with :func:`make_task`; user tasks join the registry with the
 :func:`register_task` decorator.
 """
@@ -29,8 +38,13 @@ __all__ = [
     "SPLITS",
     "TASKS",
     "Problem",
+    "SupportsAggregation",
+    "SupportsChainVerifier",
     "SupportsSFT",
     "Task",
+    "aggregation_prompt",
+    "compact_aggregation_prompt",
+    "default_aggregation_prompt",
     "check_options",
     "check_split",
     "guarded",
@@ -98,6 +112,76 @@ class SupportsSFT(Protocol):
         ...
 
 
+@runtime_checkable
+class SupportsChainVerifier(Protocol):
+    """A task that can judge the reasoning steps of a completion, not only its final answer."""
+
+    def verify_chain(self, problem: Problem, completion: str) -> bool:
+        """True iff every step of the completion is well-formed, right and follows from the last.
+
+        Never raises (hostile input is False). CoT-pass@k counts a sample only when it is
+        ``correct`` *and* ``verify_chain`` holds (arXiv 2506.14245; spec section 18.2).
+        """
+        ...
+
+
+@runtime_checkable
+class SupportsAggregation(Protocol):
+    """A task with its own aggregation prompt for RSA (Venkatraman et al. 2025, arXiv 2509.26626)."""
+
+    def aggregation_prompt(self, problem: Problem, candidates: list[str]) -> str:
+        """The prompt that shows ``problem`` and its candidate completions; the model answers it
+        with an ordinary completion of ``problem`` (same verifier)."""
+        ...
+
+    def sft_candidates(self, problem: Problem, k: int, rng: Any) -> list[str]:
+        """``k`` plausible candidate completions, some right and some wrong (``rng`` is a
+        ``random.Random``), used to teach the aggregation format during the warm start."""
+        ...
+
+
+def aggregation_prompt(task: Any, problem: Problem, candidates: list[str]) -> str:
+    """``task.aggregation_prompt`` when the task has one, else :func:`default_aggregation_prompt`."""
+    if isinstance(task, SupportsAggregation):
+        return task.aggregation_prompt(problem, list(candidates))
+    return default_aggregation_prompt(problem, list(candidates))
+
+
+#: Longest candidate text (characters) shown in a compact aggregation prompt; longer ones are cut.
+MAX_CANDIDATE_CHARS = 64
+
+
+def compact_aggregation_prompt(prompt: str, candidates: list[str], alphabet: str,
+                               max_chars: int = MAX_CANDIDATE_CHARS) -> str:
+    """Candidates-then-answer format for tiny character-level models: ``12+7=|19|18|19|=>``.
+
+    The problem's prompt, then each candidate followed by ``|`` (after a leading ``|``), then
+    ``=>``; the model continues with an ordinary completion. Each candidate is stripped, cut to
+    ``max_chars`` characters, and every character outside ``alphabet`` becomes ``?`` (so a
+    candidate can never hold ``|`` or a newline and break the frame).
+    """
+    cleaned = ["".join(ch if ch in alphabet else "?" for ch in str(c).strip()[:max_chars]) for c in candidates]
+    return prompt + "|" + "".join(c + "|" for c in cleaned) + "=>"
+
+
+def default_aggregation_prompt(problem: Problem, candidates: list[str]) -> str:
+    """A natural-language aggregation prompt for instruction-following models (spec 17.2, paraphrased).
+
+    With one candidate it is the RSA "refine this candidate" variant.
+    """
+    if len(candidates) == 1:
+        head = ("Below is a problem and one candidate solution, which may be wrong. Check it, fix any "
+                "mistakes, and write one improved solution that ends with the final answer in the "
+                "format the problem asks for.")
+    else:
+        head = ("Below is a problem and several candidate solutions, some of which may be wrong. Combine "
+                "their useful ideas, resolve disagreements between them, try a new approach if all are "
+                "wrong, and write one improved solution that ends with the final answer in the format "
+                "the problem asks for.")
+    body = "".join(f"\n\nCandidate {i + 1}:\n{c}" for i, c in enumerate(candidates))
+    return f"{head}\n\nProblem:\n{problem.prompt}{body}\n\nNow write one improved solution.\n"
+
+
 # --------------------------------------------------------------------------- registry
 
 TaskFactory = Callable[..., Task]
@@ -106,7 +190,8 @@ F = TypeVar("F", bound=TaskFactory)
 #: Registry of task factories by name. ``make_task`` reads it; ``register_task`` writes it.
 TASKS: dict[str, TaskFactory] = {}
 
-_BUILTIN_MODULES = ("rlvr.tasks.arithmetic", "rlvr.tasks.reasoning_gym", "rlvr.tasks.math")
+_BUILTIN_MODULES = ("rlvr.tasks.arithmetic", "rlvr.tasks.arithmetic_chain", "rlvr.tasks.reasoning_gym",
+                    "rlvr.tasks.math")
 
 
 def register_task(name: str) -> Callable[[F], F]:
@@ -136,8 +221,8 @@ def make_task(name: str, **options: Any) -> Task:
     """Build a registered task by name.
 
     Args:
-        name: ``"arithmetic"``, ``"math"``, ``"reasoning_gym:<dataset>"`` (any reasoning-gym
-            dataset, e.g. ``"reasoning_gym:chain_sum"``) or a name added with
+        name: ``"arithmetic"``, ``"arithmetic_chain"``, ``"math"``, ``"reasoning_gym:<dataset>"``
+            (any reasoning-gym dataset, e.g. ``"reasoning_gym:chain_sum"``) or a name added with
             :func:`register_task`.
         **options: the factory's keyword options.
 

@@ -19,7 +19,9 @@ from rlvr.utils import rng_state, set_rng_state
 STATE_FILE = "trainer_state.pt"
 
 
-def save_checkpoint(run_dir: Path, step: int, model, tokenizer, state: dict, keep: int = 2) -> Path:
+def save_checkpoint(run_dir: Path, step: int, model, tokenizer, state: dict, keep: int = 2,
+                    save_extra=None) -> Path:
+    """Write ``checkpoints/step_<step>``; ``save_extra(folder)`` adds more (e.g. critics' folders)."""
     ckpt_root = run_dir / "checkpoints"
     ckpt_root.mkdir(parents=True, exist_ok=True)
     final = ckpt_root / f"step_{step:06d}"
@@ -27,10 +29,13 @@ def save_checkpoint(run_dir: Path, step: int, model, tokenizer, state: dict, kee
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
+    if save_extra is not None:
+        save_extra(tmp)
     torch.save({**state, "step": step, "rng": rng_state()}, tmp / STATE_FILE)
-    for f in tmp.iterdir():  # make the bytes durable before the rename publishes them
-        with open(f, "rb") as fh:
-            os.fsync(fh.fileno())
+    for f in tmp.rglob("*"):  # make the bytes durable before the rename publishes them
+        if f.is_file():
+            with open(f, "rb") as fh:
+                os.fsync(fh.fileno())
     if final.exists():
         shutil.rmtree(final)
     os.replace(tmp, final)

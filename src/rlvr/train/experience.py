@@ -94,16 +94,19 @@ class RolloutProducer:
     Options: ``greedy_baseline`` also decodes one greedy completion per prompt and scores it
     (ReMax's baseline); ``overlong`` = (L_max, L_cache, factor) adds DAPO's length penalty;
     ``dynamic_sampling`` (DAPO) keeps generating until ``prompts_per_step`` groups whose
-    ``metric`` is not constant are collected (at most ``max_gen_batches`` rounds).
+    ``metric`` is not constant are collected (at most ``max_gen_batches`` rounds);
+    ``aggregation`` = (ratio, K) turns on aggregation-aware RL (see :meth:`_aggregation_problems`).
     """
 
     def __init__(self, engine: RolloutEngine, task, sampler: PromptSampler, params: SamplingParams,
                  prompts_per_step: int, greedy_baseline: bool = False,
-                 overlong: tuple[int, int, float] | None = None, dynamic_sampling=None):
+                 overlong: tuple[int, int, float] | None = None, dynamic_sampling=None,
+                 aggregation: tuple[float, int] | None = None):
         self.engine, self.task, self.sampler = engine, task, sampler
         self.params, self.prompts_per_step = params, prompts_per_step
         self.greedy_baseline, self.overlong = greedy_baseline, overlong
         self.dynamic_sampling = dynamic_sampling if dynamic_sampling and dynamic_sampling.enabled else None
+        self.aggregation = aggregation if aggregation and aggregation[0] > 0 else None
 
     def produce(self) -> Experience:
         if self.dynamic_sampling is None:
@@ -131,7 +134,46 @@ class RolloutProducer:
         return out
 
     def _produce(self, n_prompts: int) -> Experience:
-        problems = self.sampler.next(n_prompts)
+        if self.aggregation is None:
+            return self._generate_and_score(self.sampler.next(n_prompts))
+        n_agg = aggregation_count(n_prompts, self.aggregation[0])
+        plain = self._generate_and_score(self.sampler.next(n_prompts - n_agg))
+        plain.extras["aggregation"] = torch.zeros_like(plain.group, dtype=torch.bool)
+        if n_agg == 0:
+            return plain
+        agg = self._generate_and_score(self._aggregation_problems(plain, n_agg))
+        agg.group = agg.group + (n_prompts - n_agg)
+        agg.rollout.prompt_index = agg.rollout.prompt_index + (n_prompts - n_agg)
+        agg.extras["aggregation"] = torch.ones_like(agg.group, dtype=torch.bool)
+        out = concat_experience([plain, agg], self.engine.tokenizer.pad_token_id)
+        out.timings = {k: plain.timings[k] + agg.timings[k] for k in plain.timings}
+        return out
+
+    # --- aggregation-aware RL (RSA, Venkatraman et al. 2025, arXiv 2509.26626, spec section 17)
+    def _aggregation_problems(self, plain: Experience, n_agg: int) -> list:
+        """``n_agg`` aggregation problems built from the policy's own candidates of this step.
+
+        Aggregation problem j reuses plain group ``j mod n_plain``: its prompt is the task's
+        aggregation prompt over K completions drawn without replacement from that group (the
+        completions just sampled for the same problem); its answer and verifier are the
+        original problem's. The draw is seeded by the sampler's position, so a resumed run
+        builds the same prompts.
+        """
+        from rlvr.tasks.base import Problem, aggregation_prompt
+
+        K = self.aggregation[1]
+        g = torch.Generator().manual_seed(self.sampler.seed * 1_000_003 + self.sampler.position)
+        groups = list(dict.fromkeys(plain.group.tolist()))
+        out = []
+        for j in range(n_agg):
+            rows = torch.nonzero(plain.group == groups[j % len(groups)]).flatten().tolist()
+            picked = [rows[i] for i in torch.randperm(len(rows), generator=g)[:K].tolist()]
+            problem = plain.problems[rows[0]]
+            prompt = aggregation_prompt(self.task, problem, [plain.rollout.texts[i] for i in picked])
+            out.append(Problem(prompt=prompt, answer=problem.answer, meta={**problem.meta, "aggregation": True}))
+        return out
+
+    def _generate_and_score(self, problems: list) -> Experience:
         prompts = [p.prompt for p in problems]
         t0 = time.perf_counter()
         rollout = self.engine.generate(prompts, self.params)
@@ -156,6 +198,11 @@ class RolloutProducer:
         if baseline is not None:
             exp.extras["baseline_rewards"] = baseline
         return exp
+
+
+def aggregation_count(n_prompts: int, ratio: float) -> int:
+    """Groups of a step that are aggregation prompts: ``round(ratio * n_prompts)``, at most n - 1."""
+    return min(n_prompts - 1, round(ratio * n_prompts))
 
 
 def select_rows(exp: Experience, idx: torch.Tensor) -> Experience:

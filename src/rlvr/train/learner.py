@@ -23,7 +23,7 @@ import copy
 import inspect
 import math
 import time
-from functools import lru_cache
+from functools import lru_cache, partial
 
 import torch
 
@@ -33,19 +33,41 @@ from rlvr.models.logprobs import completion_logits, token_logprobs
 from rlvr.train.experience import Experience
 
 
-def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float, betas, warmup_steps: int):
+def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float, betas, warmup_steps: int,
+                   schedule: str = "constant", total_steps: int = 0, min_lr_ratio: float = 0.0):
+    """AdamW with linear warm-up, then a constant, linear or cosine learning rate.
+
+    ``total_steps`` (optimizer steps) is where a decaying schedule reaches ``min_lr_ratio * lr``.
+    """
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, betas=tuple(betas), weight_decay=weight_decay)
-    warm = max(1, warmup_steps)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warm))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, partial(lr_factor, warmup=max(1, warmup_steps), schedule=schedule, total=total_steps,
+                           floor=min_lr_ratio))
     return optimizer, scheduler
 
 
+def lr_factor(step: int, warmup: int, schedule: str, total: int, floor: float) -> float:
+    """Learning-rate multiplier at optimizer step ``step`` (0-based)."""
+    if step + 1 < warmup:
+        return (step + 1) / warmup
+    if schedule == "constant" or total <= warmup:
+        return 1.0
+    progress = min(1.0, (step + 1 - warmup) / (total - warmup))
+    decay = 1.0 - progress if schedule == "linear" else 0.5 * (1.0 + math.cos(math.pi * progress))
+    return floor + (1.0 - floor) * decay
+
+
 class Learner:
-    def __init__(self, model: torch.nn.Module, config: Config):
+    def __init__(self, model: torch.nn.Module, config: Config, critics=None):
         self.model = model
+        self.critics = critics  # rlvr.train.critic.Critics when the estimator needs values (PPO, AsyPPO)
+        if config.uses_critic() and critics is None:
+            raise ValueError(f"advantage estimator '{config.algorithm.advantage_estimator}' needs a critic")
         self.config = config
         t = config.trainer
-        self.optimizer, self.scheduler = make_optimizer(model, t.lr, t.weight_decay, t.betas, t.warmup_steps)
+        self.optimizer, self.scheduler = make_optimizer(
+            model, t.lr, t.weight_decay, t.betas, t.warmup_steps, schedule=t.lr_schedule,
+            total_steps=t.steps * t.ppo_epochs * t.num_minibatches, min_lr_ratio=t.min_lr_ratio)
         self.ref_model = None
         needs_ref = "ref_logp" in wanted_inputs(A.POLICY_LOSSES[config.algorithm.policy_loss])
         if config.kl.placement != "none" or needs_ref:
@@ -96,25 +118,44 @@ class Learner:
         est = A.ADVANTAGE_ESTIMATORS[cfg.algorithm.advantage_estimator]
         extra = {k: v for k, v in available.items() if k in wanted_inputs(est)}
         _require(extra, wanted_inputs(est, required_only=True), cfg.algorithm.advantage_estimator)
-        advantages, _returns = A.compute_advantages(
+        values = self.critics.values(exp) if self.critics is not None else None  # [M, B, T]
+        if values is not None:
+            extra["values"] = values[0] if values.shape[0] == 1 else values
+        advantages, returns = A.compute_advantages(
             cfg.algorithm.advantage_estimator, rewards=rewards, token_rewards=token_rewards,
             mask=mask, group=exp.group, **extra, **cfg.algorithm.advantage_params)
+        entropy_mask = None
+        if values is not None:
+            metrics.update(critic_metrics(values, returns, mask))
+            if cfg.algorithm.advantage_estimator == "asyppo" and values.shape[0] > 1:
+                adv_mask, entropy_mask = A.asyppo_masks(values, mask, adv_mask_frac=cfg.critic.adv_mask_frac,
+                                                        ent_mask_frac=cfg.critic.ent_mask_frac)
+                advantages = advantages * adv_mask
+                n = mask.sum().clamp(min=1)
+                metrics["asyppo/adv_masked_frac"] = float(((1 - adv_mask) * mask).sum() / n)
+                metrics["asyppo/entropy_masked_frac"] = float(((1 - entropy_mask) * mask).sum() / n)
         weights = mismatch_weights(cfg.algorithm.mismatch, old_logp, exp.rollout.rollout_logp, mask)
         batch = {"rewards": exp.rewards, "group": exp.group, "ref_logp": ref_logp,
                  "rollout_logp": exp.rollout.rollout_logp, "old_mean_logp": old_mean_logp,
-                 "correct": exp.reward_components.get("correct"), "weights": weights}
+                 "correct": exp.reward_components.get("correct"), "weights": weights,
+                 "entropy_mask": entropy_mask}
 
         sums: dict[str, float] = {}
         grad_norms = []
         gen = torch.Generator().manual_seed(cfg.run.seed * 1_000_003 + step)
-        for _epoch in range(cfg.trainer.ppo_epochs):
+        if self.critics is not None:  # critic first, on the pre-update values (verl order)
+            metrics.update(self.critics.update(exp, returns, values, mask, gen))
+        actor_frozen = self.critics is not None and step < cfg.critic.warmup_steps
+        for _epoch in range(0 if actor_frozen else cfg.trainer.ppo_epochs):
             for mb_groups in split_groups(exp.group, cfg.trainer.num_minibatches, gen):
                 grad_norms.append(self._minibatch_step(exp, mb_groups, mask, old_logp, advantages, batch, sums))
-        self.policy_version += 1
+        if not actor_frozen:
+            self.policy_version += 1
 
-        metrics.update({k: v / len(grad_norms) for k, v in sums.items()})
+        n_steps = max(1, len(grad_norms))
+        metrics.update({k: v / n_steps for k, v in sums.items()})
         metrics.update({
-            "grad_norm": sum(grad_norms) / len(grad_norms),
+            "grad_norm": sum(grad_norms) / n_steps if grad_norms else 0.0,
             "lr": self.scheduler.get_last_lr()[0],
             "advantage_abs_mean": float((advantages.abs() * mask).sum() / mask.sum().clamp(min=1)),
             "mismatch_k3": float((A.kl_penalty(exp.rollout.rollout_logp, old_logp, "k3") * mask).sum()
@@ -149,18 +190,20 @@ class Learner:
                 alg.policy_loss, logp=logp, old_logp=old_logp[idx], advantages=advantages[idx], mask=mm,
                 agg=alg.loss_agg_mode, weights=weights, **counts, **alg.loss_agg_params, **extra,
                 **alg.policy_loss_params)
-            entropy = A.aggregate_loss(A.entropy_from_logits(logits.detach() if cfg.trainer.entropy_coef == 0
-                                                             else logits), mm, **agg)
+            entropy_tok = A.entropy_from_logits(logits.detach() if cfg.trainer.entropy_coef == 0 else logits)
+            entropy = A.aggregate_loss(entropy_tok, mm, **agg)
             if cfg.trainer.entropy_coef > 0:
-                loss = loss - cfg.trainer.entropy_coef * entropy
+                ent_mask = batch["entropy_mask"]  # AsyPPO: high-disagreement tokens get no bonus
+                bonus = entropy if ent_mask is None else A.aggregate_loss(entropy_tok, mm * ent_mask[idx], **agg)
+                loss = loss - cfg.trainer.entropy_coef * bonus
             if cfg.kl.placement == "loss":
                 kl = A.aggregate_loss(A.kl_penalty(logp, ref_logp[idx], cfg.kl.estimator), mm, **agg)
                 loss = loss + cfg.kl.coef * kl
-                _acc(sums, "kl_loss", float(kl))
+                _acc(sums, "kl_loss", float(kl.detach()))
             loss.backward()
             frac = float(mm.sum() / counts["batch_num_tokens"].clamp(min=1))
             _acc(sums, "loss", loss.item())
-            _acc(sums, "entropy", float(entropy))
+            _acc(sums, "entropy", float(entropy.detach()))
             for k, v in pg_metrics.items():
                 _acc(sums, k, float(v) * frac)
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.trainer.max_grad_norm)
@@ -170,13 +213,18 @@ class Learner:
 
     # ------------------------------------------------------------------ checkpoint state
     def state_dict(self) -> dict:
-        return {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-                "policy_version": self.policy_version}
+        state = {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                 "policy_version": self.policy_version}
+        if self.critics is not None:
+            state["critics"] = self.critics.state_dict()
+        return state
 
     def load_state_dict(self, state: dict) -> None:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.policy_version = int(state["policy_version"])
+        if self.critics is not None:
+            self.critics.load_state_dict(state["critics"])
 
 
 #: Inputs the learner can supply to a loss or estimator that names them in its signature.
@@ -199,6 +247,19 @@ def _require(given: dict, required: frozenset, name: str) -> None:
                 "baseline_rewards": "set rollout.greedy_baseline=true"}
         raise ValueError(f"'{name}' needs {', '.join(missing)}; "
                          + "; ".join(hint.get(k, f"{k} is not available") for k in missing))
+
+
+def critic_metrics(values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor) -> dict[str, float]:
+    """Explained variance of the ensemble mean and of each critic, and critic disagreement."""
+    from rlvr.train.critic import explained_variance
+
+    out = {"critic/explained_variance": explained_variance(values.mean(0), returns, mask),
+           "critic/value_mean": float((values.mean(0) * mask).sum() / mask.sum().clamp(min=1))}
+    if values.shape[0] > 1:
+        for m in range(values.shape[0]):
+            out[f"critic{m}/explained_variance"] = explained_variance(values[m], returns, mask)
+        out["critic/disagreement"] = float((values.std(0) * mask).sum() / mask.sum().clamp(min=1))
+    return out
 
 
 def mean_logprob(logits: torch.Tensor) -> torch.Tensor:

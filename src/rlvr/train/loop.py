@@ -31,7 +31,7 @@ from rlvr.train.checkpoint import latest_checkpoint, load_trainer_state, save_ch
 from rlvr.train.experience import Experience, OnPolicyQueue, PromptSampler, RolloutProducer
 from rlvr.train.learner import Learner
 from rlvr.train.logger import RunLogger
-from rlvr.utils import atomic_write_text, seed_everything
+from rlvr.utils import atomic_write_text, seed_everything, write_run_meta
 
 
 @dataclass
@@ -77,7 +77,17 @@ def train(config: Config | None = None, resume: str | Path | None = None, log=pr
     # --- components
     model_path = resolve_model_path(config, task, progress, log)
     model, tokenizer = load_model_and_tokenizer(model_path, config.model.dtype, config.run.device)
-    learner = Learner(model, config)
+    critics = None
+    if config.uses_critic():
+        from rlvr.train.critic import Critics
+
+        critics = Critics.build(config, model_path)
+        log(f"critic: {config.critic.num_critics} x {critics.num_parameters() / 1e6:.2f}M parameters, "
+            f"value loss {config.critic.value_loss}")
+        if config.algorithm.advantage_estimator == "asyppo" and config.critic.num_critics == 1:
+            log("note: critic.num_critics = 1, so AsyPPO's disagreement masks are disabled (they need "
+                "M >= 2 critics); this run is PPO with GAE")
+    learner = Learner(model, config, critics)
     engine = HFRolloutEngine(model, tokenizer, batch_size=config.rollout.batch_size)
     r = config.rollout
     params = SamplingParams(temperature=r.temperature, top_p=r.top_p, max_new_tokens=r.max_new_tokens,
@@ -86,7 +96,8 @@ def train(config: Config | None = None, resume: str | Path | None = None, log=pr
                 if config.reward.overlong_buffer_len > 0 else None)
     producer = RolloutProducer(engine, task, PromptSampler(task.problems("train"), config.run.seed), params,
                                r.prompts_per_step, greedy_baseline=r.greedy_baseline, overlong=overlong,
-                               dynamic_sampling=r.dynamic_sampling)
+                               dynamic_sampling=r.dynamic_sampling,
+                               aggregation=(r.aggregation_ratio, r.aggregation_k) if r.aggregation_ratio > 0 else None)
     source = OnPolicyQueue(producer)
     logger = RunLogger(run_dir)
     eval_problems = task.problems("eval", config.eval.num_problems)
@@ -105,6 +116,8 @@ def train(config: Config | None = None, resume: str | Path | None = None, log=pr
         model.load_state_dict(restored.state_dict())
         state = load_trainer_state(ckpt)
         learner.load_state_dict(state["learner"])
+        if critics is not None:
+            critics.load_pretrained(ckpt)
         source.load_state_dict(state["source"])
         engine.update_weights(None, learner.policy_version)
         start = state["step"]
@@ -115,12 +128,14 @@ def train(config: Config | None = None, resume: str | Path | None = None, log=pr
         logger.truncate_after(0)
         dump_config(config, run_dir / "config.yaml")
         log(f"run folder: {run_dir}")
+    write_run_meta(run_dir, resumed=ckpt is not None)  # git commit, versions
     before = _first_eval(logger) if start > 0 else run_eval(0)
 
     def checkpoint(step: int) -> None:
         save_checkpoint(run_dir, step, model, tokenizer,
                         {"learner": learner.state_dict(), "source": source.state_dict()},
-                        keep=config.logging.keep_checkpoints)
+                        keep=config.logging.keep_checkpoints,
+                        save_extra=critics.save_pretrained if critics is not None else None)
 
     # --- the loop
     bar = tqdm(range(start, config.trainer.steps), initial=start, total=config.trainer.steps,
@@ -180,6 +195,13 @@ def rollout_metrics(exp: Experience) -> dict[str, float]:
     }
     if "gen_rounds" in exp.extras:
         out["gen_rounds"] = exp.extras["gen_rounds"]
+    if "aggregation" in exp.extras:  # aggregation-aware RL: accuracy on aggregation vs plain prompts
+        is_agg = exp.extras["aggregation"]
+        correct = exp.reward_components["correct"]
+        if is_agg.any():
+            out["aggregation/accuracy"] = float(correct[is_agg].mean())
+        if (~is_agg).any():
+            out["aggregation/plain_accuracy"] = float(correct[~is_agg].mean())
     for name, values in exp.reward_components.items():
         if name not in ("reward", "correct"):
             out[f"reward/{name}"] = float(values.mean())

@@ -1,0 +1,172 @@
+"""Critics for PPO (one value model) and AsyPPO (an ensemble of mini-critics).
+
+The math (GAE, value losses, AsyPPO's masks) lives in :mod:`rlvr.algorithms`; this module holds
+the value models, their optimizers and the data split between them:
+
+* :func:`shard_responses`: AsyPPO's split (arXiv 2510.01656, sec. 3; spec 4.3). For every
+  prompt, its G responses are dealt into M disjoint shards; critic m trains only on shard m,
+  so every critic sees every prompt but different responses.
+* :class:`Critics`: M value models; :meth:`Critics.values` gives ``V_m(s_t)`` ``[M, B, T]``
+  (no grad) and :meth:`Critics.update` fits each critic to the returns on its shard with the
+  configured value loss (``mse`` with optional clipping, ``hl_gauss``, ``two_hot``), using the
+  same minibatch / micro-batch normalisation as the actor.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from pathlib import Path
+
+import torch
+
+from rlvr import algorithms as A
+from rlvr.models.value import build_value_model, completion_values, load_value_model
+
+
+def shard_responses(group: torch.Tensor, num_shards: int,
+                    generator: torch.Generator | None = None) -> list[torch.Tensor]:
+    """Row indices of M disjoint shards; each group's responses are dealt round-robin.
+
+    With a ``generator`` the responses of each group are shuffled first. Shard sizes within a
+    group differ by at most one; together the shards cover every row exactly once.
+    """
+    shards: list[list[torch.Tensor]] = [[] for _ in range(num_shards)]
+    for g in torch.unique(group):
+        rows = torch.nonzero(group == g).flatten()
+        if generator is not None:
+            rows = rows[torch.randperm(len(rows), generator=generator)]
+        for m in range(num_shards):
+            shards[m].append(rows[m::num_shards])
+    return [torch.sort(torch.cat(s)).values if s else torch.empty(0, dtype=torch.long) for s in shards]
+
+
+def explained_variance(values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor) -> float:
+    """``1 - Var[G - V] / Var[G]`` over the valid tokens (1: perfect, 0: no better than a constant)."""
+    m = mask.bool()
+    g, v = returns[m].double(), values[m].double()
+    if g.numel() < 2:
+        return float("nan")
+    var_g = g.var()
+    return float(1 - (g - v).var() / var_g) if var_g > 0 else float("nan")
+
+
+class Critics:
+    """M value models with their own optimizers (M = 1: PPO's critic)."""
+
+    def __init__(self, models: list[torch.nn.Module], config):
+        from rlvr.train.learner import make_optimizer
+
+        self.models = models
+        self.config = config
+        c = config.critic
+        self.opt = [make_optimizer(m, c.lr, c.weight_decay, config.trainer.betas, c.lr_warmup_steps)
+                    for m in models]
+        params = inspect.signature(A.VALUE_LOSSES[c.value_loss]).parameters
+        self.support = {k: c.value_loss_params.get(k, params[k].default)
+                        for k in ("v_min", "v_max") if k in params}
+
+    @classmethod
+    def build(cls, config, actor_path: str | Path) -> "Critics":
+        c = config.critic
+        path = actor_path if c.model_path == "actor" else c.model_path
+        models = [build_value_model(path, c.num_outputs(), c.num_layers, c.hidden_size,
+                                    seed=config.run.seed * 101 + m, dtype=config.model.dtype).to(config.run.device)
+                  for m in range(c.num_critics)]
+        return cls(models, config)
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.models[0].parameters())
+
+    # ------------------------------------------------------------------ forward
+    def _outputs(self, model, exp, idx) -> torch.Tensor:
+        r = exp.rollout
+        return completion_values(model, r.prompt_ids[idx], r.prompt_mask[idx], r.completion_ids[idx],
+                                 r.completion_mask[idx])
+
+    def readout(self, out: torch.Tensor) -> torch.Tensor:
+        """Scalar values from the head: the output itself, or the histogram's expectation."""
+        if out.shape[-1] == 1 and not self.support:
+            return out[..., 0]
+        return A.hl_gauss_value(out, self.support["v_min"], self.support["v_max"])
+
+    @torch.no_grad()
+    def values(self, exp) -> torch.Tensor:
+        """``V_m(s_t)`` for every critic: ``[M, B, T]`` (zero on padding)."""
+        B = exp.rewards.shape[0]
+        mb = self.config.trainer.micro_batch_size
+        mask = exp.rollout.completion_mask.float()
+        out = []
+        for model in self.models:
+            model.eval()
+            v = torch.cat([self.readout(self._outputs(model, exp, torch.arange(s, min(B, s + mb))))
+                           for s in range(0, B, mb)])
+            out.append(v * mask)
+        return torch.stack(out)
+
+    # ------------------------------------------------------------------ training
+    def update(self, exp, returns: torch.Tensor, old_values: torch.Tensor, mask: torch.Tensor,
+               generator: torch.Generator) -> dict[str, float]:
+        """Fit critic m to ``returns`` on shard m (``ppo_epochs`` x ``num_minibatches`` steps)."""
+        from rlvr.train.learner import split_groups, micro_batches
+
+        cfg, c = self.config, self.config.critic
+        shards = shard_responses(exp.group, len(self.models), generator)
+        metrics: dict[str, float] = {}
+        for m, (model, (optimizer, scheduler)) in enumerate(zip(self.models, self.opt)):
+            model.train()
+            rows = shards[m]
+            losses, norms, clipfracs = [], [], []
+            sub_group = exp.group[rows]
+            for _ in range(cfg.trainer.ppo_epochs):
+                for mb in split_groups(sub_group, cfg.trainer.num_minibatches, generator):
+                    mb = [rows[i] for i in mb]
+                    idx_all = torch.cat(mb)
+                    mm_all = mask[idx_all]
+                    counts = dict(batch_num_tokens=mm_all.sum(), batch_num_seqs=(mm_all.sum(-1) > 0).sum())
+                    optimizer.zero_grad(set_to_none=True)
+                    total, clipfrac = 0.0, 0.0
+                    for idx in micro_batches(mb, cfg.trainer.micro_batch_size):
+                        out = self._outputs(model, exp, idx)
+                        pred = out[..., 0] if c.value_loss == "mse" else out
+                        loss, vm = A.value_loss(c.value_loss, values=pred, old_values=old_values[m][idx],
+                                                returns=returns[idx], mask=mask[idx],
+                                                agg=cfg.algorithm.loss_agg_mode, **counts,
+                                                **cfg.algorithm.loss_agg_params, **c.value_loss_params)
+                        loss.backward()
+                        total += loss.item()
+                        clipfrac += vm.get("vf_clipfrac", 0.0) * float(mask[idx].sum() /
+                                                                       counts["batch_num_tokens"].clamp(min=1))
+                    norm = torch.nn.utils.clip_grad_norm_(model.parameters(), c.max_grad_norm)
+                    optimizer.step()
+                    scheduler.step()
+                    losses.append(total)
+                    clipfracs.append(clipfrac)
+                    norms.append(float(norm) if math.isfinite(float(norm)) else float("nan"))
+            metrics[f"critic{m}/vf_clipfrac"] = sum(clipfracs) / max(1, len(clipfracs))
+            metrics[f"critic{m}/value_loss"] = sum(losses) / max(1, len(losses))
+            metrics[f"critic{m}/grad_norm"] = sum(norms) / max(1, len(norms))
+            metrics[f"critic{m}/shard_rows"] = float(len(rows))
+        metrics["critic/value_loss"] = sum(metrics[f"critic{m}/value_loss"]
+                                           for m in range(len(self.models))) / len(self.models)
+        metrics["critic/lr"] = self.opt[0][1].get_last_lr()[0]
+        return metrics
+
+    # ------------------------------------------------------------------ checkpoints
+    def save_pretrained(self, folder: Path) -> None:
+        for m, model in enumerate(self.models):
+            model.save_pretrained(Path(folder) / f"critic_{m}")
+
+    def load_pretrained(self, folder: Path) -> None:
+        for m, model in enumerate(self.models):
+            model.load_state_dict(load_value_model(Path(folder) / f"critic_{m}").state_dict())
+
+    def state_dict(self) -> dict:
+        return {"optimizers": [o.state_dict() for o, _ in self.opt],
+                "schedulers": [s.state_dict() for _, s in self.opt]}
+
+    def load_state_dict(self, state: dict) -> None:
+        for (o, s), os_, ss in zip(self.opt, state["optimizers"], state["schedulers"]):
+            o.load_state_dict(os_)
+            s.load_state_dict(ss)
+
