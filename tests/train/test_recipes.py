@@ -94,3 +94,13 @@ def test_entropy_bonus_changes_the_update(tmp_path, _cfg):
     wa = load_file(str(a.run_dir / "checkpoints/step_000001/model.safetensors"))
     wb = load_file(str(b.run_dir / "checkpoints/step_000001/model.safetensors"))
     assert any(not torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_aggregation_aware_rl_reaches_the_trainer(tmp_path, _cfg):
+    """`rollout.aggregation_ratio` is wired through `rlvr train`: aggregation rows are trained on."""
+    import json
+
+    result = train(_cfg(tmp_path, "configs/rsa_arithmetic_chain_tiny.yaml", "trainer.steps=2"), log=lambda *_: None)
+    rows = [json.loads(x) for x in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
+    steps = [r for r in rows if "reward_mean" in r]
+    assert all("aggregation/accuracy" in r and "aggregation/plain_accuracy" in r for r in steps)
