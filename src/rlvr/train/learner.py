@@ -127,7 +127,7 @@ class Learner:
         entropy_mask = None
         if values is not None:
             metrics.update(critic_metrics(values, returns, mask))
-            if cfg.algorithm.advantage_estimator == "asyppo" and values.shape[0] > 1:
+            if values.shape[0] > 1:  # a critic ensemble (AsyPPO): disagreement masks, spec 4.3
                 adv_mask, entropy_mask = A.asyppo_masks(values, mask, adv_mask_frac=cfg.critic.adv_mask_frac,
                                                         ent_mask_frac=cfg.critic.ent_mask_frac)
                 advantages = advantages * adv_mask
