@@ -23,7 +23,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import torch  # noqa: E402
 
 from rlvr.config import load_config  # noqa: E402
-from rlvr.models.load import load_model_and_tokenizer  # noqa: E402
+from rlvr.models.load import load_model_and_tokenizer, quiet_transformers  # noqa: E402
 from rlvr.models.tiny import save_tiny  # noqa: E402
 from rlvr.rollout.base import SamplingParams  # noqa: E402
 from rlvr.rollout.hf import HFRolloutEngine  # noqa: E402
@@ -76,6 +76,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     repeats = 1 if args.quick else 3
     torch.manual_seed(0)
+    quiet_transformers()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
     with tempfile.TemporaryDirectory() as d:
         path = save_tiny(d)
