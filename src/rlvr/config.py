@@ -193,14 +193,14 @@ class CriticSection(_Section):
         return self
 
     def num_outputs(self) -> int:
-        """Value-head width: 1 for a scalar loss, ``num_bins`` for a classification loss."""
-        if self.value_loss == "mse":
-            return 1
-        from rlvr import algorithms as A
+        """Value-head width: ``num_bins`` for a loss over bins (one with a ``num_bins`` parameter:
+        ``hl_gauss``, ``two_hot``, or a registered one), else 1 (a scalar value, e.g. ``mse``)."""
         import inspect
 
-        default = inspect.signature(A.VALUE_LOSSES[self.value_loss]).parameters.get("num_bins")
-        return int(self.value_loss_params.get("num_bins", default.default if default else 1))
+        from rlvr import algorithms as A
+
+        bins = inspect.signature(A.VALUE_LOSSES[self.value_loss]).parameters.get("num_bins")
+        return 1 if bins is None else int(self.value_loss_params.get("num_bins", bins.default))
 
 
 class SFTSection(_Section):
@@ -362,20 +362,27 @@ def config_from_dict(data: dict) -> Config:
         raise ConfigError(format_validation_error(err)) from None
 
 
+def read_yaml_mapping(path: Path, kind: str, folder: str, expected: str) -> dict:
+    """A YAML file that must hold a mapping; one-line ConfigErrors for a missing file, bad YAML or
+    another shape (``kind`` names the file in messages, ``folder`` where ready ones live)."""
+    if not path.is_file():
+        raise ConfigError(f"{kind} '{path}' not found; see {folder} for ready ones")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{kind} '{path}' is not valid YAML: {err}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{kind} '{path}' must hold {expected}")
+    return data
+
+
 def read_yaml(path: str | Path, _seen: tuple = ()) -> dict:
     """A config file as a dict. ``base: other.yaml`` (relative to the file) is read first and the
     file's own sections are merged over it, key by key."""
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file '{path}' not found; see configs/ for ready ones")
     if path.resolve() in _seen:
         raise ConfigError(f"config file '{path}': 'base' chain loops back on itself")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise ConfigError(f"config file '{path}' is not valid YAML: {err}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"config file '{path}' must hold a mapping of sections")
+    data = read_yaml_mapping(path, "config file", "configs/", "a mapping of sections")
     base = data.pop("base", None)
     if base is not None:
         data = deep_merge(read_yaml(path.parent / base, _seen + (path.resolve(),)), data)

@@ -13,10 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Union
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from rlvr.config import Config, ConfigError, apply_overrides, config_from_dict, parse_override, read_yaml
+from rlvr.config import Config, ConfigError, apply_overrides, config_from_dict, parse_override, read_yaml, read_yaml_mapping
 
 #: Summary metrics a study can report, with whether higher is better (for the verdict).
 SUMMARY_METRICS: dict[str, tuple[str, bool]] = {
@@ -242,14 +241,7 @@ def load_study(path: str | Path, out: str | Path | None = None) -> Study:
 
     ``out`` replaces the study folder (default ``<output_dir>/<name>``)."""
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"study file '{path}' not found; see studies/ for ready ones")
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise ConfigError(f"study file '{path}' is not valid YAML: {err}") from None
-    if not isinstance(raw, dict):
-        raise ConfigError(f"study file '{path}' must hold a mapping (base, baseline, arms, seeds, ...)")
+    raw = read_yaml_mapping(path, "study file", "studies/", "a mapping (base, baseline, arms, seeds, ...)")
     try:
         spec = StudySpec.model_validate(raw)
     except ValidationError as err:

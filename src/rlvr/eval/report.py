@@ -50,14 +50,7 @@ def plot_pass_at_k(summaries: Mapping[str, dict], ks: Sequence[int], path: Path,
     ax.set_xlabel("k (samples)")
     ax.set_ylabel("% of held-out problems")
     ax.set_ylim(0, 100)
-    ax.grid(alpha=0.3)
-    ax.set_title(title or "pass@k against k")
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _finish(fig, ax, path, title or "pass@k against k", legend_size=7)
 
 
 def tts_markdown(points: Sequence[dict]) -> str:
@@ -93,9 +86,16 @@ def plot_tts(points: Sequence[dict], path: Path, title: str = "") -> Path:
     ax.set_ylabel("accuracy % (held-out)")
     low = min(100 * p["accuracy"] for p in points) if points else 0.0
     ax.set_ylim(max(0.0, low - 10), 101)
+    return _finish(fig, ax, path, title or "test-time scaling at equal compute", legend_size=8)
+
+
+def _finish(fig, ax, path: Path, title: str, legend_size: int) -> Path:
+    """Grid, title, legend; save the figure to ``path`` (folders made) and close it."""
+    import matplotlib.pyplot as plt
+
     ax.grid(alpha=0.3)
-    ax.set_title(title or "test-time scaling at equal compute")
-    ax.legend(fontsize=8)
+    ax.set_title(title)
+    ax.legend(fontsize=legend_size)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)

@@ -128,7 +128,7 @@ class Critics:
                     total, clipfrac = 0.0, 0.0
                     for idx in micro_batches(mb, cfg.trainer.micro_batch_size):
                         out = self._outputs(model, exp, idx)
-                        pred = out[..., 0] if c.value_loss == "mse" else out
+                        pred = out[..., 0] if out.shape[-1] == 1 else out  # scalar head or bin logits
                         loss, vm = A.value_loss(c.value_loss, values=pred, old_values=old_values[m][idx],
                                                 returns=returns[idx], mask=mask[idx],
                                                 agg=cfg.algorithm.loss_agg_mode, **counts,
