@@ -12,17 +12,23 @@ Public API (see ``spec/api.md`` and ``docs/algorithms.md``)::
                    norm_constant=None) -> scalar
     value_loss(name, *, values, old_values, returns, mask, agg="token-mean", **hp) -> (loss, metrics)
     entropy_from_logits(logits) -> [...]
+    mismatch_weights(name, old_logp, rollout_logp, mask, **params) -> weights [B, T] or None
+    off_policy_safe(policy_loss, mismatch="none", *, cap=None) -> bool
 """
 
 from .registry import (
     ADVANTAGE_ESTIMATORS,
     KL_ESTIMATORS,
     LOSS_AGGREGATIONS,
+    MISMATCH_CORRECTIONS,
     POLICY_LOSSES,
+    TRUST_REGION_LOSSES,
+    BOUNDED_MISMATCH_CORRECTIONS,
     VALUE_LOSSES,
     register_advantage_estimator,
     register_kl_estimator,
     register_loss_aggregation,
+    register_mismatch_correction,
     register_policy_loss,
     register_value_loss,
 )
@@ -32,17 +38,31 @@ from .entropy import entropy_bonus, entropy_from_logits
 from .advantages import asyppo_masks, compute_advantages
 from .policy_losses import policy_loss
 from .value_losses import hl_gauss_target, hl_gauss_value, two_hot_target, value_loss
-from .mismatch import hispo_mask, is_ratio, masked_is_weights, truncated_is_weights
+from .mismatch import (
+    decoupled_weights,
+    hispo_mask,
+    is_ratio,
+    masked_is_weights,
+    mismatch_bounded,
+    mismatch_params,
+    mismatch_weights,
+    off_policy_safe,
+    truncated_is_weights,
+)
 
 __all__ = [
     "ADVANTAGE_ESTIMATORS",
     "KL_ESTIMATORS",
     "LOSS_AGGREGATIONS",
+    "MISMATCH_CORRECTIONS",
     "POLICY_LOSSES",
+    "TRUST_REGION_LOSSES",
+    "BOUNDED_MISMATCH_CORRECTIONS",
     "VALUE_LOSSES",
     "register_advantage_estimator",
     "register_kl_estimator",
     "register_loss_aggregation",
+    "register_mismatch_correction",
     "register_policy_loss",
     "register_value_loss",
     "aggregate_loss",
@@ -61,4 +81,9 @@ __all__ = [
     "truncated_is_weights",
     "masked_is_weights",
     "hispo_mask",
+    "decoupled_weights",
+    "mismatch_weights",
+    "mismatch_params",
+    "mismatch_bounded",
+    "off_policy_safe",
 ]

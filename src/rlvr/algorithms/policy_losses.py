@@ -20,6 +20,10 @@ Common conventions
   clip), ``approx_kl`` = mean of ``0.5 * (logp - old_logp)**2`` (the k2 estimate of
   KL(pi_old || pi_theta), always >= 0), ``ppo_kl`` = mean of ``old_logp - logp`` (k1, verl's
   ``ppo_kl``), ``ratio_mean`` / ``ratio_max`` / ``ratio_min`` of ``exp(logp - old_logp)``.
+
+Off-policy safety (``trust_region=True`` puts a loss in ``TRUST_REGION_LOSSES``; see
+:func:`rlvr.algorithms.off_policy_safe` and docs/algorithms.md for the reasons per loss): every
+loss below is marked except ``kl_cov`` (unclipped ``-A rho``) and ``gpg`` (plain ``-A lp``).
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from torch import Tensor
 
 from ._utils import as_float_mask, masked_mean, masked_sum
 from .aggregation import aggregate_loss
+from .mismatch import _behaviour_weights
 from .registry import POLICY_LOSSES, lookup, register_policy_loss
 
 LOG_RATIO_CLAMP = 20.0
@@ -85,7 +90,7 @@ def _frac(flag: Tensor, mask: Tensor) -> float:
 # ------------------------------------------------------------------------------------------ vanilla
 
 
-@register_policy_loss("vanilla", "ppo")
+@register_policy_loss("vanilla", "ppo", trust_region=True)
 def vanilla(
     *,
     logp,
@@ -131,6 +136,73 @@ def vanilla(
     return loss, metrics
 
 
+# ---------------------------------------------------------------------------------- decoupled PPO
+
+
+@register_policy_loss("decoupled_ppo", "decoupled", trust_region=True)
+def decoupled_ppo(
+    *,
+    logp,
+    old_logp,
+    advantages,
+    mask,
+    agg="token-mean",
+    weights=None,
+    batch_num_tokens=None,
+    batch_num_seqs=None,
+    norm_constant=None,
+    rollout_logp,
+    clip_ratio_low=0.2,
+    clip_ratio_high=0.2,
+    clip_ratio_c=None,
+    behav_imp_weight_cap=None,
+):
+    """Decoupled PPO (Hilton et al. 2022, "Batch size-invariance for policy optimization", arXiv
+    2110.00641; AReaL, Fu et al. 2025, arXiv 2505.24298, eq. 5; AReaL ``ppo_actor_loss_fn`` with
+    ``use_decoupled_loss``).
+
+    The behaviour policy ``pi_behav`` (``rollout_logp``, what the engine sampled with, possibly
+    stale) is separated from the proximal policy ``pi_prox`` (``old_logp``, the learner's recompute
+    at the start of the update), the centre of the trust region::
+
+        J = E_t[ w_t * min(r_t A_t, clip(r_t, 1 - low, 1 + high) A_t) ],
+        w_t = sg(pi_prox / pi_behav),  r_t = pi_theta / pi_prox
+
+    i.e. the ``vanilla`` per-token loss (dual clip too when ``clip_ratio_c`` is set) times ``w_t``
+    (and times ``weights`` when another correction gives them).  ``behav_imp_weight_cap`` (> 1):
+    tokens with ``w_t`` above it get weight 0 (AReaL; they still count in ``token-mean``
+    denominators).  Defaults as AReaL: ``eps_clip=0.2``, no dual clip (``c_clip=None``), no cap.
+    Equal to ``vanilla`` with ``weights = decoupled_weights(old_logp, rollout_logp, mask, cap=cap)``
+    (the ``decoupled`` mismatch correction; don't use both at once: ``w`` would count twice), and
+    to ``vanilla`` itself when ``rollout_logp == old_logp``.
+
+    Metrics (besides ``vanilla``'s): ``behav_weight_mean`` / ``behav_weight_max`` of
+    ``pi_prox / pi_behav`` over valid tokens (before the cap), ``behav_capped_frac`` (fraction of
+    valid tokens dropped by the cap), ``behav_approx_kl`` (mean ``0.5 (old - rollout)**2``).
+    """
+    if rollout_logp.shape != mask.shape:
+        raise ValueError(f"rollout_logp must have shape {tuple(mask.shape)}, got {tuple(rollout_logp.shape)}")
+    roll = rollout_logp.detach().to(old_logp.dtype)
+    w, capped = _behaviour_weights(old_logp.detach(), roll, mask, behav_imp_weight_cap)
+    if weights is not None:
+        w = w * weights.detach().to(w.dtype)
+    loss, metrics = vanilla(
+        logp=logp, old_logp=old_logp, advantages=advantages, mask=mask, agg=agg, weights=w,
+        batch_num_tokens=batch_num_tokens, batch_num_seqs=batch_num_seqs, norm_constant=norm_constant,
+        clip_ratio_low=clip_ratio_low, clip_ratio_high=clip_ratio_high, clip_ratio_c=clip_ratio_c)
+    with torch.no_grad():
+        m = as_float_mask(mask, old_logp)
+        d = old_logp.detach() - roll
+        raw = torch.exp(torch.clamp(d, -LOG_RATIO_CLAMP, LOG_RATIO_CLAMP))
+        valid = m != 0
+        has = bool(valid.any())
+        metrics["behav_weight_mean"] = _item(masked_mean(raw, m)) if has else 1.0
+        metrics["behav_weight_max"] = _item(raw[valid].max()) if has else 1.0
+        metrics["behav_capped_frac"] = _frac(capped, mask)
+        metrics["behav_approx_kl"] = _item(masked_mean(0.5 * d * d, m))
+    return loss, metrics
+
+
 # ---------------------------------------------------------------------------- sequence helpers
 
 
@@ -162,7 +234,7 @@ def _num_seqs(mask: Tensor, batch_num_seqs, like: Tensor) -> Tensor:
 # ------------------------------------------------------------------------------------------- GSPO
 
 
-@register_policy_loss("gspo")
+@register_policy_loss("gspo", trust_region=True)
 def gspo(
     *,
     logp,
@@ -211,7 +283,7 @@ def _clipped_is_weight(ratio: Tensor, low, high, cap) -> Tensor:
     return torch.clamp(ratio, min=lo, max=hi)
 
 
-@register_policy_loss("cispo")
+@register_policy_loss("cispo", trust_region=True)
 def cispo(
     *,
     logp,
@@ -256,7 +328,7 @@ def cispo(
     return loss, metrics
 
 
-@register_policy_loss("dispo")
+@register_policy_loss("dispo", trust_region=True)
 def dispo(
     *,
     logp,
@@ -314,7 +386,7 @@ def dispo(
 # ------------------------------------------------------------------------------------------- SAPO
 
 
-@register_policy_loss("sapo")
+@register_policy_loss("sapo", trust_region=True)
 def sapo(
     *,
     logp,
@@ -364,7 +436,7 @@ def _centred_cov(advantages: Tensor, logp: Tensor, mask: Tensor) -> Tensor:
     return (a - masked_mean(a, m)) * (lp - masked_mean(lp, m))
 
 
-@register_policy_loss("clip_cov")
+@register_policy_loss("clip_cov", trust_region=True)
 def clip_cov(
     *,
     logp,
@@ -482,7 +554,7 @@ def gpg(
 # ------------------------------------------------------------------------------------------- GMPO
 
 
-@register_policy_loss("geo_mean")
+@register_policy_loss("geo_mean", trust_region=True)
 def geo_mean(
     *,
     logp,
@@ -547,7 +619,7 @@ def _group_lse_with_anchor(z: Tensor, member: Tensor, inv: Tensor, k: int, logw:
     return gmax + torch.log(torch.exp(-gmax) + s)
 
 
-@register_policy_loss("real")
+@register_policy_loss("real", trust_region=True)
 def real(
     *,
     logp,
@@ -614,7 +686,7 @@ def _next_valid(x: Tensor, mask: Tensor) -> Tensor:
     return torch.stack(out[::-1], dim=1)
 
 
-@register_policy_loss("rover")
+@register_policy_loss("rover", trust_region=True)
 def rover(
     *,
     logp,
@@ -655,7 +727,7 @@ def rover(
 # -------------------------------------------------------------------------------------------- TB
 
 
-@register_policy_loss("tb")
+@register_policy_loss("tb", trust_region=True)
 def trajectory_balance(
     *,
     logp,

@@ -12,6 +12,12 @@ Each registry is a plain ``dict`` mapping a public name to a function.  Users ex
         return loss, metrics
 
 An alias is simply a second key pointing at the same function.
+
+Some registries carry a flag per name, kept in a set next to the dict and set by a keyword of the
+decorator: ``register_policy_loss(name, ..., trust_region=True)`` adds the names to
+``TRUST_REGION_LOSSES``, ``register_mismatch_correction(name, ..., bounded=True)`` to
+``BOUNDED_MISMATCH_CORRECTIONS`` (see :func:`rlvr.algorithms.off_policy_safe`).  Registering a
+name again without the flag removes it from the set.
 """
 
 from __future__ import annotations
@@ -25,13 +31,34 @@ POLICY_LOSSES: dict[str, Callable] = {}
 KL_ESTIMATORS: dict[str, Callable] = {}
 LOSS_AGGREGATIONS: dict[str, Callable] = {}
 VALUE_LOSSES: dict[str, Callable] = {}
+#: Off-policy / train-inference mismatch corrections: ``fn(old_logp, rollout_logp, mask, **params)
+#: -> weights [B, T] | None`` (:func:`rlvr.algorithms.mismatch_weights`).
+MISMATCH_CORRECTIONS: dict[str, Callable] = {}
+
+#: Policy losses that stay bounded on stale data without any extra correction: the update is held
+#: near ``old_logp`` by a clip / gate, or the objective is valid off-policy (trajectory balance).
+TRUST_REGION_LOSSES: set[str] = set()
+#: Mismatch corrections whose weights are bounded whatever the policies (truncated or 0/1 masks).
+BOUNDED_MISMATCH_CORRECTIONS: set[str] = set()
 
 
-def _make_register(registry: dict[str, Callable]):
-    def register(name: str, *aliases: str) -> Callable[[F], F]:
+def _make_register(registry: dict[str, Callable], flags: dict[str, set[str]] | None = None):
+    flags = flags or {}
+
+    def register(name: str, *aliases: str, **marks: bool) -> Callable[[F], F]:
+        unknown = sorted(set(marks) - set(flags))
+        if unknown:
+            allowed = ", ".join(flags) or "none"
+            raise TypeError(f"unknown registration flag(s) {', '.join(unknown)}; allowed: {allowed}")
+
         def deco(fn: F) -> F:
             for key in (name, *aliases):
                 registry[key] = fn
+                for flag, members in flags.items():
+                    if marks.get(flag, False):
+                        members.add(key)
+                    else:
+                        members.discard(key)
             return fn
 
         return deco
@@ -40,13 +67,19 @@ def _make_register(registry: dict[str, Callable]):
 
 
 register_advantage_estimator = _make_register(ADVANTAGE_ESTIMATORS)
-register_policy_loss = _make_register(POLICY_LOSSES)
+register_policy_loss = _make_register(POLICY_LOSSES, {"trust_region": TRUST_REGION_LOSSES})
 register_kl_estimator = _make_register(KL_ESTIMATORS)
 register_loss_aggregation = _make_register(LOSS_AGGREGATIONS)
 register_value_loss = _make_register(VALUE_LOSSES)
+register_mismatch_correction = _make_register(MISMATCH_CORRECTIONS, {"bounded": BOUNDED_MISMATCH_CORRECTIONS})
 
 register_advantage_estimator.__doc__ = "Decorator: ``@register_advantage_estimator(name, *aliases)``."
-register_policy_loss.__doc__ = "Decorator: ``@register_policy_loss(name, *aliases)``."
+register_policy_loss.__doc__ = (
+    "Decorator: ``@register_policy_loss(name, *aliases, trust_region=False)``; ``trust_region=True`` "
+    "adds the names to ``TRUST_REGION_LOSSES`` (safe on stale data, see ``off_policy_safe``).")
+register_mismatch_correction.__doc__ = (
+    "Decorator: ``@register_mismatch_correction(name, *aliases, bounded=False)``; ``bounded=True`` adds "
+    "the names to ``BOUNDED_MISMATCH_CORRECTIONS`` (weights bounded whatever the policies).")
 register_kl_estimator.__doc__ = "Decorator: ``@register_kl_estimator(name, *aliases)``."
 register_loss_aggregation.__doc__ = "Decorator: ``@register_loss_aggregation(name, *aliases)``."
 register_value_loss.__doc__ = "Decorator: ``@register_value_loss(name, *aliases)``."
