@@ -1,50 +1,252 @@
-"""Small shared helpers: atomic writes, seeding, RNG state."""
+"""Small shared helpers: atomic writes (and :class:`StorageError` when they fail), seeding, RNG state."""
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import random
+import re
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import torch
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` so that readers see either the old or the new file, never half."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+class StorageError(ValueError):
+    """A write to disk failed (disk full, read-only or unwritable folder, ...).
+
+    A ``ValueError``, so the command line prints it as one line (``error: ...``) and exits 2. The
+    message names the path, the cause and what to do; the original ``OSError`` (or the library
+    error that wrapped it) is chained as ``__cause__``.
+    """
+
+
+#: errno -> (what it means, what to do about it).
+_CAUSES = {
+    errno.ENOSPC: ("no space left on device", "free some disk space"),
+    getattr(errno, "EDQUOT", -1): ("disk quota exceeded", "free some space within your quota"),
+    errno.EROFS: ("read-only file system", "write to a writable disk"),
+    errno.EACCES: ("permission denied", "make the folder writable"),
+    errno.EPERM: ("operation not permitted", "make the folder writable"),
+    errno.EFBIG: ("file too large for this file system", "write to another disk"),
+    errno.EIO: ("input/output error", "check the disk"),
+}
+
+
+def describe_os_error(err: BaseException | int) -> str:
+    """``"no space left on device (ENOSPC)"`` for an ``OSError`` (or an errno)."""
+    code = err if isinstance(err, int) else getattr(err, "errno", None)
+    name = errno.errorcode.get(code, "") if isinstance(code, int) else ""
+    custom = isinstance(err, OSError) and err.strerror and isinstance(code, int) and err.strerror != os.strerror(code)
+    if code in _CAUSES and not custom:
+        text = _CAUSES[code][0]
+    elif isinstance(err, OSError) and err.strerror:
+        text = err.strerror[0].lower() + err.strerror[1:]
+    elif isinstance(code, int):
+        text = os.strerror(code).lower()
+    else:
+        text = str(err) or type(err).__name__
+    return f"{text} ({name})" if name else text
+
+
+def storage_error(path, err: BaseException, action: str = "write", where: str = "run.output_dir",
+                  note: str = "") -> StorageError:
+    """The one-line :class:`StorageError` for a failed write of ``path`` (raise it ``from err``).
+
+    ``where`` names the setting that chooses another folder (``run.output_dir``, ``--out``);
+    ``note`` is appended (e.g. which checkpoint is still intact).
+    """
+    code = getattr(err, "errno", None)
+    todo = _CAUSES.get(code, (None, "check that the folder is writable and has free space"))[1]
+    msg = f"cannot {action} {path}: {describe_os_error(err)}; {todo} or choose another {where}"
+    return StorageError(msg + (f". {note}" if note else ""))
+
+
+_ERRNO_IN_MESSAGE = re.compile(r"os error (\d+)|\[Errno (\d+)\]")
+#: How libraries that do not raise ``OSError`` report a failed write (torch.save's zip writer).
+_SHORT_WRITE = ("unexpected pos", "file write failed", "no space left", "read-only file system",
+                "permission denied", "disk quota")
+
+
+def find_storage_error(exc: BaseException, probe_dir=None) -> OSError | None:
+    """The ``OSError`` behind ``exc`` if it is a failed write, else None.
+
+    Libraries wrap write failures in their own errors (safetensors: ``SafetensorError(... os
+    error 28)``; ``torch.save``: ``RuntimeError: ... unexpected pos``). Looks at the exception
+    chain, then at an errno in the message; then, with ``probe_dir``, tries a small write there
+    (a full or read-only disk fails it with the real errno); last, a message that says a write
+    was cut short.
+    """
+    seen, e = set(), exc
+    while e is not None and id(e) not in seen:
+        if isinstance(e, OSError):
+            return e
+        seen.add(id(e))
+        e = e.__cause__ or e.__context__
+    text = str(exc)
+    m = _ERRNO_IN_MESSAGE.search(text)
+    if m:
+        code = int(m.group(1) or m.group(2))
+        return OSError(code, os.strerror(code))
+    if probe_dir is not None:
+        probe = Path(probe_dir) / f".rlvr-probe-{os.getpid()}"
+        try:
+            with open(probe, "wb") as f:
+                f.write(b"\0" * (1 << 16))
+                f.flush()
+                os.fsync(f.fileno())
+        except OSError as err:
+            return err
+        finally:
+            _unlink_quietly(probe)
+    if any(s in text.lower() for s in _SHORT_WRITE):
+        return OSError(errno.EIO, f"a write was cut short ({text.strip()[:120]})")
+    return None
+
+
+@contextmanager
+def storage_guard(path, action: str = "write", where: str = "run.output_dir", note: str = ""):
+    """Turn an ``OSError`` raised inside the block into a :class:`StorageError` naming ``path``::
+
+        with storage_guard(run_dir, "create the run folder"):
+            run_dir.mkdir(parents=True)
+    """
     try:
+        yield
+    except StorageError:
+        raise
+    except OSError as err:
+        raise storage_error(path, err, action, where, note) from err
+
+
+def _read_umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _read_umask()  # read once, at import (os.umask can only be read by setting it)
+
+
+def atomic_write_text(path: Path, text: str, where: str = "run.output_dir") -> None:
+    """Write ``text`` to ``path`` so that readers see either the old or the new file, never half.
+
+    A failed write (disk full, read-only folder...) leaves the old file as it was, removes the
+    temporary file and raises :class:`StorageError`.
+    """
+    path = Path(path)
+    tmp = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:  # mkstemp makes the file 0600; keep the old file's mode, else what open() would give
+            os.chmod(tmp, path.stat().st_mode & 0o7777 if path.exists() else 0o666 & ~_UMASK)
+        except OSError:
+            pass
         with os.fdopen(fd, "w") as f:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+    except BaseException as err:
+        if tmp is not None:
+            _unlink_quietly(tmp)
+        if isinstance(err, OSError):
+            raise storage_error(path, err, where=where) from err
         raise
 
 
-def append_jsonl(path: Path, record: dict) -> None:
+def _unlink_quietly(path) -> None:
+    try:
+        Path(path).unlink(missing_ok=True)
+    except OSError:
+        pass
+
+
+def append_jsonl(path: Path, record: dict, where: str = "run.output_dir") -> None:
     """Append one JSON line and flush it to disk (a crash loses at most the line being written)."""
-    with open(path, "a") as f:
-        f.write(json.dumps(record) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
+    append_jsonl_records(path, [record], where=where)
+
+
+def append_jsonl_records(path: Path, records: list[dict], where: str = "run.output_dir") -> None:
+    """Append whole JSON lines in one write and flush them to disk.
+
+    A torn last line left by an earlier crash is repaired first (completed if it is a whole
+    record that only lacks its newline, dropped otherwise), so appends never glue onto it. A
+    failed write (disk full...) is rolled back to the previous end of the file, so the file never
+    ends in a partial line, and raises :class:`StorageError`.
+    """
+    if not records:
+        return
+    data = "".join(json.dumps(r) + "\n" for r in records).encode()
+    path = Path(path)
+    try:  # unbuffered: no hidden buffer can flush a fragment after a failed write is rolled back
+        fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o666)
+    except OSError as err:
+        raise storage_error(path, err, "append to", where) from err
+    try:
+        try:
+            end = _repair_torn_tail(fd)
+        except OSError as err:
+            raise storage_error(path, err, "append to", where) from err
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
+        except OSError as err:
+            try:  # roll back a partial line (truncating frees space, so this normally works)
+                os.ftruncate(fd, end)
+            except OSError:
+                pass
+            raise storage_error(path, err, "append to", where) from err
+    finally:
+        os.close(fd)
+
+
+def _repair_torn_tail(fd: int) -> int:
+    """Make the file end with a newline or be empty; returns its (new) size."""
+    end = os.fstat(fd).st_size
+    if end == 0 or os.pread(fd, 1, end - 1) == b"\n":
+        return end
+    pos, chunk = end, 1 << 16  # find the start of the torn line
+    while pos > 0:
+        start = max(0, pos - chunk)
+        nl = os.pread(fd, pos - start, start).rfind(b"\n")
+        if nl >= 0:
+            pos = start + nl + 1
+            break
+        pos = start
+    tail = os.pread(fd, end - pos, pos)
+    try:
+        whole = isinstance(json.loads(tail.decode()), dict)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        whole = False
+    if whole:  # a complete record that only lacks its newline
+        if os.write(fd, b"\n") != 1:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return end + 1
+    os.ftruncate(fd, pos)
+    return pos
 
 
 def read_jsonl(path: Path) -> list[dict]:
-    """Read a JSONL file, skipping a torn last line left by a crash."""
+    """Read a JSONL file of records, skipping a torn last line left by a crash (or any line that
+    is not a JSON object)."""
+    path = Path(path)
     if not path.exists():
         return []
     records = []
-    for line in path.read_text().splitlines():
+    for line in path.read_text(errors="replace").splitlines():
         try:
-            records.append(json.loads(line))
+            record = json.loads(line)
         except json.JSONDecodeError:
             continue
+        if isinstance(record, dict):
+            records.append(record)
     return records
 
 

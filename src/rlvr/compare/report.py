@@ -236,78 +236,111 @@ def results_md(study: Study, runs: list[RunSummary], results: list[ArmResult], p
     return "\n".join(lines) + "\n"
 
 
-def plot_study(study: Study, runs: list[RunSummary], results: list[ArmResult], out_dir: Path) -> list[Path]:
-    """One figure per curve metric (all arms, mean line with a seed band) and one of the final
-    metrics with their intervals."""
+def curve_figure(study: Study, runs: list[RunSummary], metric: str):
+    """The learning-curve figure of one metric over all arms (mean over seeds with a seed band),
+    not saved; None without data.
+
+    By the plotting rule of :func:`rlvr.eval.report.plot_series`: a per-step metric is smoothed
+    with ``study.spec.smooth`` (each seed's curve, before the band) and its raw seed mean is drawn
+    faintly beside it; an evaluation metric (``eval/*``, a few points per run) is never
+    smoothed, so its last point is the value in results.md."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    out_dir.mkdir(parents=True, exist_ok=True)
+    from rlvr.eval.report import is_eval_metric, plot_series
+
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     styles = ["-", "--", ":", "-."]
-    written = []
-
-    def save(fig, name):
-        path = out_dir / name
-        tmp = path.with_suffix(".tmp.png")
-        fig.tight_layout()
-        fig.savefig(tmp, dpi=100)
-        plt.close(fig)
-        tmp.replace(path)
-        written.append(path)
-
     band_label = "mean ± std over seeds" if study.spec.band == "std" else "mean, min-max over seeds"
-    for metric in study.spec.curves:
-        fig, ax = plt.subplots(figsize=(7, 4.2))
-        any_data = False
-        for i, arm in enumerate(study.arms):
-            curves = [r.curves.get(metric, []) for r in runs if r.arm == arm and r.finished]
-            curves = [c for c in curves if c]
-            if not curves:
-                continue
-            if study.spec.smooth > 1:
-                curves = [list(zip([s for s, _ in c], stats.moving_average([v for _, v in c], study.spec.smooth)))
-                          for c in curves]
-            any_data = True
-            b = stats.curve_band(curves, study.spec.band)
-            color, ls = colors[i % len(colors)], styles[(i // len(colors)) % len(styles)]
-            lw = 2.2 if arm == study.baseline else 1.3
-            ax.plot(b.steps, b.mean, color=color, ls=ls, lw=lw, marker="o" if len(b.steps) < 10 else None,
-                    label=f"{arm} (n={len(curves)})")
-            ax.fill_between(b.steps, b.low, b.high, color=color, alpha=0.15, lw=0)
-        if not any_data:
-            plt.close(fig)
+    evals = is_eval_metric(metric)
+    window = 1 if evals else study.spec.smooth
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    any_data = False
+    for i, arm in enumerate(study.arms):
+        curves = [r.curves.get(metric, []) for r in runs if r.arm == arm and r.finished]
+        curves = [c for c in curves if c]
+        if not curves:
             continue
-        ax.set_xlabel("step")
-        smooth = f", moving average of {study.spec.smooth}" if study.spec.smooth > 1 else ""
-        ax.set_title(f"{metric} ({band_label}{smooth})", fontsize=10)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, ncol=2 if len(study.arms) > 6 else 1)
-        save(fig, f"curve_{metric.replace('/', '_')}.png")
+        any_data = True
+        raw = stats.curve_band(curves, study.spec.band)
+        if window > 1:
+            curves = [list(zip([s for s, _ in c], stats.moving_average([v for _, v in c], window)))
+                      for c in curves]
+        b = stats.curve_band(curves, study.spec.band) if window > 1 else raw
+        color, ls = colors[i % len(colors)], styles[(i // len(colors)) % len(styles)]
+        lw = 2.2 if arm == study.baseline else 1.3
+        label = f"{arm} (n={len(curves)})"
+        if evals:
+            plot_series(ax, raw.steps, raw.mean, points=True, color=color, ls=ls, lw=lw, label=label)
+        else:
+            plot_series(ax, raw.steps, raw.mean, smooth=window, color=color, ls=ls, lw=lw, label=label,
+                        marker="o" if len(raw.steps) < 10 else None)
+        ax.fill_between(b.steps, b.low, b.high, color=color, alpha=0.15, lw=0)
+    if not any_data:
+        plt.close(fig)
+        return None
+    ax.set_xlabel("step")
+    if evals:
+        how = ", evaluation points (not smoothed)"
+    elif window > 1:
+        how = f", moving average of {window}; faint: per-step mean"
+    else:
+        how = ""
+    ax.set_title(f"{metric} ({band_label}{how})", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, ncol=2 if len(study.arms) > 6 else 1)
+    fig.tight_layout()
+    return fig
+
+
+def final_metrics_figure(study: Study, runs: list[RunSummary], results: list[ArmResult]):
+    """The final metrics of every arm with their intervals (not saved); None without finished runs."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
 
     metrics = study.spec.verdict_on
-    if any(r.n for r in results):
-        fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 0.35 * len(results) + 1.6),
-                                 squeeze=False)
-        for ax, m in zip(axes[0], metrics):
-            ys = list(range(len(results)))[::-1]
-            for y, r in zip(ys, results):
-                iv = r.intervals.get(m) or stats.t_interval([r_.values[m] for r_ in runs
-                                                            if r_.arm == r.arm and r_.finished and m in r_.values])
-                if iv.n == 0:
-                    continue
-                err = [[iv.estimate - iv.low], [iv.high - iv.estimate]] if iv.defined else None
-                ax.errorbar([iv.estimate], [y], xerr=err, fmt="o", capsize=3,
-                            color="black" if r.arm == study.baseline else "C0")
-            base = next((r for r in results if r.arm == study.baseline), None)
-            if base is not None and base.intervals.get(m) and base.intervals[m].n:
-                ax.axvline(base.intervals[m].estimate, color="gray", ls="--", lw=1)
-            ax.set_yticks(ys, [r.arm for r in results], fontsize=8)
-            ax.set_title(f"{m} ({round(100 * study.spec.level)}% CI)", fontsize=9)
-            ax.grid(alpha=0.3, axis="x")
-        save(fig, "final_metrics.png")
+    if not any(r.n for r in results):
+        return None
+    fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 0.35 * len(results) + 1.6),
+                             squeeze=False)
+    for ax, m in zip(axes[0], metrics):
+        ys = list(range(len(results)))[::-1]
+        for y, r in zip(ys, results):
+            iv = r.intervals.get(m) or stats.t_interval([r_.values[m] for r_ in runs
+                                                        if r_.arm == r.arm and r_.finished and m in r_.values])
+            if iv.n == 0:
+                continue
+            err = [[iv.estimate - iv.low], [iv.high - iv.estimate]] if iv.defined else None
+            ax.errorbar([iv.estimate], [y], xerr=err, fmt="o", capsize=3,
+                        color="black" if r.arm == study.baseline else "C0")
+        base = next((r for r in results if r.arm == study.baseline), None)
+        if base is not None and base.intervals.get(m) and base.intervals[m].n:
+            ax.axvline(base.intervals[m].estimate, color="gray", ls="--", lw=1)
+        ax.set_yticks(ys, [r.arm for r in results], fontsize=8)
+        ax.set_title(f"{m} ({round(100 * study.spec.level)}% CI)", fontsize=9)
+        ax.grid(alpha=0.3, axis="x")
+    fig.tight_layout()
+    return fig
+
+
+def plot_study(study: Study, runs: list[RunSummary], results: list[ArmResult], out_dir: Path) -> list[Path]:
+    """One figure per curve metric (all arms, mean line with a seed band) and one of the final
+    metrics with their intervals. Returns the plots written (one that cannot be written, e.g.
+    on a full disk, is left out with a warning)."""
+    from rlvr.eval.report import save_figure
+
+    figures = [(f"curve_{metric.replace('/', '_')}.png", lambda m=metric: curve_figure(study, runs, m))
+               for metric in study.spec.curves]
+    figures.append(("final_metrics.png", lambda: final_metrics_figure(study, runs, results)))
+    written = []
+    for name, make in figures:  # one figure open at a time
+        fig = make()
+        if fig is not None and (path := save_figure(fig, Path(out_dir) / name)) is not None:
+            written.append(path)
     return written
 
 

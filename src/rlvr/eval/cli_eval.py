@@ -7,7 +7,8 @@
 
 Both write into an output folder (``--out``): ``eval.json``/``eval.md``/``pass_at_k.png`` and
 ``tts.json``/``tts.md``/``tts.png``. ``rlvr eval --k`` keeps every checkpoint's samples in
-``<out>/<label>-<hash>/samples.jsonl`` and resumes from them when rerun.
+``<out>/<label>-<hash>/samples.jsonl`` and resumes from them when rerun. Status lines go to
+stderr; stdout holds the report (with ``--json``, exactly one JSON document).
 """
 
 from __future__ import annotations
@@ -16,9 +17,10 @@ import argparse
 import hashlib
 import json
 import re
+import sys
 from pathlib import Path
 
-__all__ = ["add_eval_k_arguments", "add_tts_parser", "eval_k", "parse_ints", "resolve_checkpoint", "tts"]
+__all__ = ["add_eval_k_arguments", "add_tts_parser", "eval_k", "parse_ints", "resolve_checkpoint", "status", "tts"]
 
 
 def parse_ints(text: str, what: str) -> list[int]:
@@ -63,6 +65,16 @@ def _label(target: str, model_path: Path) -> str:
 def _slug(label: str, model_path: Path) -> str:
     digest = hashlib.sha1(str(model_path.resolve()).encode()).hexdigest()[:8]
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", label).strip("_") + "-" + digest
+
+
+#: Where to choose another folder when writing an eval/tts report fails.
+_WHERE = "--out folder"
+
+
+def status(message: str) -> None:
+    """A status line: always on stderr, so that stdout holds only results (and with ``--json``
+    exactly the JSON)."""
+    print(message, file=sys.stderr, flush=True)
 
 
 def _progress(config) -> bool:
@@ -120,7 +132,7 @@ def eval_k(args) -> int:
         folder = out / _slug(label, model_path)
         meta = {"checkpoint": str(Path(model_path).resolve()), "task": config.task.name,
                 "task_options": config.task.options}
-        print(f"[{label}] {model_path}: {len(problems)} problems x {n} samples -> {folder}", flush=True)
+        status(f"[{label}] {model_path}: {len(problems)} problems x {n} samples -> {folder}")
         rows = sample_eval_rows(_load(model_path, config), task, problems, folder, n, r.temperature, r.top_p,
                                 r.max_new_tokens, seed=config.run.seed + 1234,
                                 batch_problems=max(1, r.batch_size // n), meta=meta, progress=_progress(config))
@@ -132,13 +144,15 @@ def eval_k(args) -> int:
               "temperature": r.temperature, "top_p": r.top_p, "max_new_tokens": r.max_new_tokens,
               "checkpoints": {lbl: {"path": str(m), "samples": folders[lbl], **summaries[lbl]}
                               for lbl, (_, (m, _)) in zip(summaries, zip(args.checkpoint, resolved))}}
-    atomic_write_text(out / "eval.json", json.dumps(report, indent=1) + "\n")
-    atomic_write_text(out / "eval.md", f"# {title}\n\n{table}\n")
-    plot_pass_at_k(summaries, ks, out / "pass_at_k.png", title)
-    if args.json:
+    atomic_write_text(out / "eval.json", json.dumps(report, indent=1) + "\n", where=_WHERE)
+    atomic_write_text(out / "eval.md", f"# {title}\n\n{table}\n", where=_WHERE)
+    plot = plot_pass_at_k(summaries, ks, out / "pass_at_k.png", title)
+    wrote = "wrote " + ", ".join(str(p) for p in (out / "eval.json", out / "eval.md", plot) if p is not None)
+    if args.json:  # stdout is exactly the JSON (rlvr eval --json | jq ...)
         print(json.dumps(report))
+        status(wrote)
     else:
-        print(f"\n{title}\n\n{table}\n\nwrote {out / 'eval.json'}, {out / 'eval.md'}, {out / 'pass_at_k.png'}")
+        print(f"\n{title}\n\n{table}\n\n{wrote}")
     return 0
 
 
@@ -195,8 +209,7 @@ def tts(args) -> int:
             strategies.append(MajorityVote(ns))
         else:
             strategies.append(BestOfN(ns))
-    print(f"{model_path}: {len(problems)} held-out problems of {config.task.name}; "
-          f"strategies {', '.join(names)}", flush=True)
+    status(f"{model_path}: {len(problems)} held-out problems of {config.task.name}; strategies {', '.join(names)}")
     points = [p.to_dict() for p in run_strategies(strategies, _load(model_path, config), task, problems,
                                                    sampling, seed=config.run.seed + 4321)]
     out = Path(args.out or Path(config.run.output_dir) / f"tts_{config.task.name.replace(':', '_')}")
@@ -204,11 +217,13 @@ def tts(args) -> int:
     table = tts_markdown(points)
     report = {"checkpoint": str(model_path), "task": config.task.name, "num_problems": len(problems),
               "N": args.N, "K": args.K, "T": Ts, "temperature": r.temperature, "points": points}
-    atomic_write_text(out / "tts.json", json.dumps(report, indent=1) + "\n")
-    atomic_write_text(out / "tts.md", f"# {title}\n\n{table}\n")
-    plot_tts(points, out / "tts.png", title)
-    if args.json:
+    atomic_write_text(out / "tts.json", json.dumps(report, indent=1) + "\n", where=_WHERE)
+    atomic_write_text(out / "tts.md", f"# {title}\n\n{table}\n", where=_WHERE)
+    plot = plot_tts(points, out / "tts.png", title)
+    wrote = "wrote " + ", ".join(str(p) for p in (out / "tts.json", out / "tts.md", plot) if p is not None)
+    if args.json:  # stdout is exactly the JSON
         print(json.dumps(report))
+        status(wrote)
     else:
-        print(f"\n{title}\n\n{table}\n\nwrote {out / 'tts.json'}, {out / 'tts.md'}, {out / 'tts.png'}")
+        print(f"\n{title}\n\n{table}\n\n{wrote}")
     return 0

@@ -1,11 +1,103 @@
-"""Markdown tables and PNG plots for ``rlvr eval --k`` and ``rlvr tts`` (matplotlib, Agg backend)."""
+"""Markdown tables and PNG plots for ``rlvr eval --k`` and ``rlvr tts`` (matplotlib, Agg backend),
+and the plotting rule every plot of rlvr follows (:func:`plot_series`, :func:`save_figure`).
+
+The rule, so that plots and tables tell the same truth:
+
+- a dense per-step curve (training reward, entropy, ... one value per RL step) may be smoothed
+  (trailing moving average); the raw values are then drawn beside it, faint;
+- evaluation points (held-out accuracy every ``eval.every`` steps, pass@k against k, accuracy
+  against a budget) are never smoothed: raw values with markers, so the last point of the
+  held-out curve is the number in the results table.
+"""
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Mapping, Sequence
 
-__all__ = ["eval_markdown", "plot_pass_at_k", "plot_tts", "tts_markdown"]
+__all__ = ["RAW_ALPHA", "default_window", "eval_markdown", "is_eval_metric", "plot_pass_at_k", "plot_series",
+           "plot_tts", "save_figure", "tts_markdown"]
+
+#: Opacity of the raw values drawn beside a smoothed curve.
+RAW_ALPHA = 0.3
+
+
+def is_eval_metric(name: str) -> bool:
+    """Metrics logged at evaluation points (``eval/*``), not once per step: never smoothed."""
+    return name.startswith("eval/")
+
+
+def default_window(num_points: int) -> int:
+    """Moving-average window for a dense per-step curve of ``num_points`` points: 5% of them
+    (1, i.e. no smoothing, below 40 points)."""
+    return max(1, num_points // 20)
+
+
+def _moving_average(values: Sequence[float], window: int) -> list[float]:
+    from rlvr.compare.stats import moving_average
+
+    return moving_average(values, window)
+
+
+def plot_series(ax, xs: Sequence[float], ys: Sequence[float], *, points: bool = False, smooth: int = 1,
+                label: str | None = None, color=None, marker: str | None = None, **style) -> list:
+    """Draw one curve by the plotting rule; returns its ``Line2D`` objects.
+
+    ``points=True``: evaluation points -- the raw values with markers (``marker``, default
+    ``"o"``), never smoothed (``smooth`` is ignored). Otherwise a dense per-step curve: with
+    ``smooth > 1`` and more points than that, the trailing moving average of ``smooth`` points
+    (labelled, gid ``"smoothed"``) and the raw values beside it (alpha :data:`RAW_ALPHA`, thin,
+    no legend entry, gid ``"raw"``); else the raw values as one line (gid ``"line"``).
+    ``style`` goes to every line (e.g. ``ls``, ``lw``).
+    """
+    xs, ys = list(xs), [float(y) for y in ys]
+    if points:
+        (line,) = ax.plot(xs, ys, marker=marker or "o", color=color, label=label, **style)
+        line.set_gid("points")
+        return [line]
+    if smooth > 1 and len(ys) > smooth:
+        lw = style.pop("lw", style.pop("linewidth", 1.5))
+        alpha = style.pop("alpha", 1.0)
+        (raw,) = ax.plot(xs, ys, color=color, alpha=RAW_ALPHA * alpha, lw=max(0.6, 0.6 * lw),
+                         label=f"_raw {label or ''}".rstrip(), **style)
+        raw.set_gid("raw")
+        (smoothed,) = ax.plot(xs, _moving_average(ys, smooth), color=raw.get_color(), lw=lw, alpha=alpha,
+                              label=label, **style)
+        smoothed.set_gid("smoothed")
+        return [raw, smoothed]
+    (line,) = ax.plot(xs, ys, marker=marker, color=color, label=label, **style)
+    line.set_gid("line")
+    return [line]
+
+
+def save_figure(fig, path: Path, dpi: int = 100) -> Path | None:
+    """Save ``fig`` to ``path`` atomically (a temporary file, then a rename) and close it.
+
+    Plots are not needed to resume or to read results, so a failed write (disk full, unwritable
+    folder) only warns on stderr and returns None instead of stopping the run.
+    """
+    import matplotlib.pyplot as plt
+
+    from rlvr.utils import describe_os_error
+
+    path = Path(path)
+    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(tmp, dpi=dpi)
+        tmp.replace(path)
+        return path
+    except OSError as err:
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:
+            pass
+        print(f"warning: could not write plot {path}: {describe_os_error(err)}; continuing without it",
+              file=sys.stderr, flush=True)
+        return None
+    finally:
+        plt.close(fig)
 
 
 def _pct(x: float | None) -> str:
@@ -31,7 +123,7 @@ def eval_markdown(summaries: Mapping[str, dict], ks: Sequence[int]) -> str:
     return "\n".join(lines)
 
 
-def plot_pass_at_k(summaries: Mapping[str, dict], ks: Sequence[int], path: Path, title: str = "") -> Path:
+def plot_pass_at_k(summaries: Mapping[str, dict], ks: Sequence[int], path: Path, title: str = "") -> Path | None:
     """pass@k (solid), CoT-pass@k (dashed) and maj@k (dotted) against k, one colour per checkpoint."""
     import matplotlib
 
@@ -41,10 +133,13 @@ def plot_pass_at_k(summaries: Mapping[str, dict], ks: Sequence[int], path: Path,
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
     for i, (label, s) in enumerate(summaries.items()):
         color = f"C{i}"
-        ax.plot(ks, [100 * s[f"pass@{k}"] for k in ks], "o-", color=color, label=f"{label} pass@k")
+        plot_series(ax, ks, [100 * s[f"pass@{k}"] for k in ks], points=True, marker="o", ls="-", color=color,
+                    label=f"{label} pass@k")
         if f"cot_pass@{ks[0]}" in s:
-            ax.plot(ks, [100 * s[f"cot_pass@{k}"] for k in ks], "s--", color=color, label=f"{label} CoT-pass@k")
-        ax.plot(ks, [100 * s[f"maj@{k}"] for k in ks], "^:", color=color, alpha=0.7, label=f"{label} maj@k")
+            plot_series(ax, ks, [100 * s[f"cot_pass@{k}"] for k in ks], points=True, marker="s", ls="--",
+                        color=color, label=f"{label} CoT-pass@k")
+        plot_series(ax, ks, [100 * s[f"maj@{k}"] for k in ks], points=True, marker="^", ls=":", color=color,
+                    alpha=0.7, label=f"{label} maj@k")
     ax.set_xscale("log", base=2)
     ax.set_xticks(list(ks), [str(k) for k in ks])
     ax.set_xlabel("k (samples)")
@@ -63,7 +158,7 @@ def tts_markdown(points: Sequence[dict]) -> str:
     return "\n".join(lines)
 
 
-def plot_tts(points: Sequence[dict], path: Path, title: str = "") -> Path:
+def plot_tts(points: Sequence[dict], path: Path, title: str = "") -> Path | None:
     """Accuracy against generated tokens per problem, one line per strategy (equal compute = same x)."""
     import matplotlib
 
@@ -74,9 +169,8 @@ def plot_tts(points: Sequence[dict], path: Path, title: str = "") -> Path:
     strategies = list(dict.fromkeys(p["strategy"] for p in points))
     for i, name in enumerate(strategies):
         pts = sorted((p for p in points if p["strategy"] == name), key=lambda p: p["generated_tokens"])
-        style = "o--" if "oracle" in name else "o-"
-        ax.plot([p["generated_tokens"] for p in pts], [100 * p["accuracy"] for p in pts], style,
-                color=f"C{i}", label=name)
+        plot_series(ax, [p["generated_tokens"] for p in pts], [100 * p["accuracy"] for p in pts], points=True,
+                    ls="--" if "oracle" in name else "-", color=f"C{i}", label=name)
         for p in pts:  # label each point with its budget: "T=t" for RSA, "N=n" otherwise
             short = p["setting"].rpartition(",")[2]
             ax.annotate(short, (p["generated_tokens"], 100 * p["accuracy"]), fontsize=6, color=f"C{i}",
@@ -89,15 +183,11 @@ def plot_tts(points: Sequence[dict], path: Path, title: str = "") -> Path:
     return _finish(fig, ax, path, title or "test-time scaling at equal compute", legend_size=8)
 
 
-def _finish(fig, ax, path: Path, title: str, legend_size: int) -> Path:
-    """Grid, title, legend; save the figure to ``path`` (folders made) and close it."""
-    import matplotlib.pyplot as plt
-
+def _finish(fig, ax, path: Path, title: str, legend_size: int) -> Path | None:
+    """Grid, title, legend; save the figure to ``path`` (folders made) and close it. Returns
+    ``path``, or None if it could not be written (a warning was printed)."""
     ax.grid(alpha=0.3)
     ax.set_title(title)
     ax.legend(fontsize=legend_size)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, Path(path), dpi=120)

@@ -4,6 +4,11 @@ A checkpoint is a folder ``checkpoints/step_000042/`` holding the model and toke
 Hugging Face checkpoint (safetensors, loadable with ``from_pretrained``) and ``trainer_state.pt``
 (optimizer, scheduler, RNG states, step, data position, policy version). It is written under a
 temporary name and renamed in one step, so a crash never leaves a half-written checkpoint.
+
+A write that fails (disk full, read-only or unwritable folder) raises
+:class:`~rlvr.utils.StorageError` naming the folder, the cause and what to do; the temporary
+folder is removed and the earlier checkpoints are kept, so ``--resume`` continues from the last
+one that was written completely.
 """
 
 from __future__ import annotations
@@ -14,37 +19,103 @@ from pathlib import Path
 
 import torch
 
-from rlvr.utils import rng_state, set_rng_state
+from rlvr.utils import find_storage_error, rng_state, set_rng_state, storage_error
 
 STATE_FILE = "trainer_state.pt"
+_TMP_PREFIX = ".tmp_step_"
+_OLD_PREFIX = ".old_step_"
 
 
 def save_checkpoint(run_dir: Path, step: int, model, tokenizer, state: dict, keep: int = 2,
                     save_extra=None) -> Path:
-    """Write ``checkpoints/step_<step>``; ``save_extra(folder)`` adds more (e.g. critics' folders)."""
+    """Write ``checkpoints/step_<step>``; ``save_extra(folder)`` adds more (e.g. critics' folders).
+
+    Older checkpoints beyond the newest ``keep`` are deleted only after the new one is in place.
+    """
+    run_dir = Path(run_dir)
     ckpt_root = run_dir / "checkpoints"
-    ckpt_root.mkdir(parents=True, exist_ok=True)
     final = ckpt_root / f"step_{step:06d}"
-    tmp = ckpt_root / f".tmp_step_{step:06d}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    if save_extra is not None:
-        save_extra(tmp)
-    torch.save({**state, "step": step, "rng": rng_state()}, tmp / STATE_FILE)
-    for f in tmp.rglob("*"):  # make the bytes durable before the rename publishes them
-        if f.is_file():
-            with open(f, "rb") as fh:
-                os.fsync(fh.fileno())
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(tmp, final)
+    tmp = ckpt_root / f"{_TMP_PREFIX}{step:06d}"
+    try:
+        ckpt_root.mkdir(parents=True, exist_ok=True)
+        _remove_leftovers(ckpt_root)  # temporary folders of an earlier crash
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        if save_extra is not None:
+            save_extra(tmp)
+        with open(tmp / STATE_FILE, "wb") as f:  # a file object: write errors surface as OSError
+            torch.save({**state, "step": step, "rng": rng_state()}, f)
+            f.flush()
+            os.fsync(f.fileno())
+        for file in tmp.rglob("*"):  # make the bytes durable before the rename publishes them
+            if file.is_file():
+                with open(file, "rb") as fh:
+                    os.fsync(fh.fileno())
+        _publish(tmp, final)
+    except Exception as exc:
+        cause = find_storage_error(exc, probe_dir=ckpt_root if ckpt_root.is_dir() else None)
+        shutil.rmtree(tmp, ignore_errors=True)
+        if cause is None:
+            raise
+        prev = latest_checkpoint(run_dir)
+        note = (f"The previous checkpoint {prev.name} is intact; after fixing this, continue with: "
+                f"rlvr train --resume {run_dir}" if prev is not None
+                else "No earlier checkpoint of this run exists")
+        raise storage_error(final, cause, "write checkpoint", note=note) from exc
+    except BaseException:  # KeyboardInterrupt mid-write: no half-written folder stays behind
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     for old in list_checkpoints(run_dir)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return final
 
 
+def _publish(tmp: Path, final: Path) -> None:
+    """Rename ``tmp`` to ``final``; an existing ``final`` is replaced only once ``tmp`` is in place."""
+    old = final.with_name(_OLD_PREFIX + final.name.removeprefix("step_"))
+    if final.exists():
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(final, old)
+        try:
+            os.replace(tmp, final)
+        except BaseException:
+            os.replace(old, final)
+            raise
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, final)
+    _fsync_dir(final.parent)
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # some file systems do not sync directories; the rename itself is atomic
+    finally:
+        os.close(fd)
+
+
+def _remove_leftovers(ckpt_root: Path) -> None:
+    for p in ckpt_root.iterdir():
+        if p.name.startswith(_TMP_PREFIX) and p.is_dir():
+            shutil.rmtree(p, ignore_errors=True)
+        elif p.name.startswith(_OLD_PREFIX) and p.is_dir():
+            # a crash between the two renames of _publish: put the old checkpoint back if needed
+            final = p.with_name("step_" + p.name.removeprefix(_OLD_PREFIX))
+            if not (final / STATE_FILE).exists() and (p / STATE_FILE).exists():
+                shutil.rmtree(final, ignore_errors=True)
+                os.replace(p, final)
+            else:
+                shutil.rmtree(p, ignore_errors=True)
+
+
 def list_checkpoints(run_dir: Path) -> list[Path]:
+    """Complete checkpoints (``step_*`` folders with their state file), oldest first."""
     root = Path(run_dir) / "checkpoints"
     if not root.is_dir():
         return []
