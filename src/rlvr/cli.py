@@ -8,6 +8,10 @@
     rlvr tts   --checkpoint runs/x --strategy rsa,majority,best_of_n --N 8 --K 3 --T 0..4
     rlvr kl-table
     rlvr compare studies/tricks_or_traps.yaml --workers 2
+
+A user error (a missing file, a bad path or override, a ConfigError or ValueError) prints one line
+per problem to stderr and exits with status 2; ``rlvr --debug ...`` (or ``--debug`` after the
+command) shows the traceback instead. Degenerate settings print a ``warning:`` line and go on.
 """
 
 from __future__ import annotations
@@ -23,10 +27,20 @@ from rlvr.config import ConfigError, load_config
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
+class _UsageError(Exception):
+    """A command-line syntax error (argparse's), reported in one line."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):
+        raise _UsageError(f"{self.prog}: {message} (see {self.prog} --help)")
+
+
 def _parser() -> argparse.ArgumentParser:
     from rlvr.eval.cli_eval import add_eval_k_arguments, add_tts_parser
 
-    p = argparse.ArgumentParser(prog="rlvr", description="RL post-training with verifiable rewards.")
+    p = _Parser(prog="rlvr", description="RL post-training with verifiable rewards.")
+    p.add_argument("--debug", action="store_true", help="show the traceback of an error instead of one line")
     sub = p.add_subparsers(dest="command", required=True)
 
     t = sub.add_parser("train", help="RL training (GRPO by default) on a task")
@@ -63,45 +77,120 @@ def _parser() -> argparse.ArgumentParser:
 
     sub.add_parser("kl-table", help="which KL estimator x placement gives the true reverse-KL gradient "
                                     "(exact enumeration on a tiny tabular policy)")
+    for command in sub.choices.values():  # `rlvr train --debug ...` too; SUPPRESS keeps `rlvr --debug train`
+        command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                             help="show the traceback of an error instead of one line")
     return p
 
 
+#: Exceptions that are a user's to fix (a file or path, a config value, a task option, ...).
+_USER_ERRORS = (ConfigError, ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError)
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    try:
+        args = _parser().parse_args(argv)
+    except _UsageError as err:
+        if "--debug" in argv:
+            raise
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    import warnings
+
     from rlvr.models.load import quiet_transformers
 
     quiet_transformers()
-    try:
-        return {"train": _train, "sft": _sft, "eval": _eval, "tts": _tts, "kl-table": _kl_table, "compare": _compare}[args.command](args)
-    except ConfigError as err:
-        print(err, file=sys.stderr)
-        return 2
-    except ValueError as err:  # user-facing errors from tasks, models and the registries
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted; resume with: rlvr train --resume <run folder>", file=sys.stderr)
-        return 130
+    command = {"train": _train, "sft": _sft, "eval": _eval, "tts": _tts, "kl-table": _kl_table,
+               "compare": _compare}[args.command]
+    with warnings.catch_warnings():
+        warnings.showwarning = _warning_printer(warnings.showwarning)
+        try:
+            _check_paths(args)
+            return command(args)
+        except _USER_ERRORS as err:
+            if args.debug:
+                raise
+            print(_one_line(err), file=sys.stderr)
+            return 2
+        except KeyboardInterrupt:
+            if args.debug:
+                raise
+            print("interrupted; resume with: rlvr train --resume <run folder>", file=sys.stderr)
+            return 130
+
+
+def _one_line(err: BaseException) -> str:
+    """A ConfigError keeps its one line per problem; anything else is squeezed into one line."""
+    if isinstance(err, ConfigError):
+        lines = [" ".join(line.split()) for line in str(err).splitlines() if line.strip()]
+        return "\n".join(line if line.split(":", 1)[0].endswith("error") else f"error: {line}" for line in lines)
+    text = " ".join(str(err).split()) or type(err).__name__
+    if isinstance(err, OSError) and err.filename is not None and str(err.filename) not in text:
+        text += f": {err.filename}"
+    return f"error: {text}"
+
+
+def _warning_printer(fallback):
+    """A ConfigWarning (a degenerate setting) as one ``warning: ...`` line; other warnings as usual."""
+    from rlvr.config import ConfigWarning
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, ConfigWarning):
+            print(f"warning: {' '.join(str(message).split())}", file=sys.stderr)
+        else:
+            fallback(message, category, filename, lineno, file, line)
+
+    return show
+
+
+def _check_paths(args) -> None:
+    """Paths given on the command line exist, before anything is imported or built."""
+    if getattr(args, "config", None) and not Path(args.config).is_file():
+        raise ConfigError(f"--config {args.config}: no such file; see configs/ for ready ones")
+    if getattr(args, "resume", None):
+        run_dir = Path(args.resume)
+        if not run_dir.is_dir():
+            raise ConfigError(f"--resume {run_dir}: no such folder; give a run folder under runs/")
+        if not (run_dir / "config.yaml").is_file():
+            raise ConfigError(f"--resume {run_dir}: no config.yaml there, so not a run folder; give one under runs/")
+    checkpoints = getattr(args, "checkpoint", None)
+    for target in [checkpoints] if isinstance(checkpoints, str) else checkpoints or []:
+        if not Path(target).expanduser().exists() and _local_path(target):
+            raise ConfigError(f"--checkpoint {target}: no such run, checkpoint or model folder")
+
+
+def _local_path(target: str) -> bool:
+    """Whether a missing --checkpoint is meant as a local path rather than a hub id ('org/name')."""
+    p = Path(target)
+    offline = any(os.environ.get(v, "").lower() in ("1", "true", "yes") for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+    return (offline or target.startswith((".", "/", "~")) or "\\" in target or len(p.parts) > 2
+            or (len(p.parts) == 2 and (p.parts[0] == "runs" or Path(p.parts[0]).is_dir())))
 
 
 def _train(args) -> int:
-    from rlvr.train.loop import train
-
     if args.resume:
         if args.overrides or args.config:
             raise ConfigError("--resume takes the run's own config.yaml; drop --config and overrides")
+        load_config(Path(args.resume) / "config.yaml")  # a broken run config fails here, in one line
+        from rlvr.train.loop import train
+
         train(resume=args.resume)
     else:
-        train(load_config(args.config, args.overrides))
+        config = load_config(args.config, args.overrides)  # a bad override fails here, before any model is built
+        from rlvr.train.loop import train
+
+        train(config)
     return 0
 
 
 def _sft(args) -> int:
+    config = load_config(args.config, args.overrides)
+
     from rlvr.tasks import make_task
     from rlvr.train.loop import progress_enabled
     from rlvr.train.sft import warm_start
 
-    config = load_config(args.config, args.overrides)
     task = make_task(config.task.name, **config.task.options)
     path = warm_start(task, config.task.name, config.task.options, config.sft, progress_enabled(config))
     print(path)
