@@ -28,7 +28,8 @@ from rlvr.models.tiny import save_tiny  # noqa: E402
 from rlvr.rollout.base import SamplingParams  # noqa: E402
 from rlvr.rollout.hf import HFRolloutEngine  # noqa: E402
 from rlvr.tasks import make_task  # noqa: E402
-from rlvr.train.experience import PromptSampler, RolloutProducer  # noqa: E402
+from rlvr.train.experience import PromptSampler  # noqa: E402
+from rlvr.train.producer import PromptDraws, RolloutProducer  # noqa: E402
 from rlvr.train.learner import Learner  # noqa: E402
 
 
@@ -59,10 +60,10 @@ def bench_learner(model_path, config, repeats):
         model, tok = load_model_and_tokenizer(model_path)
         engine = HFRolloutEngine(model, tok)
         r = cfg.rollout
-        producer = RolloutProducer(engine, task, PromptSampler(task.problems("train"), 0),
-                                   SamplingParams(temperature=1.0, max_new_tokens=r.max_new_tokens, n=r.group_size),
-                                   r.prompts_per_step)
-        exp = producer.produce()
+        sampler = PromptSampler(task.problems("train"), 0)
+        producer = RolloutProducer(engine, task, SamplingParams(temperature=1.0, max_new_tokens=r.max_new_tokens,
+                                                                n=r.group_size), r.prompts_per_step)
+        exp = producer.produce(PromptDraws(sampler.problems, sampler.next_indices))
         learner = Learner(model, cfg)
         times[mb] = _timed(lambda: learner.update(exp, 0), repeats)
     print(f"learner  GRPO update of {config.rollout.prompts_per_step * config.rollout.group_size} rows, "

@@ -8,7 +8,8 @@ import pytest
 from eval_stubs import StubEngine, StubTask, candidates_of
 from rlvr.config import ConfigError, load_config
 from rlvr.rollout.base import SamplingParams
-from rlvr.train.experience import PromptSampler, RolloutProducer, aggregation_count
+from rlvr.train.experience import PromptSampler
+from rlvr.train.producer import AggregationPlan, PromptDraws, RolloutProducer, aggregation_count
 
 
 def _producer(ratio, k=2, prompts_per_step=4, G=3):
@@ -20,13 +21,15 @@ def _producer(ratio, k=2, prompts_per_step=4, G=3):
     task = StubTask(20)
     engine = StubEngine(policy)
     sampler = PromptSampler(task.problems("train"), seed=0)
-    return RolloutProducer(engine, task, sampler, SamplingParams(n=G), prompts_per_step,
-                           aggregation=(ratio, k)), engine, sampler
+    plan = AggregationPlan(ratio, k) if ratio > 0 else None
+    producer = RolloutProducer(engine, task, SamplingParams(n=G), prompts_per_step, plan=plan)
+    producer.draws = lambda: PromptDraws(sampler.problems, sampler.next_indices)
+    return producer, engine, sampler
 
 
 def test_aggregation_groups_are_built_from_the_same_steps_candidates():
     producer, engine, sampler = _producer(ratio=0.5, k=2, prompts_per_step=4, G=3)
-    exp = producer.produce()
+    exp = producer.produce(producer.draws())
     assert sampler.position == 2  # only the plain prompts come from the sampler
     assert exp.rewards.shape[0] == 4 * 3 and exp.group.tolist() == [0, 0, 0, 1, 1, 1, 2, 2, 2, 3, 3, 3]
     assert exp.rollout.prompt_index.tolist() == exp.group.tolist()
@@ -47,7 +50,7 @@ def test_aggregation_groups_are_built_from_the_same_steps_candidates():
 
 def test_no_aggregation_by_default_and_counts():
     producer, engine, sampler = _producer(ratio=0.0)
-    exp = producer.produce()
+    exp = producer.produce(producer.draws())
     assert len(engine.calls) == 1 and sampler.position == 4 and "aggregation" not in exp.extras
     assert [aggregation_count(16, r) for r in (0.0, 0.25, 0.5, 0.99)] == [0, 4, 8, 15]
 

@@ -8,7 +8,8 @@ from rlvr.models.tiny import save_tiny
 from rlvr.rollout.base import SamplingParams
 from rlvr.rollout.hf import HFRolloutEngine
 from rlvr.tasks import make_task
-from rlvr.train.experience import PromptSampler, RolloutProducer
+from rlvr.train.experience import PromptSampler
+from rlvr.train.producer import PromptDraws, RolloutProducer
 from rlvr.train.learner import Learner, _outcome_on_last_token
 
 
@@ -18,9 +19,9 @@ def setup(tmp_path_factory):
     task = make_task("arithmetic", num_train=200, num_eval=10)
     engine = HFRolloutEngine(model, tok)
     torch.manual_seed(0)
-    producer = RolloutProducer(engine, task, PromptSampler(task.problems("train"), 0),
-                               SamplingParams(temperature=1.0, max_new_tokens=4, n=4), prompts_per_step=5)
-    exp = producer.produce()
+    sampler = PromptSampler(task.problems("train"), 0)
+    producer = RolloutProducer(engine, task, SamplingParams(temperature=1.0, max_new_tokens=4, n=4), prompts_per_step=5)
+    exp = producer.produce(PromptDraws(sampler.problems, sampler.next_indices))
     # Random rewards so every group has signal (the untrained model is never right).
     exp.rewards = torch.tensor([1.0, 0.0, 0.0, 1.0] * 5)
     return model, exp

@@ -17,9 +17,10 @@ def evaluate(engine, task, problems: list, temperature: float, top_p: float, max
     Sampling uses its own seeded RNG stream (the training RNG is left untouched), so the number
     is reproducible and comparable before and after training.
     """
+    from rlvr.rollout.hf import seeded_generation
+
     prompts = [p.prompt for p in problems]
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+    with seeded_generation(seed):
         greedy = engine.generate(prompts, SamplingParams(temperature=0, max_new_tokens=max_new_tokens, n=1))
         sampled = engine.generate(prompts, SamplingParams(temperature=temperature, top_p=top_p,
                                                           max_new_tokens=max_new_tokens, n=samples_per_problem))
@@ -89,9 +90,10 @@ def _sample_batch(engine, task, batch: list, start: int, n: int, temperature: fl
     from rlvr.eval.metrics import distinct_n
     from rlvr.tasks.base import SupportsChainVerifier
 
+    from rlvr.rollout.hf import seeded_generation
+
     prompts = [p.prompt for p in batch]
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed * 1_000_003 + start)
+    with seeded_generation(seed * 1_000_003 + start):
         greedy = engine.generate(prompts, SamplingParams(temperature=0, max_new_tokens=max_new_tokens, n=1))
         sampled = engine.generate(prompts, SamplingParams(temperature=temperature, top_p=top_p,
                                                           max_new_tokens=max_new_tokens, n=n))

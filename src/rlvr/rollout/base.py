@@ -16,6 +16,7 @@ class SamplingParams:
     top_p: float = 1.0
     max_new_tokens: int = 16
     n: int = 1  # completions per prompt (the group size G)
+    seed: int | None = None  # draw this call's samples from its own seeded stream (None: the global RNG)
 
 
 @dataclass
@@ -39,6 +40,11 @@ class Rollout:
     policy_version: int
     num_generated_tokens: int = 0
     extras: dict = field(default_factory=dict)
+    versions: torch.Tensor | None = None  # [B] policy version that produced each sequence (per-token later)
+
+    def __post_init__(self):
+        if self.versions is None:
+            self.versions = torch.full((len(self.finish_reason),), int(self.policy_version), dtype=torch.long)
 
 
 class RolloutEngine(Protocol):

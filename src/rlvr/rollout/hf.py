@@ -2,12 +2,30 @@
 
 from __future__ import annotations
 
+import threading
+from contextlib import contextmanager
 from typing import Sequence
 
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from rlvr.rollout.base import Rollout, SamplingParams
+
+
+#: HF ``generate`` samples from torch's global RNG. A seeded call holds this lock while it forks
+#: and seeds that RNG, so rollout threads and evaluation never draw from each other's stream.
+GENERATION_LOCK = threading.RLock()
+
+
+@contextmanager
+def seeded_generation(seed: int | None):
+    """Run the body with the global torch RNG seeded to ``seed`` and restored afterwards (no-op: None)."""
+    if seed is None:
+        yield
+        return
+    with GENERATION_LOCK, torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
 
 
 class HFRolloutEngine:
@@ -35,11 +53,13 @@ class HFRolloutEngine:
     def generate(self, prompts: Sequence[str], params: SamplingParams) -> Rollout:
         expanded = [p for p in prompts for _ in range(params.n)]
         index = torch.arange(len(prompts)).repeat_interleave(params.n)
-        chunks = [self._generate(expanded[i:i + self.batch_size], params)
-                  for i in range(0, len(expanded), self.batch_size)]
+        with seeded_generation(params.seed):
+            chunks = [self._generate(expanded[i:i + self.batch_size], params)
+                      for i in range(0, len(expanded), self.batch_size)]
         rollout = _concat(chunks, self.tokenizer.pad_token_id)
         rollout.prompt_index = index
         rollout.policy_version = self.policy_version
+        rollout.versions = torch.full((len(expanded),), self.policy_version, dtype=torch.long)
         return rollout
 
     def _generate(self, prompts: Sequence[str], params: SamplingParams) -> Rollout:

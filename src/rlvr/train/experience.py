@@ -1,21 +1,20 @@
-"""Experience: scored rollouts, the producer that makes them and the source the learner reads.
+"""Experience: scored rollouts, and the source the learner reads them from.
 
 Synchronous training is the special case of asynchronous training with a staleness bound of 0:
 the loop always asks an :class:`ExperienceSource` for the next batch and never knows how it was
-made. :class:`OnPolicyQueue` produces just in time (staleness 0); an asynchronous source (a
-replay buffer fed by Ray rollout workers) implements the same three methods.
+made. :class:`OnPolicyQueue` produces in place (staleness 0); :class:`rlvr.train.async_source.AsyncSource`
+is fed by rollout workers (threads or Ray actors) and implements the same methods. The producer
+that makes a batch is :mod:`rlvr.train.producer`.
 """
 
 from __future__ import annotations
 
-import time
-from collections import deque
 from dataclasses import dataclass, field
 from typing import Protocol
 
 import torch
 
-from rlvr.rollout.base import Rollout, RolloutEngine, SamplingParams
+from rlvr.rollout.base import Rollout
 
 
 @dataclass
@@ -52,15 +51,19 @@ class PromptSampler:
         g = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
         return torch.randperm(len(self.problems), generator=g).tolist()
 
-    def next(self, n: int) -> list:
+    def next_indices(self, n: int) -> list[int]:
+        """The indices of the next ``n`` problems (the position moves on by ``n``)."""
         out = []
         while len(out) < n:
             epoch, offset = divmod(self.position, len(self.problems))
             order = self._order(epoch)
             take = min(n - len(out), len(order) - offset)
-            out.extend(self.problems[i] for i in order[offset:offset + take])
+            out.extend(order[offset:offset + take])
             self.position += take
         return out
+
+    def next(self, n: int) -> list:
+        return [self.problems[i] for i in self.next_indices(n)]
 
     def state_dict(self) -> dict:
         return {"position": self.position}
@@ -88,123 +91,6 @@ def overlong_penalty(lengths: torch.Tensor, max_len: int, buffer_len: int, facto
     return torch.clamp(-(lengths.float() - expected) / buffer_len, max=0.0) * factor
 
 
-class RolloutProducer:
-    """prompts -> engine -> verifier (-> reward shaping): makes one :class:`Experience` per call.
-
-    Options: ``greedy_baseline`` also decodes one greedy completion per prompt and scores it
-    (ReMax's baseline); ``overlong`` = (L_max, L_cache, factor) adds DAPO's length penalty;
-    ``dynamic_sampling`` (DAPO) keeps generating until ``prompts_per_step`` groups whose
-    ``metric`` is not constant are collected (at most ``max_gen_batches`` rounds);
-    ``aggregation`` = (ratio, K) turns on aggregation-aware RL (see :meth:`_aggregation_problems`).
-    """
-
-    def __init__(self, engine: RolloutEngine, task, sampler: PromptSampler, params: SamplingParams,
-                 prompts_per_step: int, greedy_baseline: bool = False,
-                 overlong: tuple[int, int, float] | None = None, dynamic_sampling=None,
-                 aggregation: tuple[float, int] | None = None):
-        self.engine, self.task, self.sampler = engine, task, sampler
-        self.params, self.prompts_per_step = params, prompts_per_step
-        self.greedy_baseline, self.overlong = greedy_baseline, overlong
-        self.dynamic_sampling = dynamic_sampling if dynamic_sampling and dynamic_sampling.enabled else None
-        self.aggregation = aggregation if aggregation and aggregation[0] > 0 else None
-
-    def produce(self) -> Experience:
-        if self.dynamic_sampling is None:
-            return self._produce(self.prompts_per_step)
-        ds, kept, rounds, t_gen, t_score = self.dynamic_sampling, [], 0, 0.0, 0.0
-        seen_groups = 0
-        while sum(len(torch.unique(e.group)) for e in kept) < self.prompts_per_step:
-            if ds.max_gen_batches > 0 and rounds >= ds.max_gen_batches:
-                raise ValueError(
-                    f"dynamic sampling found only {sum(len(torch.unique(e.group)) for e in kept)} of "
-                    f"{self.prompts_per_step} informative groups in {rounds} rounds (groups whose "
-                    f"'{ds.metric}' varies); raise rollout.dynamic_sampling.max_gen_batches or "
-                    "rollout.group_size, or use an easier task")
-            exp = self._produce(self.prompts_per_step)
-            rounds += 1
-            t_gen += exp.timings["generate"]
-            t_score += exp.timings["score"]
-            exp = keep_informative_groups(exp, exp.reward_components[ds.metric])
-            exp.group = exp.group + seen_groups
-            seen_groups += self.prompts_per_step
-            kept.append(exp)
-        out = truncate_groups(concat_experience(kept, self.engine.tokenizer.pad_token_id), self.prompts_per_step)
-        out.timings = {"generate": t_gen, "score": t_score}
-        out.extras["gen_rounds"] = rounds
-        return out
-
-    def _produce(self, n_prompts: int) -> Experience:
-        if self.aggregation is None:
-            return self._generate_and_score(self.sampler.next(n_prompts))
-        n_agg = aggregation_count(n_prompts, self.aggregation[0])
-        plain = self._generate_and_score(self.sampler.next(n_prompts - n_agg))
-        plain.extras["aggregation"] = torch.zeros_like(plain.group, dtype=torch.bool)
-        if n_agg == 0:
-            return plain
-        agg = self._generate_and_score(self._aggregation_problems(plain, n_agg))
-        agg.group = agg.group + (n_prompts - n_agg)
-        agg.rollout.prompt_index = agg.rollout.prompt_index + (n_prompts - n_agg)
-        agg.extras["aggregation"] = torch.ones_like(agg.group, dtype=torch.bool)
-        out = concat_experience([plain, agg], self.engine.tokenizer.pad_token_id)
-        out.timings = {k: plain.timings[k] + agg.timings[k] for k in plain.timings}
-        return out
-
-    # --- aggregation-aware RL (RSA, Venkatraman et al. 2025, arXiv 2509.26626, spec section 17)
-    def _aggregation_problems(self, plain: Experience, n_agg: int) -> list:
-        """``n_agg`` aggregation problems built from the policy's own candidates of this step.
-
-        Aggregation problem j reuses plain group ``j mod n_plain``: its prompt is the task's
-        aggregation prompt over K completions drawn without replacement from that group (the
-        completions just sampled for the same problem); its answer and verifier are the
-        original problem's. The draw is seeded by the sampler's position, so a resumed run
-        builds the same prompts.
-        """
-        from rlvr.tasks.base import Problem, aggregation_prompt
-
-        K = self.aggregation[1]
-        g = torch.Generator().manual_seed(self.sampler.seed * 1_000_003 + self.sampler.position)
-        groups = list(dict.fromkeys(plain.group.tolist()))
-        out = []
-        for j in range(n_agg):
-            rows = torch.nonzero(plain.group == groups[j % len(groups)]).flatten().tolist()
-            picked = [rows[i] for i in torch.randperm(len(rows), generator=g)[:K].tolist()]
-            problem = plain.problems[rows[0]]
-            prompt = aggregation_prompt(self.task, problem, [plain.rollout.texts[i] for i in picked])
-            out.append(Problem(prompt=prompt, answer=problem.answer, meta={**problem.meta, "aggregation": True}))
-        return out
-
-    def _generate_and_score(self, problems: list) -> Experience:
-        prompts = [p.prompt for p in problems]
-        t0 = time.perf_counter()
-        rollout = self.engine.generate(prompts, self.params)
-        baseline = None
-        if self.greedy_baseline:
-            greedy = self.engine.generate(prompts, SamplingParams(temperature=0, max_new_tokens=self.params.max_new_tokens))
-        t1 = time.perf_counter()
-        rows = [problems[i] for i in rollout.prompt_index.tolist()]
-        components = score(self.task, rows, rollout.texts)
-        rewards = components["reward"]
-        if self.overlong is not None:
-            max_len, buffer_len, factor = self.overlong
-            penalty = overlong_penalty(rollout.completion_mask.sum(-1), max_len, buffer_len, factor)
-            components["overlong_penalty"] = penalty
-            rewards = rewards + penalty
-        if self.greedy_baseline:
-            baseline = score(self.task, problems, greedy.texts)["reward"][rollout.prompt_index]
-        t2 = time.perf_counter()
-        exp = Experience(rollout=rollout, rewards=rewards, reward_components=components,
-                         group=rollout.prompt_index.clone(), problems=rows,
-                         timings={"generate": t1 - t0, "score": t2 - t1})
-        if baseline is not None:
-            exp.extras["baseline_rewards"] = baseline
-        return exp
-
-
-def aggregation_count(n_prompts: int, ratio: float) -> int:
-    """Groups of a step that are aggregation prompts: ``round(ratio * n_prompts)``, at most n - 1."""
-    return min(n_prompts - 1, round(ratio * n_prompts))
-
-
 def select_rows(exp: Experience, idx: torch.Tensor) -> Experience:
     """The rows ``idx`` of an experience batch (all per-row fields sliced alike)."""
     r = exp.rollout
@@ -214,7 +100,7 @@ def select_rows(exp: Experience, idx: torch.Tensor) -> Experience:
         completion_mask=r.completion_mask[idx], rollout_logp=r.rollout_logp[idx],
         finish_reason=[r.finish_reason[i] for i in il], prompt_index=r.prompt_index[idx],
         texts=[r.texts[i] for i in il], policy_version=r.policy_version,
-        num_generated_tokens=int(r.completion_mask[idx].sum()))
+        num_generated_tokens=int(r.completion_mask[idx].sum()), versions=r.versions[idx])
     extras = {k: (v[idx] if isinstance(v, torch.Tensor) and v.shape[:1] == exp.rewards.shape else v)
               for k, v in exp.extras.items()}
     return Experience(rollout=rollout, rewards=exp.rewards[idx],
@@ -253,7 +139,7 @@ def concat_experience(parts: list[Experience], pad_id: int) -> Experience:
         finish_reason=sum((r.finish_reason for r in rs), []),
         prompt_index=torch.cat([r.prompt_index for r in rs]), texts=sum((r.texts for r in rs), []),
         policy_version=min(r.policy_version for r in rs),
-        num_generated_tokens=sum(r.num_generated_tokens for r in rs))
+        num_generated_tokens=sum(r.num_generated_tokens for r in rs), versions=torch.cat([r.versions for r in rs]))
     keys = parts[0].reward_components.keys()
     extras = {k: torch.cat([p.extras[k] for p in parts]) for k, v in parts[0].extras.items()
               if isinstance(v, torch.Tensor)}
@@ -264,34 +150,47 @@ def concat_experience(parts: list[Experience], pad_id: int) -> Experience:
 
 
 class ExperienceSource(Protocol):
+    """What the training loop reads: the next batch for the learner's policy version, and where the
+    learner's new weights go. Sync (:class:`OnPolicyQueue`) and async sources look the same."""
+
     def next_batch(self, policy_version: int) -> Experience: ...
+
+    def publish_weights(self, model, policy_version: int, step: int) -> dict[str, float]: ...
 
     def state_dict(self) -> dict: ...
 
     def load_state_dict(self, state: dict) -> None: ...
 
+    def close(self) -> None: ...
+
 
 class OnPolicyQueue:
-    """A queue between producer and learner with a staleness bound.
+    """Synchronous training (staleness 0): each batch is produced in place, when the learner asks,
+    by an engine that shares the learner's weights (publishing them only bumps the version)."""
 
-    ``max_staleness=0`` (synchronous GRPO/PPO): every batch comes from the current policy, produced
-    when the learner asks for it. Batches older than the bound are dropped.
-    """
-
-    def __init__(self, producer: RolloutProducer, max_staleness: int = 0):
-        self.producer = producer
-        self.max_staleness = max_staleness
-        self.queue: deque[Experience] = deque()
+    def __init__(self, producer, sampler: PromptSampler, run_seed: int = 0):
+        self.producer, self.sampler, self.run_seed = producer, sampler, run_seed
+        self.index = 0  # batches produced so far: batch i is sampled under batch_seed(run_seed, i)
 
     def next_batch(self, policy_version: int) -> Experience:
-        while self.queue and policy_version - self.queue[0].policy_version > self.max_staleness:
-            self.queue.popleft()
-        if not self.queue:
-            self.queue.append(self.producer.produce())
-        return self.queue.popleft()
+        from rlvr.train.producer import PromptDraws, batch_seed
+
+        draws = PromptDraws(self.sampler.problems, self.sampler.next_indices)
+        exp = self.producer.produce(draws, batch_seed(self.run_seed, self.index))
+        self.index += 1
+        return exp
+
+    def publish_weights(self, model, policy_version: int, step: int) -> dict[str, float]:
+        self.producer.engine.update_weights(None, policy_version)
+        return {}
 
     def state_dict(self) -> dict:
-        return {"sampler": self.producer.sampler.state_dict()}
+        return {"sampler": self.sampler.state_dict(), "next_index": self.index}
 
     def load_state_dict(self, state: dict) -> None:
-        self.producer.sampler.load_state_dict(state["sampler"])
+        self.sampler.load_state_dict(state["sampler"])
+        per_batch = self.producer.prompts_per_step
+        self.index = int(state.get("next_index", self.sampler.position // per_batch))
+
+    def close(self) -> None:
+        pass

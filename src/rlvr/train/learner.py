@@ -135,6 +135,10 @@ class Learner:
                 metrics["asyppo/adv_masked_frac"] = float(((1 - adv_mask) * mask).sum() / n)
                 metrics["asyppo/entropy_masked_frac"] = float(((1 - entropy_mask) * mask).sum() / n)
         weights = mismatch_weights(cfg.algorithm.mismatch, old_logp, exp.rollout.rollout_logp, mask)
+        sample_weight = exp.extras.get("sample_weight")  # stale rows masked by runtime.stale_policy=mask
+        if sample_weight is not None:
+            sample_weight = sample_weight[:, None].to(mask.dtype) * mask
+            weights = sample_weight if weights is None else weights * sample_weight
         batch = {"rewards": exp.rewards, "group": exp.group, "ref_logp": ref_logp,
                  "rollout_logp": exp.rollout.rollout_logp, "old_mean_logp": old_mean_logp,
                  "correct": exp.reward_components.get("correct"), "weights": weights,
@@ -268,15 +272,10 @@ def mean_logprob(logits: torch.Tensor) -> torch.Tensor:
 
 
 def mismatch_weights(cfg, old_logp, rollout_logp, mask):
-    """Per-token train-inference mismatch weights (TIS / MIS / HisPO), or None."""
-    if cfg.method == "none":
-        return None
-    if cfg.method == "tis":
-        return A.truncated_is_weights(old_logp, rollout_logp, mask, level=cfg.level, upper=cfg.upper)
-    if cfg.method == "mis":
-        return A.masked_is_weights(old_logp, rollout_logp, mask, level=cfg.level, upper=cfg.upper,
-                                   lower=cfg.lower)
-    return A.hispo_mask(old_logp, rollout_logp, mask, delta_seq=cfg.delta_seq, delta_tok=cfg.delta_tok)
+    """Per-token mismatch / off-policy weights of the ``cfg.method`` entry of
+    ``MISMATCH_CORRECTIONS`` (given the fields of ``cfg`` its signature names), or None."""
+    params = A.mismatch_params(cfg.method, cfg.model_dump(exclude={"method"}))
+    return A.mismatch_weights(cfg.method, old_logp, rollout_logp, mask, **params)
 
 
 def split_groups(group: torch.Tensor, n: int, generator: torch.Generator) -> list[list[torch.Tensor]]:

@@ -1,13 +1,18 @@
-"""The synchronous RL training loop, top to bottom.
+"""The RL training loop, top to bottom; the same in every runtime mode.
 
-    task, model, engine, learner, experience source   (set up, or restored on resume)
+    task, model, learner, producer, experience source   (set up, or restored on resume)
     evaluate before training
     for each step:
         experience = source.next_batch(policy_version)   # rollouts scored by the verifier
         metrics    = learner.update(experience)          # advantages, loss, optimizer steps
-        engine.update_weights(...)                       # the sampler now runs the new policy
+        source.publish_weights(model, ...)               # the samplers now run the new policy
         callbacks: log metrics, samples, periodic eval, checkpoint
     evaluate after training, plot, print the before/after table
+
+The source decides how batches are made (``runtime`` section): in place, by an engine sharing
+the learner's weights (sync, :class:`OnPolicyQueue`), or by rollout workers running beside the
+learner with their own weights, in threads or Ray actors, at most ``runtime.max_staleness``
+policy versions behind (:class:`rlvr.train.async_source.AsyncSource`).
 """
 
 from __future__ import annotations
@@ -19,19 +24,21 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
 
 from rlvr.config import Config, dump_config, load_config
 from rlvr.eval.evaluate import evaluate
 from rlvr.models.load import load_model_and_tokenizer, resolve_model_path
-from rlvr.rollout.base import SamplingParams
 from rlvr.rollout.hf import HFRolloutEngine
 from rlvr.tasks import make_task
 from rlvr.train.checkpoint import latest_checkpoint, load_trainer_state, save_checkpoint
-from rlvr.train.experience import Experience, OnPolicyQueue, PromptSampler, RolloutProducer
+from rlvr.train.async_source import make_source, thread_split
+from rlvr.train.experience import Experience, PromptSampler
+from rlvr.train.producer import build_producer
+from rlvr.train.staleness import RolloutTimeout, RolloutWorkerError
 from rlvr.train.learner import Learner
 from rlvr.train.logger import RunLogger
-from rlvr.utils import atomic_write_text, seed_everything, write_run_meta
+from rlvr.train.progress import StepProgress
+from rlvr.utils import atomic_write_text, seed_everything, storage_guard, write_run_meta
 
 
 @dataclass
@@ -88,17 +95,18 @@ def train(config: Config | None = None, resume: str | Path | None = None, log=pr
             log("note: critic.num_critics = 1, so AsyPPO's disagreement masks are disabled (they need "
                 "M >= 2 critics); this run is PPO with GAE")
     learner = Learner(model, config, critics)
-    engine = HFRolloutEngine(model, tokenizer, batch_size=config.rollout.batch_size)
     r = config.rollout
-    params = SamplingParams(temperature=r.temperature, top_p=r.top_p, max_new_tokens=r.max_new_tokens,
-                            n=r.group_size)
-    overlong = ((r.max_new_tokens, config.reward.overlong_buffer_len, config.reward.overlong_penalty_factor)
-                if config.reward.overlong_buffer_len > 0 else None)
-    producer = RolloutProducer(engine, task, PromptSampler(task.problems("train"), config.run.seed), params,
-                               r.prompts_per_step, greedy_baseline=r.greedy_baseline, overlong=overlong,
-                               dynamic_sampling=r.dynamic_sampling,
-                               aggregation=(r.aggregation_ratio, r.aggregation_k) if r.aggregation_ratio > 0 else None)
-    source = OnPolicyQueue(producer)
+    engine = HFRolloutEngine(model, tokenizer, batch_size=r.batch_size)  # shares the learner's weights
+    sampler = PromptSampler(task.problems("train"), config.run.seed)
+    source = make_source(config, build_producer(config, engine, task), model, tokenizer, task, sampler,
+                         model_path=model_path)
+    if config.runtime.decoupled():
+        learner_threads, worker_threads = thread_split(config.runtime)
+        torch.set_num_threads(learner_threads)
+        log(f"runtime: {config.runtime.mode}, {config.runtime.num_rollout_workers} {config.runtime.backend} "
+            f"rollout worker(s) x {worker_threads} thread(s), learner {learner_threads} thread(s), "
+            f"max staleness {config.runtime.staleness()}, {config.runtime.weight_sync} weight sync "
+            f"({config.rollout_dtype()} engine copy)")
     logger = RunLogger(run_dir)
     eval_problems = task.problems("eval", config.eval.num_problems)
 
@@ -118,13 +126,15 @@ def train(config: Config | None = None, resume: str | Path | None = None, log=pr
         learner.load_state_dict(state["learner"])
         if critics is not None:
             critics.load_pretrained(ckpt)
-        source.load_state_dict(state["source"])
-        engine.update_weights(None, learner.policy_version)
         start = state["step"]
+        source.load_state_dict(state["source"], start) if config.runtime.decoupled() else \
+            source.load_state_dict(state["source"])
+        engine.update_weights(None, learner.policy_version)
         logger.truncate_after(start)
         log(f"resumed {run_dir} from {ckpt.name} (step {start} of {config.trainer.steps})")
     else:
-        run_dir.mkdir(parents=True, exist_ok=True)
+        with storage_guard(run_dir, "create the run folder"):
+            run_dir.mkdir(parents=True, exist_ok=True)
         logger.truncate_after(0)
         dump_config(config, run_dir / "config.yaml")
         log(f"run folder: {run_dir}")
@@ -138,31 +148,44 @@ def train(config: Config | None = None, resume: str | Path | None = None, log=pr
                         save_extra=critics.save_pretrained if critics is not None else None)
 
     # --- the loop
-    bar = tqdm(range(start, config.trainer.steps), initial=start, total=config.trainer.steps,
-               desc="RL", disable=not progress, dynamic_ncols=True)
-    for step in bar:
-        experience = source.next_batch(learner.policy_version)
-        staleness = learner.policy_version - experience.policy_version
-        metrics = learner.update(experience, step)
-        engine.update_weights(None, learner.policy_version)
+    bar = StepProgress(total=config.trainer.steps, initial=start, desc="RL", enabled=config.logging.progress)
+    sync = source.publish_weights(model, learner.policy_version, start)  # the workers' first weights
+    done = start
+    try:
+        for step in range(start, config.trainer.steps):
+            t0 = time.perf_counter()
+            experience = source.next_batch(learner.policy_version)
+            waited = time.perf_counter() - t0
+            staleness = learner.policy_version - experience.policy_version
+            metrics = learner.update(experience, step)
+            next_sync = source.publish_weights(model, learner.policy_version, step + 1)
 
-        record = {"step": step + 1, "policy_version": learner.policy_version, "staleness": staleness,
-                  **rollout_metrics(experience), **metrics}
-        logger.log(record)
-        bar.set_postfix(reward=f"{record['reward_mean']:.3f}", acc=f"{record['accuracy']:.3f}")
-        done = step + 1
-        if config.logging.num_samples and (done % config.logging.samples_every == 0 or done == 1):
-            logger.log_samples(done, sample_rows(experience, config.logging.num_samples))
-        if config.eval.every and done % config.eval.every == 0 and done < config.trainer.steps:
-            run_eval(done)
-        if done % config.logging.checkpoint_every == 0 and done < config.trainer.steps:
+            record = {"step": step + 1, "policy_version": learner.policy_version, "staleness": staleness,
+                      **rollout_metrics(experience), **metrics, **runtime_metrics(experience, waited, t0, sync)}
+            sync = next_sync
+            logger.log(record)
+            bar.update(step + 1, record)
+            done = step + 1
+            if config.logging.num_samples and (done % config.logging.samples_every == 0 or done == 1):
+                logger.log_samples(done, sample_rows(experience, config.logging.num_samples))
+            if config.eval.every and done % config.eval.every == 0 and done < config.trainer.steps:
+                run_eval(done)
+            if done % config.logging.checkpoint_every == 0 and done < config.trainer.steps:
+                checkpoint(done)
+                if config.logging.plots:
+                    logger.plot()
+            if stop_after is not None and done >= stop_after and done < config.trainer.steps:
+                bar.close()
+                log(f"stopped after step {done}; continue with: rlvr train --resume {run_dir}")
+                return None
+    except (RolloutWorkerError, RolloutTimeout) as err:
+        bar.close()
+        if done > start:
             checkpoint(done)
-            if config.logging.plots:
-                logger.plot()
-        if stop_after is not None and done >= stop_after and done < config.trainer.steps:
-            bar.close()
-            log(f"stopped after step {done}; continue with: rlvr train --resume {run_dir}")
-            return None
+        log(f"stopped at step {done}: {err}; continue with: rlvr train --resume {run_dir}")
+        raise
+    finally:
+        source.close()
     bar.close()
 
     steps = config.trainer.steps
@@ -177,6 +200,23 @@ def train(config: Config | None = None, resume: str | Path | None = None, log=pr
     atomic_write_text(run_dir / "summary.md", table + "\n")
     log(table)
     return RunResult(run_dir=run_dir, before=before, after=after, steps=steps)
+
+
+def runtime_metrics(exp: Experience, waited: float, t0: float, sync: dict) -> dict[str, float]:
+    """Per step: staleness and the fate of stale samples, idle times, weight sync seconds and bytes.
+
+    ``sync`` is the publication of the weights this batch's step started from."""
+    rt = dict(exp.extras.get("runtime", {}))
+    hist = rt.pop("staleness_hist", None)
+    if hist is not None:
+        for value in sorted(set(hist)):
+            rt[f"staleness/{value}"] = hist.count(value)
+    rt.setdefault("staleness_mean", 0.0)
+    rt.setdefault("staleness_max", 0)
+    rt["learner_wait_s"] = waited
+    rt["time_step"] = time.perf_counter() - t0
+    rt["learner_idle_frac"] = waited / rt["time_step"] if rt["time_step"] > 0 else 0.0
+    return {**rt, **sync}
 
 
 def rollout_metrics(exp: Experience) -> dict[str, float]:

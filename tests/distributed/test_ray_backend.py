@@ -1,0 +1,77 @@
+"""The Ray backend: rollout workers as Ray actors (CPU, ``ray.init(num_cpus=2)``)."""
+
+import json
+import os
+import signal
+import time
+
+import pytest
+import torch
+
+ray = pytest.importorskip("ray", reason="the Ray backend needs the 'ray' extra (installed by the dev extra)")
+
+from rlvr.config import load_config  # noqa: E402
+from rlvr.train.staleness import RolloutWorkerError  # noqa: E402
+
+pytestmark = pytest.mark.slow
+
+RAY = ["runtime.mode=async", "runtime.backend=ray", "runtime.num_rollout_workers=2", "runtime.worker_threads=1",
+       "runtime.learner_threads=1", "runtime.timeout_s=120"]
+
+
+def _cfg(fast_config, *overrides):
+    return fast_config("model.warm_start=false", *RAY, *overrides)
+
+
+def _steps(run_dir):
+    return [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines() if '"reward_mean"' in x]
+
+
+def test_two_ray_workers_train_five_steps_and_resume(fast_config):
+    from rlvr.train.loop import train
+
+    cfg = _cfg(fast_config, "trainer.steps=5", "logging.checkpoint_every=2", "run.name=ray",
+               "runtime.weight_sync=sparse", "rollout.dtype=bfloat16", "runtime.debug_checksums=true")
+    assert train(cfg, stop_after=2, log=lambda *_: None) is None
+    assert not ray.is_initialized()  # the run shut down the Ray it started
+    run_dir = cfg.run.output_dir
+    from pathlib import Path
+
+    run_dir = Path(run_dir) / "ray"
+    result = train(resume=run_dir, log=lambda *_: None)
+    steps = _steps(run_dir)
+    assert [r["step"] for r in steps] == [1, 2, 3, 4, 5] and result.steps == 5
+    assert max(r["staleness_max"] for r in steps) <= 1
+    assert {r["batch_index"] for r in steps} == set(range(5)) or len({r["batch_index"] for r in steps}) == 5
+    synced = [r for r in steps if "sync/bytes" in r]
+    assert synced and all(r["sync/bytes"] <= r["sync/dense_bytes"] for r in synced)
+    assert not ray.is_initialized()
+
+
+def test_a_killed_ray_worker_gives_a_named_error_not_a_hang(fast_config):
+    from rlvr.models.load import load_model_and_tokenizer, resolve_model_path
+    from rlvr.rollout.hf import HFRolloutEngine
+    from rlvr.tasks import make_task
+    from rlvr.train.async_source import make_source
+    from rlvr.train.experience import PromptSampler
+    from rlvr.train.producer import build_producer
+
+    cfg = _cfg(fast_config, "runtime.max_staleness=4")
+    task = make_task(cfg.task.name, **cfg.task.options)
+    path = resolve_model_path(cfg, task, progress=False, log=lambda *_: None)
+    model, tok = load_model_and_tokenizer(path)
+    sampler = PromptSampler(task.problems("train"), 0)
+    source = make_source(cfg, build_producer(cfg, HFRolloutEngine(model, tok), task), model, tok, task, sampler,
+                         model_path=path)
+    try:
+        source.publish_weights(model, 0, 0)
+        source.next_batch(0)
+        os.kill(source.pool.pids[0], signal.SIGKILL)
+        t0 = time.perf_counter()
+        with pytest.raises(RolloutWorkerError, match="rollout worker 0"):
+            for _ in range(20):
+                source.next_batch(0)
+        assert time.perf_counter() - t0 < 60
+    finally:
+        source.close()
+    assert not ray.is_initialized()
