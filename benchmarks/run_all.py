@@ -87,6 +87,10 @@ def main(argv=None) -> int:
         prompts = [p.prompt for p in task.problems("train", 32)]
         bench_rollout(model, tok, prompts, G=8, max_new=6, repeats=repeats)
         bench_learner(path, config, repeats)
+    # sync vs async training on the same work (each arm its own process, one at a time)
+    import async_vs_sync
+
+    async_vs_sync.main(["--steps", "10" if args.quick else "40"])
     return 0
 
 

@@ -75,3 +75,58 @@ def test_a_killed_ray_worker_gives_a_named_error_not_a_hang(fast_config):
     finally:
         source.close()
     assert not ray.is_initialized()
+
+
+def _tree(root: int) -> set[int]:
+    from pathlib import Path
+
+    children: dict[int, list[int]] = {}
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                ppid = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(d.name))
+    out, todo = set(), [root]
+    while todo:
+        pid = todo.pop()
+        out.add(pid)
+        todo.extend(children.get(pid, []))
+    return out
+
+
+def _alive(pid: int) -> bool:
+    from pathlib import Path
+
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def test_ctrl_c_stops_every_worker_and_leaves_no_orphans(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from conftest import FAST
+
+    rlvr = str(Path(sys.executable).with_name("rlvr"))
+    cmd = [rlvr, "train", "--config", "configs/grpo_arithmetic_tiny.yaml", *FAST, "model.warm_start=false", *RAY,
+           "trainer.steps=500", f"run.output_dir={tmp_path}", "run.name=ctrl_c"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    metrics = tmp_path / "ctrl_c" / "metrics.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if metrics.exists() and '"reward_mean"' in metrics.read_text():
+            break
+        time.sleep(0.5)
+    assert proc.poll() is None, proc.stderr.read()[-2000:]
+    pids = _tree(proc.pid) - {proc.pid}
+    assert len(pids) >= 3  # Ray's processes and the two worker actors
+    proc.send_signal(signal.SIGINT)
+    proc.wait(timeout=90)
+    time.sleep(3)
+    assert [p for p in pids if _alive(p)] == []
