@@ -92,6 +92,14 @@ def dr_grpo(*, rewards=None, token_rewards=None, values=None, mask, group=None):
     return grpo(rewards=rewards, token_rewards=token_rewards, mask=mask, group=group, norm_by_std=False)
 
 
+@register_advantage_estimator("identity")
+def identity(*, rewards=None, token_rewards=None, values=None, mask, group=None):
+    """The outcome signal is already an advantage: ``A_i = R_i`` broadcast to tokens. Used with the
+    advantage-level reward combiners (``reward.combine`` = ``normalize_then_sum`` / GDPO, ``dvao``,
+    ``tmn``), which group- or batch-normalise the reward components themselves."""
+    return _broadcast(_outcome(rewards, token_rewards, mask), mask), None
+
+
 @register_advantage_estimator("lite_ppo")
 def lite_ppo(*, rewards=None, token_rewards=None, values=None, mask, group=None, eps=1e-6):
     """Lite PPO advantage ("Tricks or Traps? A Deep Dive into RL for LLM Reasoning", Liu et al. 2025,

@@ -4,11 +4,16 @@ With ``u = logp - ref_logp`` evaluated at tokens sampled from the policy:
 
 * ``k1`` (alias ``kl``):          u                         (Schulman 2020 "Approximating KL divergence")
 * ``k2`` (alias ``mse``):         u**2 / 2
-* ``k3`` (alias ``low_var_kl``):  exp(-u) - 1 + u            (log-ratio clamped to [-20, 20] and the
-  value clamped to [-10, 10], as verl)
+* ``k3`` (alias ``low_var_kl``):  exp(-u) - 1 + u            (log-ratio clamped to
+  [-``log_ratio_clamp``, ``log_ratio_clamp``] = [-20, 20] and the value to [-``value_clamp``,
+  ``value_clamp``] = [-10, 10], as verl; ``None`` turns a clamp off -- TRL's k3 has neither)
 * ``abs``:                        |u|
-* ``k1+``, ``k2+``, ``k3+`` (straight-through, verl): forward value of k1/k2/k3, gradient of k2:
-  ``k2 - sg(k2) + sg(k)``.  (aliases ``kl+``, ``mse+``, ``low_var_kl+``)
+* ``k1+``, ``k2+``, ``k3+``, ``abs+`` (straight-through, verl): forward value of k1/k2/k3/abs,
+  gradient of k2: ``k2 - sg(k2) + sg(k)``.  (aliases ``kl+``, ``mse+``, ``low_var_kl+``)
+
+Estimators take keyword hyper-parameters through ``kl_penalty(..., **hp)`` (k3 / k3+:
+``log_ratio_clamp``, ``value_clamp``); the config's ``kl.log_ratio_clamp`` / ``kl.value_clamp``
+reach the estimators whose signature names them.
 
 The result is a per-token ``[B, T]`` estimate; masking/aggregation is the caller's job
 (:func:`rlvr.algorithms.aggregate_loss`).  Which (estimator, placement) pairs give an unbiased
@@ -38,30 +43,53 @@ def k2(logp: Tensor, ref_logp: Tensor) -> Tensor:
     return 0.5 * (logp - ref_logp).square()
 
 
+K3_LOG_RATIO_CLAMP = 20.0
+K3_VALUE_CLAMP = 10.0
+
+
 @register_kl_estimator("k3", "low_var_kl")
-def k3(logp: Tensor, ref_logp: Tensor) -> Tensor:
-    kl = torch.clamp(ref_logp - logp, min=-20.0, max=20.0)
-    return torch.clamp(torch.exp(kl) - kl - 1.0, min=-10.0, max=10.0)
+def k3(logp: Tensor, ref_logp: Tensor, log_ratio_clamp: float | None = K3_LOG_RATIO_CLAMP,
+       value_clamp: float | None = K3_VALUE_CLAMP) -> Tensor:
+    kl = ref_logp - logp
+    if log_ratio_clamp is not None:
+        kl = torch.clamp(kl, min=-log_ratio_clamp, max=log_ratio_clamp)
+    out = torch.exp(kl) - kl - 1.0
+    if value_clamp is not None:
+        out = torch.clamp(out, min=-value_clamp, max=value_clamp)
+    return out
 
 
 def _straight_through(forward_fn):
-    def est(logp: Tensor, ref_logp: Tensor) -> Tensor:
+    def est(logp: Tensor, ref_logp: Tensor, **hp) -> Tensor:
         back = k2(logp, ref_logp)
-        return back - back.detach() + forward_fn(logp, ref_logp).detach()
+        return back - back.detach() + forward_fn(logp, ref_logp, **hp).detach()
 
     est.__doc__ = f"Straight-through: value of {forward_fn.__name__}, gradient of k2."
+    est.forward_fn = forward_fn
     return est
 
 
 register_kl_estimator("k1+", "kl+")(_straight_through(k1))
 register_kl_estimator("k2+", "mse+")(_straight_through(k2))
 register_kl_estimator("k3+", "low_var_kl+")(_straight_through(k3))
+register_kl_estimator("abs+")(_straight_through(kl_abs))
 
 
-def kl_penalty(logp: Tensor, ref_logp: Tensor, kind: str = "k1") -> Tensor:
-    """Per-token KL estimate ``[B, T]`` of the named kind (no masking)."""
+def kl_params(kind: str, params: dict) -> dict:
+    """The entries of ``params`` that the estimator ``kind`` takes (e.g. k3's clamps)."""
+    import inspect
+
     fn = lookup(KL_ESTIMATORS, kind, "KL estimator")
-    return fn(logp, ref_logp)
+    fn = getattr(fn, "forward_fn", fn)
+    names = set(inspect.signature(fn).parameters) - {"logp", "ref_logp"}
+    return {k: v for k, v in params.items() if k in names}
+
+
+def kl_penalty(logp: Tensor, ref_logp: Tensor, kind: str = "k1", **hp) -> Tensor:
+    """Per-token KL estimate ``[B, T]`` of the named kind (no masking); ``hp``: the estimator's
+    keyword parameters (k3: ``log_ratio_clamp``, ``value_clamp``)."""
+    fn = lookup(KL_ESTIMATORS, kind, "KL estimator")
+    return fn(logp, ref_logp, **hp)
 
 
 def importance_weighted_kl(

@@ -29,9 +29,9 @@ from dataclasses import dataclass
 
 import torch
 
-from .kl import kl_penalty
+from .kl import kl_params, kl_penalty
 
-ESTIMATORS = ("k1", "k2", "k3", "abs", "k1+", "k2+", "k3+")
+ESTIMATORS = ("k1", "k2", "k3", "abs", "k1+", "k2+", "k3+", "abs+")
 PLACEMENTS = ("reward", "loss", "reward+loss")
 
 # Expected results (spec 5.3, plus derivations for abs and the straight-through variants:
@@ -58,6 +58,9 @@ EXPECTED_UNBIASED = {
     ("k3+", "reward"): False,
     ("k3+", "loss"): False,
     ("k3+", "reward+loss"): False,
+    ("abs+", "reward"): False,  # forward value |u|
+    ("abs+", "loss"): False,  # gradient is k2's
+    ("abs+", "reward+loss"): False,
 }
 
 
@@ -87,13 +90,16 @@ def _token_logprobs(logits: torch.Tensor, seqs: list[tuple], pidx: dict[tuple, i
 
 
 def kl_gradient_table(
-    vocab: int = 3, length: int = 3, seed: int = 0, credit: str = "sequence", scale: float = 0.5
+    vocab: int = 3, length: int = 3, seed: int = 0, credit: str = "sequence", scale: float = 0.5,
+    estimators=ESTIMATORS, **kl_hp,
 ) -> list[KLRow]:
     """Compute every (estimator, placement) expected gradient exactly and compare to the truth.
 
     Policy and reference logits are ``scale * N(0, 1)``.  Keep ``scale`` small: with large logit
     gaps verl's clamp of k3 at 10 (reproduced by :func:`kl_penalty`) becomes active and makes even
-    "k3 in reward+loss" biased (e.g. vocab 3, length 3, scale 1.0).
+    "k3 in reward+loss" biased (e.g. vocab 3, length 3, scale 1.0); ``kl_hp`` (e.g.
+    ``value_clamp=None``) are passed to the estimators that take them (:func:`kl_params`), which is
+    how :func:`clamp_table` shows the clamp's effect.
     """
     if credit not in ("sequence", "to_go"):
         raise ValueError("credit must be 'sequence' or 'to_go'")
@@ -120,12 +126,13 @@ def kl_gradient_table(
     norm = g_true.norm().item()
 
     rows = []
-    for est in ESTIMATORS:
+    for est in estimators:
+        hp = kl_params(est, kl_hp)
         for place in PLACEMENTS:
 
-            def surrogate(lp, est=est, place=place):
+            def surrogate(lp, est=est, place=place, hp=hp):
                 prob = lp.sum(-1).exp().detach()  # sampling distribution (not differentiated)
-                k = kl_penalty(lp, lp_ref, est)  # [N, L]
+                k = kl_penalty(lp, lp_ref, est, **hp)  # [N, L]
                 total = torch.zeros((), dtype=lp.dtype)
                 if "reward" in place:
                     kd = k.detach()
@@ -159,11 +166,44 @@ def to_markdown(rows: list[KLRow]) -> str:
     return "\n".join(lines)
 
 
+#: A setting in which some tokens' k3 exceeds 10, so the default value clamp is active.
+CLAMP_CASE = dict(vocab=3, length=3, seed=0, scale=4.0)
+
+
+def clamp_table(**setting) -> tuple[list[KLRow], list[KLRow], float]:
+    """k3 / k3+ rows with verl's clamps on (default) and off (``value_clamp=None``,
+    ``log_ratio_clamp=None``), in a setting where k3 exceeds 10 on some token (default
+    :data:`CLAMP_CASE`), and the share of sequence probability mass with a clamped token."""
+    setting = {**CLAMP_CASE, **setting}
+    on = kl_gradient_table(estimators=("k3", "k3+"), **setting)
+    off = kl_gradient_table(estimators=("k3", "k3+"), value_clamp=None, log_ratio_clamp=None, **setting)
+    return on, off, clamped_mass(**setting)
+
+
+def clamped_mass(vocab: int, length: int, seed: int, scale: float) -> float:
+    """Probability (under pi_theta) of a sequence having a token whose unclamped k3 exceeds 10."""
+    g = torch.Generator().manual_seed(seed)
+    pidx = _prefix_index(vocab, length)
+    theta = scale * torch.randn(len(pidx), vocab, generator=g, dtype=torch.float64)
+    ref = scale * torch.randn(len(pidx), vocab, generator=g, dtype=torch.float64)
+    seqs = list(itertools.product(range(vocab), repeat=length))
+    lp, lp_ref = _token_logprobs(theta, seqs, pidx), _token_logprobs(ref, seqs, pidx)
+    k = kl_penalty(lp, lp_ref, "k3", value_clamp=None, log_ratio_clamp=None)
+    return float((lp.sum(-1).exp() * (k > 10).any(-1)).sum())
+
+
 def main() -> None:
     rows = kl_gradient_table()
     print("Expected gradient vs true gradient of the sequence-level reverse KL(pi || pi_ref)")
     print("(exact enumeration, vocab 3, length 3, logits 0.5*N(0,1), on-policy samples)\n")
     print(to_markdown(rows))
+    on, off, mass = clamp_table()
+    c = CLAMP_CASE
+    print(f"\nWith large logit gaps (logits {c['scale']:g}*N(0,1)) k3 exceeds verl's value clamp of 10 on "
+          f"sequences holding {100 * mass:.1f}% of the probability mass; k3 in reward+loss is then biased "
+          "with the clamp (kl.value_clamp=10, the default) and unbiased without it (kl.value_clamp=null):\n")
+    print("clamp on (kl.value_clamp: 10, kl.log_ratio_clamp: 20)\n" + to_markdown(on))
+    print("\nclamp off (kl.value_clamp: null, kl.log_ratio_clamp: null)\n" + to_markdown(off))
 
 
 if __name__ == "__main__":

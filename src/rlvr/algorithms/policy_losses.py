@@ -14,7 +14,14 @@ Common conventions
   (train-inference mismatch correction, see :mod:`rlvr.algorithms.mismatch`).
 * Aggregation uses :func:`rlvr.algorithms.aggregate_loss` with ``agg`` and the global counts
   ``batch_num_tokens`` / ``batch_num_seqs`` / ``norm_constant``.
-* Log-ratios ``logp - old_logp`` are clamped to [-20, 20] before ``exp`` (verl).
+* Log-ratios ``logp - old_logp`` are clamped to [-``log_ratio_clamp``, ``log_ratio_clamp``] before
+  ``exp``: default 20 (verl); ``log_ratio_clamp=None`` removes the clamp (TRL computes
+  ``exp(logp - old_logp)`` unclamped). Every ratio-based loss takes the parameter.
+* ``importance_sampling_level="sequence"`` (the token-level ratio losses: vanilla, decoupled_ppo,
+  cispo, dispo, sapo, clip_cov, kl_cov) replaces the token log-ratio by the sequence mean
+  ``mean_t (lp - lp_old)`` broadcast to the tokens, with its gradient (TRL
+  ``importance_sampling_level="sequence"``: TRL's SAPO-sequence, GSPO with ``loss_type="grpo"``,
+  RLOO's sequence-likelihood ratio); the per-token loss is then aggregated as usual.
 * Metrics are over the valid tokens of the tensors passed (a micro-batch): ``clip_frac`` (fraction
   of valid tokens where a clip is active, i.e. the gradient of the token is cut or changed by the
   clip), ``approx_kl`` = mean of ``0.5 * (logp - old_logp)**2`` (the k2 estimate of
@@ -41,8 +48,23 @@ from .registry import POLICY_LOSSES, lookup, register_policy_loss
 LOG_RATIO_CLAMP = 20.0
 
 
-def _log_ratio(logp: Tensor, old_logp: Tensor) -> Tensor:
-    return torch.clamp(logp - old_logp, -LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)
+def _log_ratio(logp: Tensor, old_logp: Tensor, clamp: float | None = LOG_RATIO_CLAMP, level: str = "token",
+               mask: Tensor | None = None) -> Tensor:
+    """``lp - lp_old`` (token level) or its per-sequence mean broadcast to ``[B, T]`` (sequence level,
+    gradient through every token), clamped to ``[-clamp, clamp]`` unless ``clamp`` is None."""
+    d = logp - old_logp
+    if level == "sequence":
+        if mask is None:
+            raise ValueError("importance_sampling_level='sequence' needs the mask")
+        m = as_float_mask(mask, d)
+        d = (masked_sum(d, m, dim=-1) / m.sum(-1).clamp(min=1.0)).unsqueeze(-1).expand_as(d)
+    elif level != "token":
+        raise ValueError(f"importance_sampling_level must be 'token' or 'sequence', got {level!r}")
+    if clamp is None:
+        return d
+    if clamp <= 0:
+        raise ValueError(f"log_ratio_clamp must be > 0 or None, got {clamp}")
+    return torch.clamp(d, -clamp, clamp)
 
 
 def _apply_weights(per_tok: Tensor, weights: Tensor | None) -> Tensor:
@@ -105,6 +127,9 @@ def vanilla(
     clip_ratio_low=0.2,
     clip_ratio_high=0.2,
     clip_ratio_c=3.0,
+    delta=None,
+    log_ratio_clamp=LOG_RATIO_CLAMP,
+    importance_sampling_level="token",
 ):
     """PPO clipped surrogate (Schulman et al. 2017, arXiv 1707.06347, eq. 7) with decoupled bounds
     (DAPO clip-higher, arXiv 2503.14476 sec. 3.1) and optional dual clip (Ye et al. 2020,
@@ -112,11 +137,16 @@ def vanilla(
     ``compute_policy_loss_vanilla``.
 
     ``l = max(-A rho, -A clip(rho, 1-low, 1+high))``; for ``A < 0``: ``l = min(l, -A c)``.
+    ``delta`` (TRL ``delta``, INTELLECT-2 two-sided clipping, arXiv 2505.07291): the unclipped term
+    uses ``min(rho, delta)``. ``log_ratio_clamp`` / ``importance_sampling_level``: module docstring.
+    TRL's ``grpo`` / ``bnpo`` / ``dr_grpo`` / ``dapo`` / ``luspo`` losses are this loss with
+    ``clip_ratio_c=None, log_ratio_clamp=None`` and the matching aggregation (docs/algorithms.md).
     """
     if clip_ratio_c is not None and clip_ratio_c <= 1.0:
         raise ValueError(f"clip_ratio_c must be > 1 (or None), got {clip_ratio_c}")
-    ratio = torch.exp(_log_ratio(logp, old_logp))
-    l1 = -advantages * ratio
+    ratio = torch.exp(_log_ratio(logp, old_logp, log_ratio_clamp, importance_sampling_level, mask))
+    ratio1 = ratio if delta is None else torch.clamp(ratio, max=delta)
+    l1 = -advantages * ratio1
     l2 = -advantages * torch.clamp(ratio, 1.0 - clip_ratio_low, 1.0 + clip_ratio_high)
     clipped = torch.maximum(l1, l2)
     clip_flag = l2 > l1
@@ -156,6 +186,8 @@ def decoupled_ppo(
     clip_ratio_high=0.2,
     clip_ratio_c=None,
     behav_imp_weight_cap=None,
+    log_ratio_clamp=LOG_RATIO_CLAMP,
+    importance_sampling_level="token",
 ):
     """Decoupled PPO (Hilton et al. 2022, "Batch size-invariance for policy optimization", arXiv
     2110.00641; AReaL, Fu et al. 2025, arXiv 2505.24298, eq. 5; AReaL ``ppo_actor_loss_fn`` with
@@ -189,7 +221,8 @@ def decoupled_ppo(
     loss, metrics = vanilla(
         logp=logp, old_logp=old_logp, advantages=advantages, mask=mask, agg=agg, weights=w,
         batch_num_tokens=batch_num_tokens, batch_num_seqs=batch_num_seqs, norm_constant=norm_constant,
-        clip_ratio_low=clip_ratio_low, clip_ratio_high=clip_ratio_high, clip_ratio_c=clip_ratio_c)
+        clip_ratio_low=clip_ratio_low, clip_ratio_high=clip_ratio_high, clip_ratio_c=clip_ratio_c,
+        log_ratio_clamp=log_ratio_clamp, importance_sampling_level=importance_sampling_level)
     with torch.no_grad():
         m = as_float_mask(mask, old_logp)
         d = old_logp.detach() - roll
@@ -248,6 +281,7 @@ def gspo(
     norm_constant=None,
     clip_ratio_low=3e-4,
     clip_ratio_high=4e-4,
+    log_ratio_clamp=10.0,
 ):
     """GSPO (Zheng et al. 2025, "Group Sequence Policy Optimization", arXiv 2507.18071, sec. 4: the
     GSPO objective and its GSPO-token form; spec 7; verl ``compute_policy_loss_gspo``).
@@ -256,11 +290,14 @@ def gspo(
     ``log s_it = sg(log s_i) + lp - sg(lp)`` (clamped at max 10, verl); per-token loss
     ``max(-A s_it, -A clip(s_it, 1-low, 1+high))``.  Paper defaults low=3e-4, high=4e-4.  The paper /
     verl aggregate with ``seq-mean-token-mean`` (verl forces it); here ``agg`` is honoured, pass
-    ``agg="seq-mean-token-mean"`` for the paper's objective.
+    ``agg="seq-mean-token-mean"`` for the paper's objective. ``log_ratio_clamp``: the upper clamp of
+    ``log s_it`` (verl: 10; None: no clamp).
     """
     d = logp - old_logp
     log_si = _seq_mean(d, mask)
-    log_sit = torch.clamp(logp - logp.detach() + log_si.detach().unsqueeze(-1), max=10.0)
+    log_sit = logp - logp.detach() + log_si.detach().unsqueeze(-1)
+    if log_ratio_clamp is not None:
+        log_sit = torch.clamp(log_sit, max=log_ratio_clamp)
     s = torch.exp(log_sit)
     l1 = -advantages * s
     l2 = -advantages * torch.clamp(s, 1.0 - clip_ratio_low, 1.0 + clip_ratio_high)
@@ -299,6 +336,8 @@ def cispo(
     clip_ratio_high=4.0,
     clip_ratio_max=None,
     mask_outside=False,
+    log_ratio_clamp=LOG_RATIO_CLAMP,
+    importance_sampling_level="token",
 ):
     """CISPO (MiniMax-M1 technical report, arXiv 2506.13585, sec. 3.1, eq. 4-5; spec 6.2).
 
@@ -309,9 +348,10 @@ def cispo(
     overrides ``clip_ratio_high`` when given.  Defaults: no lower bound (paper: eps_low^IS "very
     large") and upper cap 1 + 4.0 = 5.0 (the TRL-documented value from ScaleRL; the paper gives no
     number).  ``mask_outside=True`` applies the unified-form token mask M of eq. 7 (drop tokens
-    with A > 0 and rho > 1 + high or A < 0 and rho < 1 - low).
+    with A > 0 and rho > 1 + high or A < 0 and rho < 1 - low).  TRL ``cispo``: ``clip_ratio_max =
+    epsilon_high``, ``log_ratio_clamp=None``, token-mean over the global token count.
     """
-    ratio = torch.exp(_log_ratio(logp, old_logp)).detach()
+    ratio = torch.exp(_log_ratio(logp, old_logp, log_ratio_clamp, importance_sampling_level, mask)).detach()
     r_hat = _clipped_is_weight(ratio, clip_ratio_low, clip_ratio_high, clip_ratio_max)
     per_tok = -r_hat * advantages * logp
     clipped = r_hat != ratio
@@ -346,6 +386,8 @@ def dispo(
     clip_high_neg=0.28,
     correct=None,
     out_of_range="clip",
+    log_ratio_clamp=LOG_RATIO_CLAMP,
+    importance_sampling_level="token",
 ):
     """DISPO (arXiv 2602.00983; spec 6.4-6.5, structure verified, details INFERRED).
 
@@ -361,7 +403,7 @@ def dispo(
     """
     if out_of_range not in ("clip", "mask"):
         raise ValueError("out_of_range must be 'clip' or 'mask'")
-    ratio = torch.exp(_log_ratio(logp, old_logp)).detach()
+    ratio = torch.exp(_log_ratio(logp, old_logp, log_ratio_clamp, importance_sampling_level, mask)).detach()
     if correct is None:
         pos = advantages > 0
     else:
@@ -402,6 +444,8 @@ def sapo(
     tau_neg=1.05,
     clip_ratio_low=0.2,
     clip_ratio_high=0.2,
+    log_ratio_clamp=LOG_RATIO_CLAMP,
+    importance_sampling_level="token",
 ):
     """SAPO (Soft Adaptive Policy Optimization, Gao et al. 2025, arXiv 2511.20347, eq. 5-6, 10-12;
     verl ``compute_policy_loss_sapo``).  Smooth gate instead of the hard clip:
@@ -409,9 +453,11 @@ def sapo(
     loss ``-f(rho) * A``.  ``f'(1) = 1`` so on-policy it is the plain policy gradient.  Defaults
     tau_pos = 1.0, tau_neg = 1.05 (paper / verl); the paper aggregates per sequence
     (``agg="seq-mean-token-mean"``).  ``clip_ratio_low/high`` only define the diagnostic
-    ``clip_frac`` (fraction of tokens outside [1-low, 1+high]).
+    ``clip_frac`` (fraction of tokens outside [1-low, 1+high]).  TRL ``sapo`` = this loss with
+    ``log_ratio_clamp=None`` and ``seq-mean-token-mean`` (its sequence variant:
+    ``importance_sampling_level="sequence"``).
     """
-    ratio = torch.exp(_log_ratio(logp, old_logp))
+    ratio = torch.exp(_log_ratio(logp, old_logp, log_ratio_clamp, importance_sampling_level, mask))
     tau = torch.where(
         advantages > 0,
         torch.as_tensor(tau_pos, dtype=ratio.dtype, device=ratio.device),
@@ -424,6 +470,90 @@ def sapo(
     metrics = {"clip_frac": _frac((r > 1 + clip_ratio_high) | (r < 1 - clip_ratio_low), mask)}
     metrics.update(_base_metrics(logp, old_logp, mask))
     return loss, metrics
+
+
+# ------------------------------------------------------------------------------------ VESPO / LUSPO
+
+
+def vespo_gamma_weights(advantages, logp, old_logp, mask, k_pos=2.0, lambda_pos=3.0, k_neg=3.0, lambda_neg=2.0):
+    """VESPO gamma weight ``phi(w) = exp(lambda + k log w - lambda w)`` (so ``phi(1) = 1``) of the
+    sequence ratio ``w = exp(sum_t clamp(lp - lp_old, -20, 20))``, ``log w`` clamped to
+    ``[log 1e-8, 20]``; ``(k, lambda)`` by the sign of the advantage (``A >= 0``: pos). Detached;
+    non-finite values become 0. (VESPO, arXiv 2602.10693; TRL ``get_gamma_weights`` at commit f2cd577.)"""
+    with torch.no_grad():
+        lower = math.log(1e-8)
+        m = as_float_mask(mask, logp)
+        d = torch.clamp(logp.detach() - old_logp, -20.0, 20.0)
+        log_w = torch.clamp(masked_sum(d, m, dim=-1), lower, 20.0).unsqueeze(-1)
+        nonneg = advantages >= 0
+        k = torch.where(nonneg, torch.full_like(d, k_pos), torch.full_like(d, k_neg))
+        lam = torch.where(nonneg, torch.full_like(d, lambda_pos), torch.full_like(d, lambda_neg)).clamp(min=1e-4)
+        phi = torch.exp(lam + k * log_w - lam * torch.exp(log_w))
+        return phi.nan_to_num(nan=0.0, posinf=0.0, neginf=0.0)
+
+
+@register_policy_loss("vespo", trust_region=True)
+def vespo(
+    *,
+    logp,
+    old_logp,
+    advantages,
+    mask,
+    agg="token-mean",
+    weights=None,
+    batch_num_tokens=None,
+    batch_num_seqs=None,
+    norm_constant=None,
+    k_pos=2.0,
+    lambda_pos=3.0,
+    k_neg=3.0,
+    lambda_neg=2.0,
+):
+    """VESPO (Variational Sequence-Level Soft Policy Optimization, arXiv 2602.10693; TRL
+    ``loss_type="vespo"``): per-token loss ``-sg(phi(w_i)) A lp`` with the gamma weight of
+    :func:`vespo_gamma_weights` -- a smooth, bounded sequence-level IS weight instead of a hard clip
+    (``phi <= e^lambda (k/lambda)^k e^-k``). Defaults as TRL (k, lambda) = (2, 3) for ``A >= 0`` and
+    (3, 2) for ``A < 0``; TRL aggregates by the global token count (``token-mean``). The token-level
+    TRL ``importance_sampling_ratio`` (vLLM correction) is folded into ``w`` by TRL; here mismatch
+    weights multiply the per-token loss like for every loss. Its own clamps (+-20 per token, log w in
+    [log 1e-8, 20]) are TRL's and part of the definition."""
+    phi = vespo_gamma_weights(advantages, logp, old_logp, mask, k_pos, lambda_pos, k_neg, lambda_neg)
+    per_tok = -phi * advantages * logp
+    loss = _agg(per_tok, mask, agg, weights, batch_num_tokens, batch_num_seqs, norm_constant)
+    metrics = {"clip_frac": 0.0}
+    metrics.update(_base_metrics(logp, old_logp, mask))
+    with torch.no_grad():
+        valid = (mask != 0).any(-1)
+        metrics["vespo_phi_mean"] = _item(phi[:, 0][valid].mean()) if bool(valid.any()) else 1.0
+    return loss, metrics
+
+
+@register_policy_loss("luspo", trust_region=True)
+def luspo(
+    *,
+    logp,
+    old_logp,
+    advantages,
+    mask,
+    agg="seq-mean-token-sum",
+    weights=None,
+    batch_num_tokens=None,
+    batch_num_seqs=None,
+    norm_constant=None,
+    clip_ratio_low=0.2,
+    clip_ratio_high=0.2,
+    log_ratio_clamp=LOG_RATIO_CLAMP,
+):
+    """LUSPO (Length-Unbiased Sequence Policy Optimization, arXiv 2602.05261; TRL ``loss_type="luspo"``):
+    the PPO clip of the sequence ratio ``s_i = exp(mean_t (lp - lp_old))`` (no dual clip), each
+    sequence's loss scaled by its length ``|y_i|`` and averaged over sequences -- i.e. ``vanilla`` with
+    ``importance_sampling_level="sequence"``, ``clip_ratio_c=None`` and ``seq-mean-token-sum``
+    aggregation (the default ``agg`` here). TRL divides by all rows (``B``), rlvr by the rows with at
+    least one valid token (equal unless a row is empty)."""
+    return vanilla(logp=logp, old_logp=old_logp, advantages=advantages, mask=mask, agg=agg, weights=weights,
+                   batch_num_tokens=batch_num_tokens, batch_num_seqs=batch_num_seqs, norm_constant=norm_constant,
+                   clip_ratio_low=clip_ratio_low, clip_ratio_high=clip_ratio_high, clip_ratio_c=None,
+                   log_ratio_clamp=log_ratio_clamp, importance_sampling_level="sequence")
 
 
 # --------------------------------------------------------------------------------- Clip-Cov / KL-Cov
@@ -454,6 +584,8 @@ def clip_cov(
     clip_cov_lb=1.0,
     clip_cov_ub=5.0,
     generator=None,
+    log_ratio_clamp=LOG_RATIO_CLAMP,
+    importance_sampling_level="token",
 ):
     """Clip-Cov (Cui et al. 2025, "The Entropy Mechanism of RL for Reasoning LMs", arXiv 2505.22617,
     sec. 4 "Clip-Cov"; verl ``compute_policy_loss_clip_cov``).
@@ -464,7 +596,7 @@ def clip_cov(
     (gradient detached); the rest use the PPO clipped loss.  Means and N are over the tensors
     passed (batch-relative: not micro-batch invariant, as in the reference).
     """
-    ratio = torch.exp(_log_ratio(logp, old_logp))
+    ratio = torch.exp(_log_ratio(logp, old_logp, log_ratio_clamp, importance_sampling_level, mask))
     l1 = -advantages * ratio
     l2 = -advantages * torch.clamp(ratio, 1.0 - clip_ratio_low, 1.0 + clip_ratio_high)
     valid = mask != 0
@@ -499,6 +631,8 @@ def kl_cov(
     norm_constant=None,
     kl_cov_ratio=2e-4,
     ppo_kl_coef=1.0,
+    log_ratio_clamp=LOG_RATIO_CLAMP,
+    importance_sampling_level="token",
 ):
     """KL-Cov (Cui et al. 2025, arXiv 2505.22617, sec. 4 "KL-Cov"; verl ``compute_policy_loss_kl_cov``).
 
@@ -506,7 +640,7 @@ def kl_cov(
     tokens by covariance ``(A - mean A)(lp - mean lp)`` get an extra ``ppo_kl_coef * |lp - lp_old|``
     penalty.  Batch-relative selection (not micro-batch invariant), as in the reference.
     """
-    d = _log_ratio(logp, old_logp)
+    d = _log_ratio(logp, old_logp, log_ratio_clamp, importance_sampling_level, mask)
     ratio = torch.exp(d)
     per_tok = -advantages * ratio
     valid = mask != 0

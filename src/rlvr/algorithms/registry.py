@@ -35,6 +35,17 @@ VALUE_LOSSES: dict[str, Callable] = {}
 #: -> weights [B, T] | None`` (:func:`rlvr.algorithms.mismatch_weights`).
 MISMATCH_CORRECTIONS: dict[str, Callable] = {}
 
+#: Multi-objective reward combiners: ``fn(components, weights, group, **hp) -> (combined [B],
+#: effective weights dict[str, [B]])`` (:func:`rlvr.algorithms.combine_rewards`).
+REWARD_COMBINERS: dict[str, Callable] = {}
+#: Per-token loss weights / masks applied to any policy loss (OPSM, top-entropy, STEER):
+#: ``fn(*, advantages, logp, old_logp, mask, entropy, rollout_logp, **hp) -> weights [B, T]`` (detached).
+TOKEN_WEIGHTS: dict[str, Callable] = {}
+
+#: Combiners whose output is already an advantage (group/batch normalised): the run uses the
+#: ``identity`` advantage estimator with them.
+ADVANTAGE_LEVEL_COMBINERS: set[str] = set()
+
 #: Policy losses that stay bounded on stale data without any extra correction: the update is held
 #: near ``old_logp`` by a clip / gate, or the objective is valid off-policy (trajectory balance).
 TRUST_REGION_LOSSES: set[str] = set()
@@ -72,6 +83,8 @@ register_kl_estimator = _make_register(KL_ESTIMATORS)
 register_loss_aggregation = _make_register(LOSS_AGGREGATIONS)
 register_value_loss = _make_register(VALUE_LOSSES)
 register_mismatch_correction = _make_register(MISMATCH_CORRECTIONS, {"bounded": BOUNDED_MISMATCH_CORRECTIONS})
+register_reward_combiner = _make_register(REWARD_COMBINERS, {"advantage": ADVANTAGE_LEVEL_COMBINERS})
+register_token_weight = _make_register(TOKEN_WEIGHTS)
 
 register_advantage_estimator.__doc__ = "Decorator: ``@register_advantage_estimator(name, *aliases)``."
 register_policy_loss.__doc__ = (
