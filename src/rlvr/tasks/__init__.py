@@ -6,7 +6,9 @@ Built-ins (see :func:`make_task`):
 * ``"arithmetic_chain"``: :class:`ArithmeticChainTask`, left-to-right multi-step arithmetic whose
   completions show every step, with a chain-of-thought verifier (CoT-pass@k);
 * ``"reasoning_gym:<dataset>"``: :class:`ReasoningGymTask`, any reasoning-gym dataset;
-* ``"math"``: :class:`MathTask`, (question, answer) pairs checked with math-verify.
+* ``"math"``: :class:`MathTask`, (question, answer) pairs checked with math-verify;
+* ``"dataset"``: :class:`DatasetTask`, problems from your JSONL / JSON / CSV / Parquet file or saved
+  ``datasets`` folder, with a chat template, a verifier by name and TRL-contract reward functions.
 
 Importing this package is cheap: reasoning-gym and math-verify load on first use.
 """
@@ -14,6 +16,7 @@ Importing this package is cheap: reasoning-gym and math-verify load on first use
 from rlvr.tasks.base import TASKS, Problem, SupportsSFT, Task, make_task, register_task
 from rlvr.tasks.arithmetic import ArithmeticTask
 from rlvr.tasks.arithmetic_chain import ArithmeticChainTask
+from rlvr.tasks.dataset import DatasetTask
 from rlvr.tasks.math import MathTask
 from rlvr.tasks.reasoning_gym import ReasoningGymTask
 
@@ -21,6 +24,7 @@ __all__ = [
     "TASKS",
     "ArithmeticChainTask",
     "ArithmeticTask",
+    "DatasetTask",
     "MathTask",
     "Problem",
     "ReasoningGymTask",

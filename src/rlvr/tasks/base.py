@@ -191,7 +191,7 @@ F = TypeVar("F", bound=TaskFactory)
 TASKS: dict[str, TaskFactory] = {}
 
 _BUILTIN_MODULES = ("rlvr.tasks.arithmetic", "rlvr.tasks.arithmetic_chain", "rlvr.tasks.reasoning_gym",
-                    "rlvr.tasks.math")
+                    "rlvr.tasks.math", "rlvr.tasks.dataset", "rlvr.tasks.code")
 
 
 def register_task(name: str) -> Callable[[F], F]:
@@ -221,7 +221,8 @@ def make_task(name: str, **options: Any) -> Task:
     """Build a registered task by name.
 
     Args:
-        name: ``"arithmetic"``, ``"arithmetic_chain"``, ``"math"``, ``"reasoning_gym:<dataset>"``
+        name: ``"arithmetic"``, ``"arithmetic_chain"``, ``"math"``, ``"dataset"`` (your own file),
+            ``"reasoning_gym:<dataset>"``
             (any reasoning-gym dataset, e.g. ``"reasoning_gym:chain_sum"``) or a name added with
             :func:`register_task`.
         **options: the factory's keyword options.

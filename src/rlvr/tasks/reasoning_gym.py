@@ -20,6 +20,14 @@ Rewards:
   ``partial_credit=False``.
 * ``format``: 1.0 if the completion holds an ``<answer>...</answer>`` pair.
 
+Presets. ``preset="tiny"`` gives settings the built-in tiny model can reach (``TINY_PRESETS``:
+chain_sum, basic_arithmetic, products): small numbers and few terms, the fixed lead-in of the
+question dropped (``drop_text``), no instruction and a plain answer as the warm-start target
+(``answer_format="plain"``; the verifier reads a completion without tags as the answer). Options
+given alongside a preset override its values. A config with ``model.path: builtin:tiny`` fills in
+``preset: tiny`` for these datasets unless ``task.options`` names a preset (``preset: null`` keeps
+reasoning-gym's own difficulty).
+
 Beware: a few verifiers are lenient (``game_of_life_halting`` accepts any non-empty
 answer); check a dataset's verifier before training on it.
 """
@@ -40,11 +48,25 @@ from rlvr.tasks.base import (
     zero_rewards,
 )
 
-__all__ = ["DEFAULT_INSTRUCTION", "EVAL_SEED_OFFSET", "ReasoningGymTask", "extract_tagged_answer"]
+__all__ = ["DEFAULT_INSTRUCTION", "EVAL_SEED_OFFSET", "TINY_PRESETS", "ReasoningGymTask", "extract_tagged_answer"]
 
 EVAL_SEED_OFFSET = 1_000_003
 DEFAULT_INSTRUCTION = "Give your final answer inside <answer></answer> tags."
 _OPEN, _CLOSE = "<answer>", "</answer>"
+
+#: ``preset="tiny"``: per dataset, options the built-in tiny model can learn from in a short warm start
+#: (about the difficulty of the default arithmetic recipe: two operands of 1-2 digits).
+TINY_PRESETS: dict[str, dict[str, Any]] = {
+    "chain_sum": {"min_terms": 2, "max_terms": 2, "min_digits": 1, "max_digits": 2,
+                  "drop_text": ["State the final answer to the following arithmetic problem: "]},
+    "basic_arithmetic": {"min_terms": 2, "max_terms": 2, "min_digits": 1, "max_digits": 2,
+                         "operators": ["+", "-"], "allow_parentheses": False, "allow_negation": False,
+                         "drop_text": ["Calculate "]},
+    "products": {"min_digits": 1, "max_digits": 1,
+                 "drop_text": ["Solve the following multiplication: ",
+                               ". Give only the result as your final answer."]},
+}
+_TINY_COMMON = {"instruction": "", "answer_format": "plain"}
 
 
 def extract_tagged_answer(completion: str) -> tuple[str, bool]:
@@ -76,6 +98,9 @@ class ReasoningGymTask:
         partial_credit: if True, ``reward`` is the verifier's score (partial credit kept);
             if False, ``reward`` is ``correct``.
         instruction: appended to each question, after a blank line.
+        preset: ``"tiny"`` (see the module doc) or None.
+        drop_text: strings removed from each question (e.g. a fixed lead-in) to shorten prompts.
+        answer_format: warm-start target: ``"tags"`` (``<answer>X</answer>``) or ``"plain"`` (``X``).
         **dataset_config: fields of the dataset's config class (e.g. ``min_terms=2``).
 
     Raises:
@@ -95,8 +120,31 @@ class ReasoningGymTask:
         size: int | None = None,
         partial_credit: bool = True,
         instruction: str = DEFAULT_INSTRUCTION,
+        preset: str | None = None,
+        drop_text: Any = (),
+        answer_format: str = "tags",
         **dataset_config: Any,
     ) -> None:
+        if preset is not None:
+            if preset != "tiny":
+                raise ValueError(f"task reasoning_gym:{dataset}: unknown preset {preset!r}; known: tiny")
+            if dataset not in TINY_PRESETS:
+                raise ValueError(f"task reasoning_gym:{dataset}: no 'tiny' preset for this dataset; presets exist "
+                                 f"for {', '.join(TINY_PRESETS)} (set task.options.preset=null)")
+            given = {k: v for k, v in dict(instruction=instruction, drop_text=drop_text,
+                                           answer_format=answer_format).items()
+                     if v != {"instruction": DEFAULT_INSTRUCTION, "drop_text": (), "answer_format": "tags"}[k]}
+            merged = {**_TINY_COMMON, **TINY_PRESETS[dataset], **dataset_config, **given}
+            instruction, drop_text, answer_format = (merged.pop("instruction"), merged.pop("drop_text"),
+                                                     merged.pop("answer_format"))
+            dataset_config = merged
+        if isinstance(drop_text, str):
+            drop_text = [drop_text]
+        if answer_format not in ("tags", "plain"):
+            raise ValueError(f"task reasoning_gym:{dataset}: answer_format must be 'tags' or 'plain', got {answer_format!r}")
+        self.preset = preset
+        self.drop_text = tuple(str(t) for t in drop_text)
+        self.answer_format = answer_format
         self.dataset = dataset
         self.name = f"reasoning_gym:{dataset}"
         self.seed = int(seed)
@@ -154,7 +202,10 @@ class ReasoningGymTask:
         return problems
 
     def _problem(self, entry: dict[str, Any], split: str, index: int) -> Problem:
-        prompt = f"{entry['question']}\n\n{self.instruction}" if self.instruction else entry["question"]
+        question = entry["question"]
+        for text in self.drop_text:
+            question = question.replace(text, "")
+        prompt = f"{question}\n\n{self.instruction}" if self.instruction else question
         meta = {"dataset": self.dataset, "split": split, "index": index, "entry": entry}
         return Problem(prompt=prompt, answer=str(entry["answer"]), meta=meta)
 
@@ -191,13 +242,13 @@ class ReasoningGymTask:
 
     def format_sft_target(self, problem: Problem) -> str:
         """The reference completion for supervised warm start: the answer in tags."""
-        return f"{_OPEN}{problem.answer}{_CLOSE}"
+        return problem.answer if self.answer_format == "plain" else f"{_OPEN}{problem.answer}{_CLOSE}"
 
     def __repr__(self) -> str:
         return (
             f"ReasoningGymTask({self.dataset!r}, seed={self.seed}, eval_seed={self.eval_seed}, "
             f"num_train={self.num_train}, num_eval={self.num_eval}, "
-            f"partial_credit={self.partial_credit}, **{self.dataset_config!r})"
+            f"partial_credit={self.partial_credit}, preset={self.preset!r}, **{self.dataset_config!r})"
         )
 
 
@@ -227,6 +278,7 @@ def _check_dataset(dataset: str, config: dict[str, Any]) -> None:
     if unknown:
         raise ValueError(
             f"unknown option(s) {', '.join(map(repr, unknown))} for task 'reasoning_gym:{dataset}'; "
-            "allowed: seed, eval_seed, num_train, num_eval, size, partial_credit, instruction, "
+            "allowed: seed, eval_seed, num_train, num_eval, size, partial_credit, instruction, preset, "
+            "drop_text, answer_format, "
             f"and the dataset's config fields: {', '.join(allowed)}"
         )
