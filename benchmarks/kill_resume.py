@@ -40,7 +40,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-RLVR = str(Path(sys.executable).with_name("rlvr"))
+_SCRIPT = Path(sys.executable).with_name("rlvr")
+RLVR = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "rlvr.cli"]  # the `rlvr` command
 CONFIG = str(ROOT / "configs" / "grpo_arithmetic_tiny.yaml")
 
 #: A run that takes seconds (as the tests' FAST overrides): tiny batches, a 10-step warm start.
@@ -58,6 +59,8 @@ KILL = ["logging.checkpoint_every=2", "eval.every=4", "logging.samples_every=3",
 #: Metrics that measure time, not the computation: not compared between runs.
 _TIMING = ("time", "second", "wait", "idle", "sync/")
 CHECKPOINT_FILES = (None, "model.safetensors", "tokenizer.json", "trainer_state.pt")
+#: Seconds between seeing that file and the kill (a checkpoint of the tiny model takes ~30 ms).
+CHECKPOINT_DELAYS = (0.0, 0.0, 0.002, 0.005)
 
 
 def subprocess_env(cache: str | None = None) -> dict:
@@ -70,14 +73,14 @@ def subprocess_env(cache: str | None = None) -> dict:
 
 
 def train_cmd(output_dir: Path, name: str, steps: int, overrides: list[str]) -> list[str]:
-    return [RLVR, "train", "--config", CONFIG, *overrides, f"run.output_dir={output_dir}", f"run.name={name}",
+    return [*RLVR, "train", "--config", CONFIG, *overrides, f"run.output_dir={output_dir}", f"run.name={name}",
             f"trainer.steps={steps}"]
 
 
 def run_to_end(cmd: list[str], env: dict, timeout: float = 600) -> None:
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
     if out.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd[:3])} failed ({out.returncode}):\n{out.stderr[-3000:]}")
+        raise RuntimeError(f"{' '.join(cmd[-3:])} failed ({out.returncode}):\n{out.stderr[-3000:]}")
 
 
 # ---------------------------------------------------------------------------------- the run folder
@@ -130,23 +133,29 @@ class KillPoint:
 
 
 def draw_kill(rng: random.Random, kinds: list[str], done: int, steps: int, ckpt_every: int, eval_every: int,
-              resumed: bool, earliest: bool = False, span: float = 15.0) -> KillPoint | None:
+              resumed: bool, earliest: bool = False, span: float = 15.0, left: int = 1) -> KillPoint | None:
     """A kill point after step ``done`` (the last step in metrics.jsonl); None if none fits.
 
-    ``span``: seconds an uninterrupted run takes (``anytime`` kills fall within it)."""
-    quiet = [k for k in range(done + 1, steps) if k % ckpt_every and not (eval_every and k % eval_every == 0)]
-    ckpts = [s for s in range(done + 1, steps + 1) if s % ckpt_every == 0 or s == steps]
+    ``span``: seconds an uninterrupted run takes (``anytime`` kills fall within it); ``left``:
+    kills still to come, this one included (it falls in the first ``1/left`` of the steps left,
+    where it can, so the later ones find steps too)."""
+    horizon = done + max(2, -(-(steps - done) // left))
+
+    def window(found: list[int]) -> list[int]:
+        return [k for k in found if k <= horizon] or found
+    quiet = window([k for k in range(done + 1, steps) if k % ckpt_every and not (eval_every and k % eval_every == 0)])
+    ckpts = window([s for s in range(done + 1, steps + 1) if s % ckpt_every == 0 or s == steps])
     options = [k for k in kinds if (k in ("generation", "update") and quiet) or (k == "checkpoint" and ckpts)
                or (k == "anytime" and resumed)]
     if not options:
         return None
     kind = rng.choice(options)
     if kind in ("generation", "update"):
-        return KillPoint(kind, quiet[0] if earliest else rng.choice(quiet), rng.uniform(0.05, 0.75))
+        return KillPoint(kind, quiet[0] if earliest else rng.choice(quiet), rng.uniform(0.05, 0.6))
     if kind == "checkpoint":
-        return KillPoint(kind, ckpts[0] if earliest else rng.choice(ckpts), rng.choice([0.0, 0.0, 0.003, 0.01]),
+        return KillPoint(kind, ckpts[0] if earliest else rng.choice(ckpts), rng.choice(CHECKPOINT_DELAYS),
                          rng.choice(CHECKPOINT_FILES))
-    return KillPoint(kind, 0, rng.uniform(0.3, 1.0) * span)
+    return KillPoint(kind, 0, rng.uniform(0.15, 0.7) * span)
 
 
 def _wait(pred, proc: subprocess.Popen, timeout: float):
@@ -164,7 +173,7 @@ def _wait(pred, proc: subprocess.Popen, timeout: float):
 
 def kill_at(proc: subprocess.Popen, run_dir: Path, point: KillPoint, timeout: float = 300) -> dict:
     """Wait for ``point`` in the run folder, SIGKILL ``proc``, say where it landed."""
-    t_start = time.monotonic()
+    t_start, launched = time.monotonic(), time.time()
     if point.kind in ("generation", "update"):
         rec = _wait(lambda: next((r for r in _records(run_dir) if r.get("step") == point.step
                                   and "reward_mean" in r), None), proc, timeout)
@@ -185,19 +194,26 @@ def kill_at(proc: subprocess.Popen, run_dir: Path, point: KillPoint, timeout: fl
         os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     steps = train_steps(run_dir)
-    landed = "process had finished" if finished else _landed(point, run_dir, steps)
+    landed = "process had finished" if finished else _landed(point, run_dir, steps, launched)
     return {"point": point.describe(), "landed": landed, "finished": finished,
             "last_step": max(steps, default=0), "checkpoints": checkpoint_steps(run_dir),
             "leftovers": leftovers(run_dir)}
 
 
-def _landed(point: KillPoint, run_dir: Path, steps: list[int]) -> str:
+def _landed(point: KillPoint, run_dir: Path, steps: list[int], launched: float) -> str:
     tmp = f".tmp_step_{point.step:06d}"
     if point.kind == "checkpoint":
         return "mid-write" if tmp in leftovers(run_dir) else "after the write"
     if point.kind in ("generation", "update"):
         return f"in step {point.step + 1}" if point.step + 1 not in steps else "after the step"
-    return "start-up/resume" if not steps else f"after step {max(steps)}"
+    metrics = run_dir / "metrics.jsonl"
+    writing = [n for n in leftovers(run_dir) if n.startswith(".tmp_step_")
+               and (run_dir / "checkpoints" / n).stat().st_mtime >= launched]  # made by this process
+    if writing:
+        return f"mid-write of checkpoint {int(writing[-1].removeprefix('.tmp_step_'))}"
+    if not metrics.exists() or metrics.stat().st_mtime < launched:
+        return "start-up (before the logs were touched)"
+    return f"after step {max(steps, default=0)} was logged"
 
 
 @dataclass
@@ -209,16 +225,20 @@ class KilledRun:
 
 
 def killed_run(output_dir: Path, name: str, steps: int, overrides: list[str], env: dict, rng: random.Random,
-               kills: int, kinds=("generation", "update", "checkpoint", "anytime"), first_earliest: bool = False,
+               kills: int, kinds=("generation", "update", "checkpoint", "anytime"), plan: list[str] | None = None,
+               first_earliest: bool = False,
                ckpt_every: int = 2, eval_every: int = 4, span: float = 15.0, log=print) -> KilledRun:
-    """Start a run, kill it ``kills`` times at drawn points (resuming after each), let it finish."""
+    """Start a run, kill it ``kills`` times at drawn points (resuming after each), let it finish.
+
+    ``plan``: the kind of each kill in turn (else each is drawn from ``kinds``); ``first_earliest``:
+    the first kill falls at the earliest point of its kind (before the first checkpoint exists)."""
     run = KilledRun(output_dir / name)
     cmd = train_cmd(output_dir, name, steps, overrides)
     resumed = False
     for i in range(kills):
         done = max(train_steps(run.run_dir), default=0)
-        point = draw_kill(rng, list(kinds), done, steps, ckpt_every, eval_every, resumed,
-                          earliest=first_earliest and i == 0, span=span)
+        point = draw_kill(rng, [plan[i]] if plan else list(kinds), done, steps, ckpt_every, eval_every, resumed,
+                          earliest=first_earliest and i == 0, span=span, left=kills - i)
         if point is None:
             break
         if resumed and not checkpoint_steps(run.run_dir):
@@ -235,7 +255,7 @@ def killed_run(output_dir: Path, name: str, steps: int, overrides: list[str], en
             + (f", left {result['leftovers']}" if result["leftovers"] else ""))
         if result["finished"]:
             return run
-        cmd, resumed = [RLVR, "train", "--resume", str(run.run_dir)], True
+        cmd, resumed = [*RLVR, "train", "--resume", str(run.run_dir)], True
         run.resumes += 1
     if resumed and not checkpoint_steps(run.run_dir):
         run.from_scratch += 1
@@ -307,18 +327,20 @@ def main(argv=None) -> int:
         print(f"reference: {args.steps} steps uninterrupted in {span:.1f} s")
         rng = random.Random(args.seed)
         per_run = [args.kills // args.runs + (i < args.kills % args.runs) for i in range(args.runs)]
-        results, failures = [], 0
+        results, failures, carry = [], 0, 0
         for i, n in enumerate(per_run):
+            n += carry  # kills a run could not take (it finished first) go to the next one
             print(f"run {i + 1}: {n} kills")
             run = killed_run(out, f"killed{i + 1}", args.steps, overrides, env, rng, n, first_earliest=(i == 0),
                              span=span)
+            carry = n - sum(not k["finished"] for k in run.kills)
             problems = compare(out / "reference", run.run_dir, args.steps)
             failures += bool(problems)
             results.append(run)
             print(f"  -> {run.resumes} resumes ({run.from_scratch} with no checkpoint yet): "
                   + ("bit-identical to the reference (weights, optimizer state, metrics, samples)"
                      if not problems else "DIFFERS: " + "; ".join(problems)))
-        kills = [k for r in results for k in r.kills]
+        kills = [k for r in results for k in r.kills if not k["finished"]]
         landed = {}
         for k in kills:
             key = k["point"].split(" ")[0] + ": " + k["landed"].split(" ")[0]

@@ -46,10 +46,20 @@ ACCEPTED: dict[tuple[str, str], str] = {
                               "make_task names the known ones when the run starts",
     ("rollout.dynamic_sampling.metric", "unknown"): "reward components are the task's; the set is only "
                                                     "known once a task is built",
+    ("rollout.pairing.metric", "unknown"): "reward components are the task's; the set is only known once a "
+                                           "task is built",
+    ("algorithm.imentor.score", "unknown"): "reward components are the task's; the set is only known once a "
+                                            "task is built",
+    ("reward.weights", "unknown"): "its keys are reward components of the task (or of user reward functions); "
+                                   "an unknown one is a one-line error naming the components when the first "
+                                   "batch is scored",
     ("runtime.ray_address", "unknown"): "a Ray address is free-form (host:port, 'auto', ray://...); "
                                         "ray.init checks it",
     ("runtime.ray_address", "path"): "a Ray address is free-form; ray.init checks it",
     ("runtime.ray_address", "empty"): "owned by the runtime section; an empty address is passed to ray.init as is",
+    ("logging.project", "unknown"): "any plain name is a valid tracker project name",
+    ("model.lora.target_modules", "unknown"): "module names are the model's; peft names the missing ones "
+                                              "(with this model's linear layers) when the adapter is built",
 }
 
 _YAML_BAD = [("yaml", "@@x"), ("yaml", "[1,2"), ("yaml", "{a: ")]
@@ -99,6 +109,8 @@ def _kind(ann) -> str:
         return "literal"
     if typing.get_origin(ann) is tuple:
         return "tuple"
+    if typing.get_origin(ann) is list:
+        return "list"
     if typing.get_origin(ann) is dict or ann is dict:
         return "dict"
     if ann in (bool, int, float, str):
@@ -157,6 +169,10 @@ def _bad_values(ann, info: FieldInfo) -> list[tuple[str, str]]:
                 value[i] = raw
                 bad.append((label, "[" + ", ".join(value) + "]"))
         return bad
+    if kind == "list":  # of names or of literals; a bare name is read as a one-item list
+        bad += [("type", v) for v in ("{a: 1}", "5", "true", "1.5", "[5]", "[true]", "[{a: 1}]", "[[x]]")]
+        return bad + [("empty", "['']"), ("path", "[../x]"), ("unknown", "[no_such_name_xyz]"),
+                      ("unknown", "no_such_name_xyz")]
     if kind == "dict":
         bad += [("type", v) for v in ("5", "fast", "[1, 2]", "true", "null")]
         return bad + [("unknown", "{no_such_key_xyz: 1}"), ("nonfinite", "{k: .nan}"),

@@ -6,7 +6,9 @@
     rlvr eval  --checkpoint runs/grpo_arithmetic_tiny
     rlvr eval  --checkpoint A --checkpoint B --k 1,2,4,8,16     (pass@k, maj@k, diversity; resumable)
     rlvr tts   --checkpoint runs/x --strategy rsa,majority,best_of_n --N 8 --K 3 --T 0..4
+    rlvr export runs/x --to exported/ [--adapter-only]      (LoRA merged into a plain HF folder)
     rlvr kl-table
+    rlvr sandbox check | run FILE [--language L] [--stdin FILE] | bench     (code sandbox)
     rlvr compare studies/tricks_or_traps.yaml --workers 2
 
 A user error (a missing file, a bad path or override, a ConfigError or ValueError) prints one line
@@ -75,6 +77,16 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--dry-run", action="store_true", help="validate every arm x seed and list the runs")
     c.add_argument("--report-only", action="store_true", help="only rebuild results from finished runs")
 
+    from rlvr.sandbox.cli import add_sandbox_parser
+
+    add_sandbox_parser(sub)
+    x = sub.add_parser("export", help="a run's latest checkpoint as a Hugging Face folder (LoRA merged)")
+    x.add_argument("run", help="a run folder (its latest checkpoint) or a checkpoint folder")
+    x.add_argument("--to", required=True, metavar="DIR", help="the new folder (must not exist or be empty)")
+    x.add_argument("--adapter-only", action="store_true", help="write the LoRA adapter alone (peft format)")
+    x.add_argument("--base", metavar="PATH", help="the adapter's base model, if it moved since training")
+    x.add_argument("--dtype", choices=["float32", "bfloat16"], help="of the weights written (default: the run's)")
+
     sub.add_parser("kl-table", help="which KL estimator x placement gives the true reverse-KL gradient "
                                     "(exact enumeration on a tiny tabular policy)")
     for command in sub.choices.values():  # `rlvr train --debug ...` too; SUPPRESS keeps `rlvr --debug train`
@@ -102,7 +114,8 @@ def main(argv: list[str] | None = None) -> int:
 
     quiet_transformers()
     command = {"train": _train, "sft": _sft, "eval": _eval, "tts": _tts, "kl-table": _kl_table,
-               "compare": _compare}[args.command]
+               "compare": _compare, "sandbox": _sandbox,
+               "export": _export}[args.command]
     with warnings.catch_warnings():
         warnings.showwarning = _warning_printer(warnings.showwarning)
         try:
@@ -236,6 +249,19 @@ def _compare(args) -> int:
         print(f"{len(failed)} runs failed (see error.txt in their folders): {', '.join(failed)}; "
               f"rerun the same command to retry them", file=sys.stderr)
         return 1
+    return 0
+
+
+def _sandbox(args) -> int:
+    from rlvr.sandbox.cli import main as sandbox_main
+
+    return sandbox_main(args)
+
+
+def _export(args) -> int:
+    from rlvr.export import export
+
+    export(args.run, args.to, adapter_only=args.adapter_only, base=args.base, dtype=args.dtype)
     return 0
 
 

@@ -123,10 +123,33 @@ class RunSection(_Section):
     device: DeviceName = "cpu"
 
 
+def _as_list(v: Any) -> Any:
+    """A list field also takes one bare name: ``logging.report_to=tensorboard``."""
+    return [v] if isinstance(v, str) else v
+
+
+class LoraSection(_Section):
+    """LoRA through peft (``rlvr[lora]``): only the adapter is trained; see :mod:`rlvr.models.lora`."""
+
+    enabled: bool = False
+    r: int = Field(8, ge=1, description="adapter rank")
+    alpha: float = Field(16.0, gt=0, description="lora_alpha: the update is scaled by alpha / r")
+    dropout: float = Field(0.0, ge=0, lt=1)
+    target_modules: Annotated[list[Identifier], Field(min_length=1)] = Field(
+        default_factory=lambda: ["all-linear"], description="names of the linear layers that get an "
+        "adapter (e.g. [q_proj, v_proj]), or [all-linear]: every linear layer but the output head")
+
+    @field_validator("target_modules", mode="before")
+    @classmethod
+    def _one_name(cls, v: Any) -> Any:
+        return _as_list(v)
+
+
 class ModelSection(_Section):
     path: NonEmptyStr = Field("builtin:tiny", description="'builtin:tiny', a local HF checkpoint folder or a hub id")
     warm_start: bool = Field(True, description="supervised warm start on the task (builtin:tiny only), cached")
     dtype: Literal["float32", "bfloat16"] = "float32"
+    lora: LoraSection = Field(default_factory=LoraSection)
 
 
 class TaskSection(_Section):
@@ -148,6 +171,32 @@ class TaskSection(_Section):
         return self
 
 
+class IMentorSection(_Section):
+    """i-MENTOR exploration bonus (arXiv 2505.17621, spec 12.3): an RND novelty bonus for responses that
+    are not fully correct, decaying as s0 / (s1 + s2 * step), added to the advantage."""
+
+    enabled: bool = False
+    s0: float = Field(40.0, gt=0)
+    s1: float = Field(40.0, gt=0)
+    s2: float = Field(1.0, ge=0)
+    lr: float = Field(1e-3, gt=0, description="the RND predictor's AdamW learning rate")
+    embed_dim: int = Field(16, ge=1)
+    max_len: int = Field(64, ge=1, description="prompt+response tokens fed to the RND nets (padded/cut)")
+    score: Identifier = Field("correct", description="the reward component that must be < 1 for a bonus")
+
+
+class PairingSection(_Section):
+    """Positive-negative prompt pairing ("Beyond Variance", arXiv 2602.03452, spec 13): each step's
+    groups come in pairs of a hard-but-solvable prompt (success rate in (0, hard_max]) and an
+    easy-but-brittle one (in [easy_min, 1))."""
+
+    enabled: bool = False
+    metric: Identifier = Field("correct", description="0/1 reward component whose group mean is the success rate")
+    hard_max: float = Field(0.5, gt=0, lt=1)
+    easy_min: float = Field(0.5, gt=0, lt=1)
+    max_rounds: int = Field(10, description="generation rounds before giving up; <= 0: unlimited")
+
+
 class DynamicSamplingSection(_Section):
     """DAPO dynamic sampling (Yu et al. 2025, arXiv 2503.14476, sec. 3.2)."""
 
@@ -156,8 +205,25 @@ class DynamicSamplingSection(_Section):
     max_gen_batches: int = Field(10, description="generation rounds before giving up; <= 0: unlimited")
 
 
+class VLLMSection(_Section):
+    """The vLLM engine (``rollout.engine=vllm``, extra ``rlvr[vllm]``), colocated in the learner's process."""
+
+    gpu_memory_utilization: float = Field(0.3, gt=0, le=1, description="share of the GPU memory vLLM "
+                                          "may take (weights + KV cache); the learner needs the rest")
+    enforce_eager: bool = Field(True, description="no CUDA graphs: faster start, weights reload in place")
+    sleep_mode: bool = Field(False, description="free vLLM's memory while the learner trains (sleep/wake "
+                             "between rollouts; CUDA only)")
+    max_model_len: int | None = Field(None, ge=1, description="longest prompt + completion (None: the "
+                                      "model's max_position_embeddings)")
+    kv_cache_gb: float | None = Field(None, gt=0, description="KV cache size in GiB (None: vLLM sizes it "
+                                      "from gpu_memory_utilization; set it on CPU, e.g. 0.25)")
+
+
 class RolloutSection(_Section):
-    engine: Literal["hf"] = "hf"
+    engine: Literal["hf", "vllm"] = Field("hf", description="hf: transformers generate, sharing the "
+                                          "learner's weights; vllm: a colocated vLLM engine (rlvr[vllm]) "
+                                          "that receives the weights after every step")
+    vllm: VLLMSection = Field(default_factory=VLLMSection)
     dtype: Literal["float32", "bfloat16"] | None = Field(
         None, description="dtype of the rollout engine's copy of the weights (None: model.dtype); a "
         "bfloat16 copy of an fp32 learner changes in few elements per step, so sparse weight sync pays")
@@ -170,11 +236,25 @@ class RolloutSection(_Section):
     greedy_baseline: bool = Field(False, description="also decode one greedy completion per prompt "
                                   "(ReMax's baseline reward)")
     dynamic_sampling: DynamicSamplingSection = Field(default_factory=DynamicSamplingSection)
+    pairing: PairingSection = Field(default_factory=PairingSection)
     aggregation_ratio: float = Field(0.0, ge=0, lt=1, description="aggregation-aware RL (RSA, arXiv "
                                      "2509.26626): share of each step's groups whose prompt is an "
                                      "aggregation prompt over the policy's own candidates (0: off)")
     aggregation_k: int = Field(3, ge=1, description="candidates per aggregation prompt (K); must be "
                                "<= rollout.group_size")
+
+
+class ConstraintSpec(_Section):
+    """One constraint of constrained RLHF (Moskovitz et al. 2024, spec 11.5): the batch mean of a reward
+    component must stay ``>=`` (or ``<=``) ``threshold``; one Lagrange multiplier learned by dual ascent."""
+
+    threshold: float
+    direction: Literal[">=", "<="] = ">="
+    lr: float = Field(0.1, gt=0, description="the multiplier's SGD learning rate (authors: 0.1)")
+    momentum: float = Field(0.1, ge=0, lt=1, description="the multiplier's SGD momentum (authors: 0.1)")
+    init: float = Field(0.0, description="initial multiplier lambda (before squashing)")
+    squash: Literal["sigmoid", "tanh", "none"] = Field("sigmoid", description="sigmoid (inequality), tanh "
+                                                        "(equality) or none (lambda clamped >= 0)")
 
 
 class RewardSection(_Section):
@@ -183,6 +263,36 @@ class RewardSection(_Section):
     overlong_buffer_len: int = Field(0, ge=0, description="DAPO soft overlong punishment: L_cache "
                                      "(0 disables); L_max is rollout.max_new_tokens")
     overlong_penalty_factor: float = Field(1.0, ge=0)
+    weights: dict[str, float] = Field(default_factory=dict, description="multi-objective: a weight per "
+                                      "reward component of the verifier (empty: the verifier's 'reward')")
+    combine: str = Field("sum_then_normalize", description="how weighted components become the training "
+                         "signal: a key of rlvr.algorithms.REWARD_COMBINERS (sum_then_normalize, "
+                         "normalize_then_sum/gdpo, dvao, tmn, pow3r)")
+    combine_params: dict[str, FreeValue] = Field(default_factory=dict)
+    constraints: dict[str, ConstraintSpec] = Field(default_factory=dict, description="component -> "
+                                                   "{threshold, direction, lr, ...}: Lagrangian constraints")
+    dynamic_weights: Literal["none", "hypervolume", "gradient"] = Field(
+        "none", description="dynamic reward weighting (arXiv 2509.11452): hypervolume-guided meta-reward "
+        "or gradient-based weight optimisation of reward.weights")
+    dynamic_reg: float = Field(1e-5, gt=0, description="gradient method: the regularisation lambda")
+
+    @field_validator("combine")
+    @classmethod
+    def _known_combiner(cls, v: str) -> str:
+        return _check_registry(v, "REWARD_COMBINERS")
+
+    @model_validator(mode="after")
+    def _known_params(self) -> "RewardSection":
+        from rlvr import algorithms as A
+
+        _check_params("reward.combine_params", self.combine_params, A.REWARD_COMBINERS.get(self.combine),
+                      self.combine, positional=3)
+        if self.combine != "sum_then_normalize" and not self.weights:
+            raise ValueError(f"reward.combine = {self.combine!r} needs reward.weights (a weight per reward "
+                             "component, e.g. {correct: 1.0, format: 0.5})")
+        if self.dynamic_weights != "none" and not self.weights:
+            raise ValueError(f"reward.dynamic_weights = {self.dynamic_weights!r} needs reward.weights")
+        return self
 
 
 class MismatchSection(_Section):
@@ -210,14 +320,62 @@ class MismatchSection(_Section):
         return v if v == "auto" else _check_registry(v, "MISMATCH_CORRECTIONS")
 
 
+class LinearSchedule(_Section):
+    """A loss parameter annealed linearly over learner steps (TBA's KL-coefficient annealing)."""
+
+    start: float = Field(description="value at learner step 0")
+    end: float = Field(description="value from step `steps` on")
+    steps: int = Field(ge=1, description="learner steps over which the value moves from start to end")
+
+
+def _check_schedule(alg) -> None:
+    """Every key of ``algorithm.policy_loss_schedule`` is a numeric hyper-parameter of the loss."""
+    import inspect
+
+    from rlvr import algorithms as A
+
+    fn = A.POLICY_LOSSES.get(alg.policy_loss)
+    if fn is None:
+        return
+    numeric = {k for k, p in inspect.signature(fn).parameters.items() if k not in _SUPPLIED
+               and isinstance(p.default, (int, float)) and not isinstance(p.default, bool)}
+    for key in alg.policy_loss_schedule:
+        if key not in numeric:
+            raise ValueError(f"algorithm.policy_loss_schedule.{key} is not a numeric parameter of "
+                             f"'{alg.policy_loss}'; its numeric parameters: {', '.join(sorted(numeric)) or 'none'}")
+        if key in alg.policy_loss_params:
+            raise ValueError(f"algorithm.policy_loss_schedule.{key} and algorithm.policy_loss_params.{key} "
+                             "are both set; the schedule gives the value at every step: set only one")
+
+
 class AlgorithmSection(_Section):
     advantage_estimator: str = "grpo"
     advantage_params: dict[str, FreeValue] = Field(default_factory=dict)
     policy_loss: str = "vanilla"
     policy_loss_params: dict[str, FreeValue] = Field(default_factory=dict)
+    policy_loss_schedule: dict[str, LinearSchedule] = Field(
+        default_factory=dict, description="loss parameters annealed linearly over learner steps, e.g. "
+        "{beta: {start: 0.012, end: 0.004, steps: 500}} (TBA); logged as schedule/<name>")
     loss_agg_mode: str = "token-mean"
     loss_agg_params: dict[str, FreeValue] = Field(default_factory=dict)
     mismatch: MismatchSection = Field(default_factory=MismatchSection)
+    token_weights: dict[str, dict[str, FreeValue]] = Field(
+        default_factory=dict, description="per-token loss weights/masks for any loss, name -> params: "
+        "opsm {threshold} (TRL off_policy_mask_threshold), top_entropy {quantile} (TRL "
+        "top_entropy_quantile), steer {w_min, w_max, mapping}")
+    imentor: "IMentorSection" = Field(default_factory=lambda: IMentorSection())
+
+    @model_validator(mode="after")
+    def _known_token_weights(self) -> "AlgorithmSection":
+        from rlvr import algorithms as A
+
+        for name, params in self.token_weights.items():
+            if name not in A.TOKEN_WEIGHTS:
+                raise ValueError(f"algorithm.token_weights.{name} is not a token weight; known: "
+                                 f"{', '.join(sorted(A.TOKEN_WEIGHTS))}")
+            _check_params(f"algorithm.token_weights.{name}", params, A.TOKEN_WEIGHTS[name], name,
+                          skip=("advantages", "logp", "old_logp", "mask", "entropy", "rollout_logp"))
+        return self
 
     @model_validator(mode="after")
     def _known_params(self) -> "AlgorithmSection":
@@ -227,10 +385,22 @@ class AlgorithmSection(_Section):
                       A.ADVANTAGE_ESTIMATORS.get(self.advantage_estimator), self.advantage_estimator)
         _check_params("algorithm.policy_loss_params", self.policy_loss_params,
                       A.POLICY_LOSSES.get(self.policy_loss), self.policy_loss)
+        _check_schedule(self)
         _check_params("algorithm.loss_agg_params", self.loss_agg_params,  # (values, mask, *, counts, norm_constant)
                       A.LOSS_AGGREGATIONS.get(self.loss_agg_mode), self.loss_agg_mode, positional=2,
                       skip=("batch_num_tokens", "batch_num_seqs"))
         return self
+
+    @field_validator("policy_loss_schedule", mode="before")
+    @classmethod
+    def _schedule_shape(cls, v: Any) -> Any:
+        """Each entry is exactly {start, end, steps} (one line for any other shape)."""
+        if isinstance(v, dict):
+            for key, sched in v.items():
+                if not isinstance(sched, dict) or set(sched) != {"start", "end", "steps"}:
+                    raise ValueError(f"entry {key!r} must be a mapping {{start: <number>, end: <number>, "
+                                     f"steps: <learner steps>}}, got {_short(sched)}")
+        return v
 
     @field_validator("advantage_estimator")
     @classmethod
@@ -251,7 +421,20 @@ class AlgorithmSection(_Section):
 class KLSection(_Section):
     placement: Literal["none", "reward", "loss"] = "none"
     estimator: str = "k3"
-    coef: float = Field(0.0, ge=0)
+    coef: float = Field(0.0, ge=0, description="beta (the initial one with controller=adaptive)")
+    log_ratio_clamp: float | None = Field(20.0, gt=0, description="k3: clamp of log(pi_ref/pi) before exp "
+                                          "(verl 20; null: none, as TRL)")
+    value_clamp: float | None = Field(10.0, gt=0, description="k3: clamp of the per-token value (verl 10; "
+                                      "null: none, as TRL)")
+    controller: Literal["fixed", "adaptive"] = Field("fixed", description="adaptive: verl's "
+                                                     "AdaptiveKLController (Ziegler et al. 2019) toward kl.target")
+    target: float = Field(0.1, gt=0, description="adaptive controller: target KL (verl target_kl 0.1)")
+    horizon: int = Field(10000, ge=1, description="adaptive controller: horizon (verl 10000)")
+    reset_every: int = Field(0, ge=0, description="ProRL: reset the reference to the current policy every N "
+                             "steps (0: never)")
+    reset_max_kl: float | None = Field(None, gt=0, description="ProRL: also reset when the step's KL "
+                                       "exceeds this (null: no bound)")
+    reset_optimizer: bool = Field(True, description="ProRL: re-initialise the optimizer state at a reset")
 
     @field_validator("estimator")
     @classmethod
@@ -272,7 +455,16 @@ class TrainerSection(_Section):
     num_minibatches: int = Field(1, ge=1, description="optimizer steps per epoch")
     micro_batch_size: int = Field(256, ge=1, description="sequences per forward/backward")
     max_grad_norm: float = Field(1.0, gt=0)
-    entropy_coef: float = Field(0.0, ge=0)
+    max_consecutive_skipped: int = Field(5, ge=1, description="stop the run after this many optimizer steps in "
+                                         "a row skipped for a NaN/inf loss or gradient norm (a skipped step "
+                                         "leaves weights, AdamW state and the LR schedule untouched)")
+    entropy_coef: float = Field(0.0, ge=0, description="entropy bonus (the initial one with entropy_target set)")
+    entropy_target: float | None = Field(None, gt=0, description="adaptive entropy control (Skywork-OR1, "
+                                         "as TRL): move entropy_coef toward keeping the mean token "
+                                         "entropy above this (null: a fixed entropy_coef)")
+    entropy_coef_delta: float = Field(0.005, gt=0, description="adaptive entropy: step of the coefficient")
+    entropy_coef_min: float = Field(0.0, ge=0)
+    entropy_coef_max: float = Field(1.0, ge=0)
 
 
 class CriticSection(_Section):
@@ -342,8 +534,8 @@ class SFTSection(_Section):
     target_accuracy: float | None = Field(None, gt=0, le=1, description="stop at the first validation "
                                           "check whose greedy accuracy reaches this (null: exactly `steps` steps)")
     eval_every: int = Field(25, ge=1, description="steps between validation checks (with target_accuracy)")
-    val_problems: int = Field(500, ge=1, description="distinct train prompts held out of the warm start "
-                              "as its validation set (with target_accuracy; at most a fifth of them)")
+    val_problems: int = Field(500, ge=1, description="distinct prompts in the warm start's validation set, "
+                              "carved from the train split and left out of SFT (with target_accuracy)")
 
 
 class EvalSection(_Section):
@@ -359,6 +551,23 @@ class LoggingSection(_Section):
     keep_checkpoints: int = Field(2, ge=1)
     progress: bool = True
     plots: bool = True
+    report_to: list[Literal["tensorboard", "wandb", "mlflow", "trackio"]] = Field(
+        default_factory=list, description="experiment trackers that get every metrics.jsonl record and the "
+        "sample tables (each an extra: pip install 'rlvr[tensorboard]'); see rlvr.train.trackers")
+    project: PlainName = Field("rlvr", description="project (W&B, trackio) or experiment (MLflow) name "
+                               "the run is filed under; the tracker's run name is run.name")
+
+    @field_validator("report_to", mode="before")
+    @classmethod
+    def _one_tracker(cls, v: Any) -> Any:
+        return _as_list(v)
+
+    @field_validator("report_to")
+    @classmethod
+    def _no_repeats(cls, v: list) -> list:
+        if len(set(v)) != len(v):
+            raise ValueError("names a tracker twice")
+        return v
 
 
 #: PPO-clip losses that ``algorithm.mismatch.method=auto`` turns into decoupled PPO (AReaL) when
@@ -407,6 +616,65 @@ class RuntimeSection(_Section):
         return self.mode == "async" or self.backend == "ray"
 
 
+class PlasticitySection(_Section):
+    """Plasticity diagnostics (spec 19): tau-dormant ratio and GraMa per linear layer every N steps, and
+    ReGraMa resets of GraMa-inactive neurons."""
+
+    every: int = Field(0, ge=0, description="compute the diagnostics every N steps (0: never)")
+    tau: float = Field(0.01, ge=0, description="threshold of the normalised score (third-party default 0.01)")
+    regrama: bool = Field(False, description="re-initialise GraMa-inactive neurons (ReGraMa)")
+    regrama_every: int = Field(1000, ge=1, description="steps between ReGraMa resets")
+
+
+class ReplaySection(_Section):
+    """A replay buffer between the rollout workers and the learner (docs/replay.md).
+
+    ``tba``: TBA (Bartoldson et al. 2025, arXiv 2503.18929, spec 9.2): one buffer per prompt; each
+    batch takes, per prompt, with probability ``on_policy_prob`` a prompt refreshed at the last weight
+    sync and its newest responses, else a random seen prompt and K responses drawn by
+    softmax(inv_temp * priority). ``variance``: TRL's GRPO-with-replay: groups with reward variance
+    are kept, and the zero-variance groups of each fresh batch are replaced by kept ones.
+    """
+
+    enabled: bool = False
+    policy: Literal["tba", "variance"] = Field("tba", description="tba: per-prompt buffers (TBA); variance: "
+                                               "keep high-variance groups, replace zero-variance ones (TRL)")
+    capacity: int = Field(100, ge=1, description="tba: responses kept per prompt (TBA: 100); variance: groups kept")
+    on_policy_prob: float = Field(0.95, ge=0, le=1, description="m: share of a batch's prompts taken from those "
+                                  "refreshed at the last weight sync, with their newest responses (TBA: 0.95)")
+    priority: Literal["reward", "recency"] = Field(
+        "reward", description="what the off-policy draw of K responses weighs: softmax(inv_temp * reward) or "
+        "softmax(inv_temp * policy version)")
+    inv_temp: float = Field(0.0, ge=0, description="inverse temperature of the off-policy draw (0: uniform, TBA's "
+                            "GSM8K setting)")
+    initial_buffer_samples: int = Field(0, ge=0, description="responses in the buffer before the first "
+                                        "learner step (TBA: 500); the learner waits for them")
+
+
+def _check_replay(config) -> None:
+    from rlvr import algorithms as A
+
+    rp, alg, r = config.replay, config.algorithm, config.rollout
+    if alg.policy_loss == "tb" and r.group_size == 1:
+        raise ValueError("algorithm.policy_loss = 'tb' with rollout.group_size = 1: the VarGrad log Z is estimated "
+                         "from the K responses of a prompt, so with K = 1 the loss is identically 0; use "
+                         "rollout.group_size >= 2")
+    if not rp.enabled:
+        return
+    mm = alg.mismatch
+    if not A.off_policy_safe(alg.policy_loss, mm.method, cap=mm.cap):
+        raise ValueError(f"replay.enabled trains on off-policy samples, but algorithm.policy_loss = "
+                         f"'{alg.policy_loss}' has no trust region and algorithm.mismatch.method = '{mm.method}' "
+                         "does not bound the importance weights; use tb, a clipped loss (vanilla, "
+                         "decoupled_ppo, ...) or algorithm.mismatch.method=tis")
+    if r.aggregation_ratio > 0 or r.greedy_baseline:
+        raise ValueError("replay.enabled keeps prompts of the task's training problems with their rewards only: "
+                         "rollout.aggregation_ratio and rollout.greedy_baseline cannot be replayed; turn them off")
+    if rp.policy == "tba" and rp.priority == "recency" and rp.inv_temp == 0:
+        raise ValueError("replay.priority = 'recency' with replay.inv_temp = 0 draws uniformly (the same as "
+                         "'reward'); set replay.inv_temp > 0")
+
+
 class Config(_Section):
     run: RunSection = Field(default_factory=RunSection)
     model: ModelSection = Field(default_factory=ModelSection)
@@ -421,6 +689,8 @@ class Config(_Section):
     eval: EvalSection = Field(default_factory=EvalSection)
     logging: LoggingSection = Field(default_factory=LoggingSection)
     runtime: RuntimeSection = Field(default_factory=RuntimeSection)
+    replay: ReplaySection = Field(default_factory=ReplaySection)
+    plasticity: "PlasticitySection" = Field(default_factory=lambda: PlasticitySection())
 
     @model_validator(mode="before")
     @classmethod
@@ -464,11 +734,51 @@ class Config(_Section):
         if self.kl.placement != "none" and self.kl.coef == 0:
             raise ValueError("kl.coef is 0 while kl.placement is "
                              f"'{self.kl.placement}'; set kl.coef > 0 or kl.placement=none")
+        if self.model.lora.enabled and (self.kl.reset_every or self.kl.reset_max_kl is not None):
+            raise ValueError("kl.reset_every / kl.reset_max_kl with model.lora.enabled: with LoRA the KL "
+                             "reference is the frozen base model, which a reset cannot replace; turn one off")
         self._check_runtime()
+        _check_replay(self)
+        self._check_second_wave()
         if self.critic.num_critics > 1 and self.algorithm.advantage_estimator != "asyppo":
             raise ValueError(f"critic.num_critics = {self.critic.num_critics} needs "
                              "algorithm.advantage_estimator=asyppo (gae uses one critic); set one of them")
         return self
+
+    def _check_second_wave(self) -> None:
+        from rlvr import algorithms as A
+
+        rw, alg = self.reward, self.algorithm
+        if rw.weights and rw.combine in A.ADVANTAGE_LEVEL_COMBINERS and alg.advantage_estimator != "identity":
+            if "advantage_estimator" in alg.model_fields_set:
+                raise ValueError(f"reward.combine = {rw.combine!r} already normalises the reward components into an "
+                                 f"advantage, but algorithm.advantage_estimator = {alg.advantage_estimator!r} would "
+                                 "normalise it again; set algorithm.advantage_estimator=identity")
+            alg.advantage_estimator = "identity"  # resolved here, so config.yaml records what ran
+        if (rw.constraints or rw.dynamic_weights == "gradient") and self.uses_critic():
+            raise ValueError("reward.constraints / reward.dynamic_weights=gradient need a critic-free advantage "
+                             f"estimator (per-component advantages), not {alg.advantage_estimator!r}")
+        if self.kl.placement == "none" and (self.kl.controller != "fixed" or self.kl.reset_every
+                                            or self.kl.reset_max_kl is not None):
+            raise ValueError("kl.controller / kl.reset_every / kl.reset_max_kl act on the KL term, but "
+                             "kl.placement is 'none'; set kl.placement and kl.coef")
+        if self.rollout.pairing.enabled and self.rollout.dynamic_sampling.enabled:
+            raise ValueError("rollout.pairing.enabled and rollout.dynamic_sampling.enabled are two prompt-selection "
+                             "policies; enable one")
+        if self.rollout.pairing.enabled and (self.rollout.prompts_per_step % 2 or self.rollout.group_size < 2):
+            raise ValueError("rollout.pairing.enabled needs an even rollout.prompts_per_step (pairs of prompts) "
+                             "and rollout.group_size >= 2")
+        pr, G = self.rollout.pairing, self.rollout.group_size
+        rates = [k / G for k in range(1, G)]
+        if pr.enabled and not (any(r <= pr.hard_max for r in rates)
+                               and any(r >= pr.easy_min and r > pr.hard_max for r in rates)):
+            raise ValueError(f"rollout.pairing: with rollout.group_size = {G} no success rate k/{G} is hard "
+                             f"(<= hard_max = {pr.hard_max}) or none is easy (>= easy_min = {pr.easy_min} and above "
+                             "hard_max); adjust rollout.pairing.hard_max / easy_min or the group size")
+        t = self.trainer
+        if t.entropy_coef_min > t.entropy_coef_max:
+            raise ValueError(f"trainer.entropy_coef_min ({t.entropy_coef_min}) exceeds trainer.entropy_coef_max "
+                             f"({t.entropy_coef_max})")
 
     def _check_runtime(self) -> None:
         rt = self.runtime
@@ -480,12 +790,16 @@ class Config(_Section):
             raise ValueError(f"runtime.sync_every ({rt.sync_every}) exceeds runtime.max_staleness + 1 "
                              f"({S + 1}): a worker could never admit a batch within the staleness bound; "
                              "lower runtime.sync_every or raise runtime.max_staleness")
+        if self.rollout.engine == "vllm" and rt.decoupled():
+            raise ValueError("rollout.engine = 'vllm' runs colocated in the learner's process: set "
+                             "runtime.mode=sync and runtime.backend=local (or rollout.engine=hf)")
         if not rt.decoupled() and self.rollout.dtype not in (None, self.model.dtype):
             raise ValueError(f"rollout.dtype = {self.rollout.dtype!r} needs a separate engine copy of the "
                              "weights: set runtime.mode=async (or runtime.backend=ray), or leave rollout.dtype unset")
         mm = self.algorithm.mismatch
         if mm.method == "auto":  # resolved here, so config.yaml records what ran
-            mm.method = "decoupled" if S > 0 and self.algorithm.policy_loss in AUTO_DECOUPLED_LOSSES else "none"
+            off_policy = S > 0 or self.replay.enabled  # stale or replayed samples
+            mm.method = "decoupled" if off_policy and self.algorithm.policy_loss in AUTO_DECOUPLED_LOSSES else "none"
         if S > 0:
             from rlvr import algorithms as A
 
@@ -606,7 +920,9 @@ def _yaml_problem(err: yaml.YAMLError) -> str:
 
 
 def apply_overrides(data: dict, overrides: list[str]) -> dict:
-    data = _deepcopy(data)
+    from rlvr.tasks.defaults import switch_task  # a task switch drops the old task's options
+
+    data = switch_task(_deepcopy(data), overrides)
     for item in overrides:
         keys, value = parse_override(item)
         node = data
@@ -628,8 +944,10 @@ def _deepcopy(d):
 
 def config_from_dict(data: dict) -> Config:
     """A validated Config; a ConfigWarning for each degenerate-but-valid setting (:func:`degenerate_settings`)."""
+    from rlvr.tasks.defaults import fill_task_defaults  # options that follow from task + model
+
     try:
-        config = Config.model_validate(data)
+        config = Config.model_validate(fill_task_defaults(data))
     except ValidationError as err:
         raise ConfigError(format_validation_error(err)) from None
     for message in degenerate_settings(config):

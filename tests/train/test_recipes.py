@@ -20,7 +20,12 @@ EASY = ["task.options={max_digits: 1, ops: '+', num_eval: 20}", "sft.steps=150",
 @pytest.fixture
 def _cfg(fast_overrides):
     def make(tmp_path, path, *extra):
-        return load_config(path, fast_overrides + EASY + [f"run.output_dir={tmp_path}", "trainer.steps=3", *extra])
+        from rlvr.config import read_yaml
+
+        base = fast_overrides + EASY
+        if read_yaml(path).get("task", {}).get("name", "arithmetic") != "arithmetic":
+            base = [o for o in base if not o.startswith("task.options")]  # arithmetic's options only
+        return load_config(path, base + [f"run.output_dir={tmp_path}", "trainer.steps=3", *extra])
     return make
 
 

@@ -76,6 +76,10 @@ class WorkerImpl:
         config = config_from_dict(config_dict)
         task = make_task(config.task.name, **config.task.options)
         model, tokenizer = load_model_and_tokenizer(model_path, config.rollout_dtype(), config.run.device)
+        if config.model.lora.enabled:  # the same adapter layout as the learner's; its weights come by sync
+            from rlvr.models.lora import apply_lora
+
+            model = apply_lora(model, config.model.lora).to(getattr(torch, config.rollout_dtype()))
         model.eval().requires_grad_(False)
         engine = HFRolloutEngine(model, tokenizer, batch_size=config.rollout.batch_size)
         self.worker = RolloutWorker(worker_id, build_producer(config, engine, task), task.problems("train"),

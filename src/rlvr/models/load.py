@@ -35,6 +35,14 @@ def load_model_and_tokenizer(path: str | Path, dtype: str = "float32", device: s
     return model.to(device), tokenizer
 
 
+def warm_start_record(model_path: str | Path) -> dict | None:
+    """What the cached warm start at ``model_path`` reached (rule, steps taken, validation accuracy),
+    or None for any other checkpoint: :func:`rlvr.train.sft.warm_start_record`, for run metadata."""
+    from rlvr.train.sft import warm_start_record as read
+
+    return read(model_path)
+
+
 def resolve_model_path(config, task, progress: bool = True, log=print) -> str:
     """The checkpoint a run starts from: the cached warm start for ``builtin:tiny``, else ``model.path``."""
     if config.model.path != BUILTIN_TINY:

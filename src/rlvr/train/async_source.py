@@ -27,6 +27,7 @@ import time
 
 import torch
 
+from rlvr.models.lora import sync_tensors
 from rlvr.train.producer import PromptDraws, build_producer
 from rlvr.train.staleness import (RolloutTimeout, RolloutWorkerError, StalenessBuffer, WeightBoard,
                                   apply_stale_policy)
@@ -64,7 +65,7 @@ class RolloutWorker:
         t0 = time.perf_counter()
         payloads = self.resolve(self.buffer.weights_since(self.receiver.version))
         if payloads:
-            version = self.receiver.apply(self.model, payloads)
+            version = self.receiver.apply(sync_tensors(self.model), payloads)
             self.producer.engine.update_weights(None, version)
         return {"weight_load_s": time.perf_counter() - t0, "weight_payloads": len(payloads)}
 
@@ -188,7 +189,7 @@ class AsyncSource:
                 self.pool.publish(step)
             return {}
         t0 = time.perf_counter()
-        payload = self.publisher.publish(model.state_dict(), policy_version)
+        payload = self.publisher.publish(sync_tensors(model), policy_version)  # LoRA: the adapter only
         anchor = None
         self.publications += 1
         if payload.base_version is not None and self.publications % ANCHOR_EVERY == 0:
@@ -264,10 +265,11 @@ class AsyncSource:
 def make_source(config, producer, model, tokenizer, task, sampler, model_path=None):
     """The experience source a config's ``runtime`` section describes."""
     from rlvr.train.experience import OnPolicyQueue
+    from rlvr.train.replay import with_replay  # replay.enabled: a ReplaySource over the source below
 
     rt = config.runtime
     if not rt.decoupled():
-        return OnPolicyQueue(producer, sampler, config.run.seed)
+        return with_replay(config, OnPolicyQueue(producer, sampler, config.run.seed), tokenizer, sampler)
     learner_threads, worker_threads = thread_split(rt)
     publisher = WeightPublisher(method=rt.weight_sync, dtype=_DTYPES[config.rollout_dtype()],
                                 bucket_bytes=int(rt.sync_bucket_mb * (1 << 20)), history=ANCHOR_EVERY,
@@ -278,4 +280,4 @@ def make_source(config, producer, model, tokenizer, task, sampler, model_path=No
         pool = RayPool(config, model_path, sampler, worker_threads)
     else:
         pool = LocalPool(config, model, tokenizer, task, sampler, worker_threads)
-    return AsyncSource(config, pool, publisher)
+    return with_replay(config, AsyncSource(config, pool, publisher), tokenizer, sampler)

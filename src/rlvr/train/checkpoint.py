@@ -3,7 +3,10 @@
 A checkpoint is a folder ``checkpoints/step_000042/`` holding the model and tokenizer as a
 Hugging Face checkpoint (safetensors, loadable with ``from_pretrained``) and ``trainer_state.pt``
 (optimizer, scheduler, RNG states, step, data position, policy version). It is written under a
-temporary name and renamed in one step, so a crash never leaves a half-written checkpoint.
+temporary name and renamed in one step, so a crash never leaves a half-written checkpoint; old
+ones are renamed before they are deleted, so a kill mid-delete leaves no half ``step_*`` either.
+What a kill leaves (``.tmp_step_*``, ``.del_step_*``) is never read, and :func:`remove_leftovers`
+clears it before a resume picks its checkpoint.
 
 A write that fails (disk full, read-only or unwritable folder) raises
 :class:`~rlvr.utils.StorageError` naming the folder, the cause and what to do; the temporary
@@ -24,6 +27,7 @@ from rlvr.utils import find_storage_error, rng_state, set_rng_state, storage_err
 STATE_FILE = "trainer_state.pt"
 _TMP_PREFIX = ".tmp_step_"
 _OLD_PREFIX = ".old_step_"
+_DEL_PREFIX = ".del_step_"
 
 
 def save_checkpoint(run_dir: Path, step: int, model, tokenizer, state: dict, keep: int = 2,
@@ -65,8 +69,13 @@ def save_checkpoint(run_dir: Path, step: int, model, tokenizer, state: dict, kee
     except BaseException:  # KeyboardInterrupt mid-write: no half-written folder stays behind
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    for old in list_checkpoints(run_dir)[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
+    for old in list_checkpoints(run_dir)[:-keep]:  # renamed first: a kill mid-delete leaves no half step_*
+        doomed = old.with_name(_DEL_PREFIX + old.name.removeprefix("step_"))
+        try:
+            os.replace(old, doomed)
+        except OSError:
+            doomed = old
+        shutil.rmtree(doomed, ignore_errors=True)
     return final
 
 
@@ -100,9 +109,20 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
+def remove_leftovers(run_dir: Path) -> None:
+    """Before a resume: remove what a killed write or delete left (never read as a checkpoint) and
+    put back a checkpoint caught between the two renames of a replacement. Best effort."""
+    root = Path(run_dir) / "checkpoints"
+    try:
+        if root.is_dir():
+            _remove_leftovers(root)
+    except OSError:
+        pass
+
+
 def _remove_leftovers(ckpt_root: Path) -> None:
     for p in ckpt_root.iterdir():
-        if p.name.startswith(_TMP_PREFIX) and p.is_dir():
+        if p.name.startswith((_TMP_PREFIX, _DEL_PREFIX)) and p.is_dir():
             shutil.rmtree(p, ignore_errors=True)
         elif p.name.startswith(_OLD_PREFIX) and p.is_dir():
             # a crash between the two renames of _publish: put the old checkpoint back if needed

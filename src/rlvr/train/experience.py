@@ -73,8 +73,12 @@ class PromptSampler:
 
 
 def score(task, problems: list, texts: list[str]) -> dict[str, torch.Tensor]:
-    """Run the task's verifier on every completion; named rewards as float tensors ``[B]``."""
-    scores = [task.score(p, t) for p, t in zip(problems, texts)]
+    """Run the task's verifier on every completion; named rewards as float tensors ``[B]``.
+
+    A task with ``score_batch(problems, texts) -> list[dict]`` (e.g. one whose user reward functions
+    are called once per batch, TRL style) is scored by it; otherwise ``task.score`` per row."""
+    batch = getattr(task, "score_batch", None)
+    scores = batch(list(problems), list(texts)) if batch is not None else [task.score(p, t) for p, t in zip(problems, texts)]
     names = scores[0].keys() if scores else ()
     return {k: torch.tensor([s[k] for s in scores], dtype=torch.float32) for k in names}
 

@@ -30,6 +30,7 @@ import torch
 from rlvr import algorithms as A
 from rlvr.config import Config
 from rlvr.models.logprobs import completion_logits, token_logprobs
+from rlvr.models.lora import is_peft_model, reference_weights
 from rlvr.train.experience import Experience
 
 
@@ -39,7 +40,8 @@ def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float, betas
 
     ``total_steps`` (optimizer steps) is where a decaying schedule reaches ``min_lr_ratio * lr``.
     """
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, betas=tuple(betas), weight_decay=weight_decay)
+    params = [p for p in model.parameters() if p.requires_grad]  # LoRA: the adapter only
+    optimizer = torch.optim.AdamW(params, lr=lr, betas=tuple(betas), weight_decay=weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, partial(lr_factor, warmup=max(1, warmup_steps), schedule=schedule, total=total_steps,
                            floor=min_lr_ratio))
@@ -57,7 +59,18 @@ def lr_factor(step: int, warmup: int, schedule: str, total: int, floor: float) -
     return floor + (1.0 - floor) * decay
 
 
+class NonFiniteStepsError(ValueError):
+    """``trainer.max_consecutive_skipped`` optimizer steps in a row had a non-finite loss or gradient
+    norm. A ``ValueError``: the command line prints it as one line and exits 2."""
+
+
 class Learner:
+    """Runs the updates. An optimizer step whose loss or gradient norm is NaN/inf is skipped:
+    parameters, AdamW moments and step count, and the learning-rate schedule (which counts applied
+    updates, as DeepSpeed's loss scaler does) stay as they were; ``skipped_steps`` counts them,
+    ``consecutive_skipped`` the current streak (the training loop stops the run at
+    ``trainer.max_consecutive_skipped``). Both are checkpointed, so a resumed run counts on."""
+
     def __init__(self, model: torch.nn.Module, config: Config, critics=None):
         self.model = model
         self.critics = critics  # rlvr.train.critic.Critics when the estimator needs values (PPO, AsyPPO)
@@ -71,8 +84,21 @@ class Learner:
         self.ref_model = None
         needs_ref = "ref_logp" in wanted_inputs(A.POLICY_LOSSES[config.algorithm.policy_loss])
         if config.kl.placement != "none" or needs_ref:
-            self.ref_model = copy.deepcopy(model).eval().requires_grad_(False)
+            # LoRA: the reference is the policy's own base (adapter disabled), no second copy
+            self.ref_model = model if is_peft_model(model) else copy.deepcopy(model).eval().requires_grad_(False)
         self.policy_version = 0
+        # second wave: coefficients that controllers move (rlvr.train.callbacks), clamps, controllers
+        self.kl_coef = config.kl.coef
+        self.entropy_coef = config.trainer.entropy_coef  # the coefficient applied this step
+        self.kl_hp = A.kl_params(config.kl.estimator, {"log_ratio_clamp": config.kl.log_ratio_clamp,
+                                                       "value_clamp": config.kl.value_clamp})
+        self.ref_reset_step = None  # the step of the last reference reset (ProRL), if any
+        from rlvr.train.controllers import build_controllers
+
+        self.controllers = build_controllers(config, model.get_input_embeddings().num_embeddings)
+        self.skipped_steps = 0  # optimizer steps skipped for a non-finite loss or gradient norm, in all
+        self.consecutive_skipped = 0  # ... in a row, up to the latest optimizer step
+        self.step_skipped = 0  # ... in the latest update
 
     # ------------------------------------------------------------------ forward passes
     def _logits(self, model, exp: Experience, idx: torch.Tensor) -> torch.Tensor:
@@ -104,13 +130,24 @@ class Learner:
             old_logp, old_mean_logp = self._logprobs(self.model, exp, with_mean=True)
         else:
             old_logp = self._logprobs(self.model, exp)
-        ref_logp = self._logprobs(self.ref_model, exp) if self.ref_model is not None else None
+        with reference_weights(self.ref_model):
+            ref_logp = self._logprobs(self.ref_model, exp) if self.ref_model is not None else None
 
-        rewards, token_rewards = exp.rewards, _outcome_on_last_token(exp.rewards, mask)
-        metrics: dict[str, float] = {}
+        rewards = exp.rewards
+        for ctl in self.controllers.values():  # dynamic reward weights (rlvr.train.controllers)
+            if hasattr(ctl, "rewards"):
+                rewards = ctl.rewards(rewards, exp, self)
+        token_rewards = _outcome_on_last_token(rewards, mask)
+        from rlvr.train.schedule import scheduled_loss_params
+
+        self._loss_params, metrics = scheduled_loss_params(cfg.algorithm, step)  # e.g. TBA's annealed beta
+        if ref_logp is not None and cfg.kl.placement != "none":  # verl's current_kl (adaptive controller)
+            kl_seq = (A.kl_penalty(old_logp, ref_logp, cfg.kl.estimator, **self.kl_hp) * mask).sum(-1)
+            metrics["kl_seq_mean"] = float((kl_seq / mask.sum(-1).clamp(min=1)).mean())
+        metrics["kl_coef"] = self.kl_coef
         if cfg.kl.placement == "reward":
-            kl_tok = A.kl_penalty(old_logp, ref_logp, cfg.kl.estimator) * mask
-            token_rewards = token_rewards - cfg.kl.coef * kl_tok
+            kl_tok = A.kl_penalty(old_logp, ref_logp, cfg.kl.estimator, **self.kl_hp) * mask
+            token_rewards = token_rewards - self.kl_coef * kl_tok
             rewards = token_rewards.sum(-1)
             metrics["kl_in_reward"] = float(kl_tok.sum() / mask.sum().clamp(min=1))
         available = {"baseline_rewards": exp.extras.get("baseline_rewards"),
@@ -134,6 +171,15 @@ class Learner:
                 n = mask.sum().clamp(min=1)
                 metrics["asyppo/adv_masked_frac"] = float(((1 - adv_mask) * mask).sum() / n)
                 metrics["asyppo/entropy_masked_frac"] = float(((1 - entropy_mask) * mask).sum() / n)
+        if self.controllers:  # Lagrange multipliers, exploration bonuses (rlvr.train.controllers)
+            from rlvr.train.controllers import AdvantageContext
+
+            ctx = AdvantageContext(mask, lambda r: self.advantage_of(exp, r, mask), step)
+            for ctl in self.controllers.values():
+                if hasattr(ctl, "advantages"):
+                    advantages = ctl.advantages(advantages, exp, ctx)
+            for ctl in self.controllers.values():
+                metrics.update(ctl.metrics())
         weights = mismatch_weights(cfg.algorithm.mismatch, old_logp, exp.rollout.rollout_logp, mask)
         sample_weight = exp.extras.get("sample_weight")  # stale rows masked by runtime.stale_policy=mask
         if sample_weight is not None:
@@ -146,6 +192,7 @@ class Learner:
 
         sums: dict[str, float] = {}
         grad_norms = []
+        self.step_skipped = 0
         gen = torch.Generator().manual_seed(cfg.run.seed * 1_000_003 + step)
         if self.critics is not None:  # critic first, on the pre-update values (verl order)
             metrics.update(self.critics.update(exp, returns, values, mask, gen))
@@ -157,9 +204,13 @@ class Learner:
             self.policy_version += 1
 
         n_steps = max(1, len(grad_norms))
+        ent_sum, ent_cnt = sums.pop("entropy_token_sum", 0.0), sums.pop("entropy_token_count", 0.0)
+        metrics["entropy_token_mean"] = ent_sum / ent_cnt if ent_cnt > 0 else 0.0
+        metrics["entropy_coef"] = self.entropy_coef
         metrics.update({k: v / n_steps for k, v in sums.items()})
         metrics.update({
             "grad_norm": sum(grad_norms) / n_steps if grad_norms else 0.0,
+            "skipped_steps": self.skipped_steps,
             "lr": self.scheduler.get_last_lr()[0],
             "advantage_abs_mean": float((advantages.abs() * mask).sum() / mask.sum().clamp(min=1)),
             "mismatch_k3": float((A.kl_penalty(exp.rollout.rollout_logp, old_logp, "k3") * mask).sum()
@@ -178,6 +229,7 @@ class Learner:
         loss_inputs = wanted_inputs(A.POLICY_LOSSES[alg.policy_loss])
         ref_logp = batch["ref_logp"]
         self.optimizer.zero_grad(set_to_none=True)
+        finite = True
         for idx in micro_batches(mb_groups, cfg.trainer.micro_batch_size):
             mm = mask[idx]
             logits = self._logits(self.model, exp, idx)
@@ -190,35 +242,108 @@ class Learner:
                 extra["num_prompts"] = len(mb_groups)
             _require(extra, wanted_inputs(A.POLICY_LOSSES[alg.policy_loss], required_only=True), alg.policy_loss)
             weights = batch["weights"][idx] if batch["weights"] is not None else None
+            entropy_tok = A.entropy_from_logits(logits.detach() if self.entropy_coef == 0 else logits)
+            bonus_mask = mm
+            for name, params in alg.token_weights.items():  # OPSM, top-entropy, STEER (any loss)
+                w = A.token_weights(name, advantages=advantages[idx], logp=logp, old_logp=old_logp[idx], mask=mm,
+                                    entropy=entropy_tok.detach(), rollout_logp=exp.rollout.rollout_logp[idx],
+                                    **params)
+                weights = w if weights is None else weights * w
+                if name in ("top_entropy", "high_entropy"):
+                    bonus_mask = mm * w  # TRL: the bonus acts on the same tokens
+                _acc(sums, f"token_weight/{name}", float((w * mm).sum() / counts["batch_num_tokens"].clamp(min=1)))
             loss, pg_metrics = A.policy_loss(
                 alg.policy_loss, logp=logp, old_logp=old_logp[idx], advantages=advantages[idx], mask=mm,
                 agg=alg.loss_agg_mode, weights=weights, **counts, **alg.loss_agg_params, **extra,
-                **alg.policy_loss_params)
-            entropy_tok = A.entropy_from_logits(logits.detach() if cfg.trainer.entropy_coef == 0 else logits)
+                **getattr(self, "_loss_params", alg.policy_loss_params))
             entropy = A.aggregate_loss(entropy_tok, mm, **agg)
-            if cfg.trainer.entropy_coef > 0:
+            _acc(sums, "entropy_token_sum", float((entropy_tok.detach() * bonus_mask).sum()))
+            _acc(sums, "entropy_token_count", float(bonus_mask.sum()))
+            if self.entropy_coef > 0:
                 ent_mask = batch["entropy_mask"]  # AsyPPO: high-disagreement tokens get no bonus
-                bonus = entropy if ent_mask is None else A.aggregate_loss(entropy_tok, mm * ent_mask[idx], **agg)
-                loss = loss - cfg.trainer.entropy_coef * bonus
+                bmask = bonus_mask if ent_mask is None else bonus_mask * ent_mask[idx]
+                bonus = entropy if bmask is mm else A.aggregate_loss(entropy_tok, bmask, **agg)
+                loss = loss - self.entropy_coef * bonus
             if cfg.kl.placement == "loss":
-                kl = A.aggregate_loss(A.kl_penalty(logp, ref_logp[idx], cfg.kl.estimator), mm, **agg)
-                loss = loss + cfg.kl.coef * kl
+                kl = A.aggregate_loss(A.kl_penalty(logp, ref_logp[idx], cfg.kl.estimator, **self.kl_hp), mm, **agg)
+                loss = loss + self.kl_coef * kl
                 _acc(sums, "kl_loss", float(kl.detach()))
             loss.backward()
             frac = float(mm.sum() / counts["batch_num_tokens"].clamp(min=1))
-            _acc(sums, "loss", loss.item())
+            value = loss.item()
+            finite = finite and math.isfinite(value)
+            _acc(sums, "loss", value)
             _acc(sums, "entropy", float(entropy.detach()))
             for k, v in pg_metrics.items():
                 _acc(sums, k, float(v) * frac)
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.trainer.max_grad_norm)
-        self.optimizer.step()
-        self.scheduler.step()
+        if finite and math.isfinite(float(grad_norm)):
+            self.optimizer.step()
+            self.scheduler.step()
+            self.consecutive_skipped = 0
+        else:  # NaN/inf: no update; parameters, AdamW state and the LR schedule stay as they were
+            self.optimizer.zero_grad(set_to_none=True)
+            self.skipped_steps += 1
+            self.consecutive_skipped += 1
+            self.step_skipped += 1
         return float(grad_norm) if math.isfinite(float(grad_norm)) else float("nan")
+
+    # ------------------------------------------------------------------ helpers for controllers
+    def advantage_of(self, exp: Experience, rewards: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """The advantage the run's (critic-free) estimator gives to the per-row reward ``rewards``."""
+        cfg = self.config
+        est = A.ADVANTAGE_ESTIMATORS[cfg.algorithm.advantage_estimator]
+        available = {"baseline_rewards": exp.extras.get("baseline_rewards"),
+                     "correct": exp.reward_components.get("correct")}
+        extra = {k: v for k, v in available.items() if k in wanted_inputs(est)}
+        adv, _ = A.compute_advantages(cfg.algorithm.advantage_estimator, rewards=rewards,
+                                      token_rewards=_outcome_on_last_token(rewards, mask), mask=mask,
+                                      group=exp.group, **extra, **cfg.algorithm.advantage_params)
+        return adv
+
+    def policy_gradient(self, exp: Experience, advantages: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Flattened gradient of the run's policy loss (at ``old_logp = logp``, no KL/entropy terms)
+        on the whole batch with these advantages; the model's gradients are left cleared."""
+        alg = self.config.algorithm
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        self.model.zero_grad(set_to_none=True)
+        counts = dict(batch_num_tokens=mask.sum(), batch_num_seqs=(mask.sum(-1) > 0).sum())
+        groups = [torch.nonzero(exp.group == g).flatten() for g in torch.unique(exp.group)]
+        for idx in micro_batches(groups, self.config.trainer.micro_batch_size):
+            logits = self._logits(self.model, exp, idx)
+            logp = token_logprobs(logits, exp.rollout.completion_ids[idx])
+            loss, _ = A.policy_loss("vanilla" if alg.policy_loss not in ("vanilla", "ppo", "cispo", "sapo", "gpg")
+                                    else alg.policy_loss, logp=logp, old_logp=logp.detach(),
+                                    advantages=advantages[idx], mask=mask[idx], agg=alg.loss_agg_mode, **counts,
+                                    **alg.loss_agg_params)
+            loss.backward()
+        flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).flatten() for p in params])
+        self.model.zero_grad(set_to_none=True)
+        return flat.detach().clone()
+
+    def reset_reference(self, step: int, reset_optimizer: bool = True) -> None:
+        """ProRL (arXiv 2505.24864, spec 15): the reference becomes a copy of the current policy; with
+        ``reset_optimizer`` the optimizer's moments are re-initialised (the schedule goes on)."""
+        if self.ref_model is None:
+            raise ValueError("a reference reset needs a reference model (kl.placement != none)")
+        if self.ref_model is self.model:
+            raise ValueError("a reference reset with model.lora.enabled is not supported: the reference is "
+                             "the frozen base; set kl.reset_every=0 and kl.reset_max_kl=null")
+        self.ref_model.load_state_dict(self.model.state_dict())
+        if reset_optimizer:
+            self.optimizer.state.clear()
+        self.ref_reset_step = step
 
     # ------------------------------------------------------------------ checkpoint state
     def state_dict(self) -> dict:
         state = {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-                 "policy_version": self.policy_version}
+                 "policy_version": self.policy_version, "skipped_steps": self.skipped_steps,
+                 "consecutive_skipped": self.consecutive_skipped}
+        state.update({"kl_coef": self.kl_coef, "entropy_coef": self.entropy_coef,
+                      "ref_reset_step": self.ref_reset_step,
+                      "controllers": {k: c.state_dict() for k, c in self.controllers.items()}})
+        if self.ref_reset_step is not None:  # the reference is no longer the starting model
+            state["ref_model"] = {k: v.detach().clone() for k, v in self.ref_model.state_dict().items()}
         if self.critics is not None:
             state["critics"] = self.critics.state_dict()
         return state
@@ -227,6 +352,16 @@ class Learner:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.policy_version = int(state["policy_version"])
+        self.kl_coef = float(state.get("kl_coef", self.kl_coef))
+        self.entropy_coef = float(state.get("entropy_coef", self.entropy_coef))
+        self.ref_reset_step = state.get("ref_reset_step")
+        if "ref_model" in state and self.ref_model is not None:
+            self.ref_model.load_state_dict(state["ref_model"])
+        for k, c in self.controllers.items():
+            if k in state.get("controllers", {}):
+                c.load_state_dict(state["controllers"][k])
+        self.skipped_steps = int(state.get("skipped_steps", 0))
+        self.consecutive_skipped = int(state.get("consecutive_skipped", 0))
         if self.critics is not None:
             self.critics.load_state_dict(state["critics"])
 

@@ -32,12 +32,23 @@ class RunLogger:
         self.run_dir = Path(run_dir)
         self.metrics_path = self.run_dir / "metrics.jsonl"
         self.samples_path = self.run_dir / "samples.jsonl"
+        self.trackers = None  # rlvr.train.trackers.Trackers (logging.report_to): fed the same records
 
     def log(self, record: dict) -> None:
         append_jsonl(self.metrics_path, record)
+        if self.trackers is not None:
+            self.trackers.log(record)
 
     def log_samples(self, step: int, rows: list[dict]) -> None:
         append_jsonl_records(self.samples_path, [{"step": step, **row} for row in rows])
+        if self.trackers is not None:
+            self.trackers.log_samples(step, rows)
+
+    def close(self) -> None:
+        """Finish the trackers' runs (the files need no closing)."""
+        if self.trackers is not None:
+            self.trackers.close()
+            self.trackers = None
 
     def truncate_after(self, step: int) -> None:
         """On resume, drop records of steps after the checkpoint (they will be redone), and any

@@ -29,14 +29,18 @@ from rlvr.config import Config, dump_config, load_config
 from rlvr.eval.evaluate import evaluate
 from rlvr.models.load import load_model_and_tokenizer, resolve_model_path
 from rlvr.rollout.hf import HFRolloutEngine
-from rlvr.tasks import make_task
-from rlvr.train.checkpoint import latest_checkpoint, load_trainer_state, save_checkpoint
+from rlvr.tasks import defaults as task_defaults, make_task
+from rlvr.train.checkpoint import latest_checkpoint, load_trainer_state, remove_leftovers, save_checkpoint
 from rlvr.train.async_source import make_source, thread_split
 from rlvr.train.experience import Experience, PromptSampler
 from rlvr.train.producer import build_producer
 from rlvr.train.staleness import RolloutTimeout, RolloutWorkerError
-from rlvr.train.learner import Learner
+from rlvr.train.learner import Learner, NonFiniteStepsError
+from rlvr.train.callbacks import build_callbacks
 from rlvr.train.logger import RunLogger
+from rlvr.train.trackers import open_trackers
+from rlvr.extras import require_extras
+from rlvr.rollout.factory import make_engine
 from rlvr.train.progress import StepProgress
 from rlvr.utils import atomic_write_text, seed_everything, storage_guard, write_run_meta
 
@@ -78,12 +82,18 @@ def train(config: Config | None = None, resume: str | Path | None = None, log=pr
     else:
         run_dir = new_run_dir(config)
     progress = progress_enabled(config)
+    require_extras(config)  # a missing extra (tracker, peft, vllm) fails here, before anything is built
     seed_everything(config.run.seed)
     task = make_task(config.task.name, **config.task.options)
 
     # --- components
     model_path = resolve_model_path(config, task, progress, log)
     model, tokenizer = load_model_and_tokenizer(model_path, config.model.dtype, config.run.device)
+    if config.model.lora.enabled:  # only the adapter trains; the reference is the base (rlvr.models.lora)
+        from rlvr.models.lora import apply_lora
+
+        model = apply_lora(model, config.model.lora, base_path=model_path)
+    task_defaults.apply_token_budget(config, task, tokenizer, log)  # before anything reads max_new_tokens
     critics = None
     if config.uses_critic():
         from rlvr.train.critic import Critics
@@ -95,8 +105,9 @@ def train(config: Config | None = None, resume: str | Path | None = None, log=pr
             log("note: critic.num_critics = 1, so AsyPPO's disagreement masks are disabled (they need "
                 "M >= 2 critics); this run is PPO with GAE")
     learner = Learner(model, config, critics)
+    callbacks = build_callbacks(config)  # controllers, reference resets, diagnostics (rlvr.train.callbacks)
     r = config.rollout
-    engine = HFRolloutEngine(model, tokenizer, batch_size=r.batch_size)  # shares the learner's weights
+    engine = make_engine(config, model, tokenizer, model_path)  # hf shares the learner's weights; vllm pulls them
     sampler = PromptSampler(task.problems("train"), config.run.seed)
     source = make_source(config, build_producer(config, engine, task), model, tokenizer, task, sampler,
                          model_path=model_path)
@@ -118,12 +129,20 @@ def train(config: Config | None = None, resume: str | Path | None = None, log=pr
 
     # --- start or resume
     start = 0
+    if resume is not None:
+        remove_leftovers(run_dir)  # of a run killed while writing or deleting a checkpoint
     ckpt = latest_checkpoint(run_dir) if resume is not None else None
     if ckpt is not None:
-        restored, _ = load_model_and_tokenizer(ckpt, config.model.dtype, config.run.device)
-        model.load_state_dict(restored.state_dict())
+        if config.model.lora.enabled:  # the checkpoint holds the adapter
+            from rlvr.models.lora import load_adapter_checkpoint
+
+            load_adapter_checkpoint(model, ckpt)
+        else:
+            restored, _ = load_model_and_tokenizer(ckpt, config.model.dtype, config.run.device)
+            model.load_state_dict(restored.state_dict())
         state = load_trainer_state(ckpt)
         learner.load_state_dict(state["learner"])
+        callbacks.load_state_dict(state.get("callbacks", {}))
         if critics is not None:
             critics.load_pretrained(ckpt)
         start = state["step"]
@@ -135,21 +154,26 @@ def train(config: Config | None = None, resume: str | Path | None = None, log=pr
     else:
         with storage_guard(run_dir, "create the run folder"):
             run_dir.mkdir(parents=True, exist_ok=True)
-        logger.truncate_after(0)
+        logger.truncate_after(-1)  # a resume before the first checkpoint starts over: no record kept
         dump_config(config, run_dir / "config.yaml")
-        log(f"run folder: {run_dir}")
-    write_run_meta(run_dir, resumed=ckpt is not None)  # git commit, versions
+        log(f"run folder: {run_dir}" + (" (no checkpoint yet: starting over)" if resume is not None else ""))
+    write_run_meta(run_dir, resumed=resume is not None)  # git commit, versions
+    logger.trackers = open_trackers(config, run_dir)  # logging.report_to: the same records as metrics.jsonl
     before = _first_eval(logger) if start > 0 else run_eval(0)
+    if start == 0:
+        log(task_defaults.start_report(before, len(eval_problems), model_path))
 
     def checkpoint(step: int) -> None:
         save_checkpoint(run_dir, step, model, tokenizer,
-                        {"learner": learner.state_dict(), "source": source.state_dict()},
+                        {"learner": learner.state_dict(), "source": source.state_dict(),
+                         "callbacks": callbacks.state_dict()},
                         keep=config.logging.keep_checkpoints,
                         save_extra=critics.save_pretrained if critics is not None else None)
 
     # --- the loop
     bar = StepProgress(total=config.trainer.steps, initial=start, desc="RL", enabled=config.logging.progress)
     sync = source.publish_weights(model, learner.policy_version, start)  # the workers' first weights
+    callbacks.on_train_begin(learner)
     done = start
     try:
         for step in range(start, config.trainer.steps):
@@ -157,7 +181,10 @@ def train(config: Config | None = None, resume: str | Path | None = None, log=pr
             experience = source.next_batch(learner.policy_version)
             waited = time.perf_counter() - t0
             staleness = learner.policy_version - experience.policy_version
+            if step == start and (flat := task_defaults.zero_variance_warning(experience.rewards, experience.group)):
+                task_defaults.warn(flat)
             metrics = learner.update(experience, step)
+            metrics.update(callbacks.on_step_end(step, learner, experience, metrics))
             next_sync = source.publish_weights(model, learner.policy_version, step + 1)
 
             record = {"step": step + 1, "policy_version": learner.policy_version, "staleness": staleness,
@@ -168,6 +195,13 @@ def train(config: Config | None = None, resume: str | Path | None = None, log=pr
             done = step + 1
             if config.logging.num_samples and (done % config.logging.samples_every == 0 or done == 1):
                 logger.log_samples(done, sample_rows(experience, config.logging.num_samples))
+            if _warn_skipped(learner, config, done, record, log):  # too many non-finite steps in a row
+                bar.close()
+                if done < config.trainer.steps:
+                    checkpoint(done)  # skipped steps left the weights as the last finite update made them
+                logger.close()
+                raise NonFiniteStepsError(_nonfinite_message(learner, config, done, run_dir,
+                                                             wrote=done < config.trainer.steps))
             if config.eval.every and done % config.eval.every == 0 and done < config.trainer.steps:
                 run_eval(done)
             if done % config.logging.checkpoint_every == 0 and done < config.trainer.steps:
@@ -177,6 +211,7 @@ def train(config: Config | None = None, resume: str | Path | None = None, log=pr
             if stop_after is not None and done >= stop_after and done < config.trainer.steps:
                 bar.close()
                 log(f"stopped after step {done}; continue with: rlvr train --resume {run_dir}")
+                logger.close()
                 return None
     except (RolloutWorkerError, RolloutTimeout) as err:
         bar.close()
@@ -199,7 +234,32 @@ def train(config: Config | None = None, resume: str | Path | None = None, log=pr
     table = summary_table(before, after, len(eval_problems), r.temperature, config.eval.samples_per_problem)
     atomic_write_text(run_dir / "summary.md", table + "\n")
     log(table)
+    logger.close()
     return RunResult(run_dir=run_dir, before=before, after=after, steps=steps)
+
+
+def _warn_skipped(learner: Learner, config: Config, step: int, record: dict, log) -> bool:
+    """A warning line for a step whose update skipped optimizer steps (NaN/inf loss or gradient
+    norm); True when ``trainer.max_consecutive_skipped`` of them in a row stop the run."""
+    if not learner.step_skipped:
+        return False
+    limit = config.trainer.max_consecutive_skipped
+    nan = float("nan")
+    log(f"warning: step {step}: {learner.step_skipped} optimizer step(s) skipped for a non-finite loss or "
+        f"gradient norm (loss {record.get('loss', nan):.4g}, grad_norm {record.get('grad_norm', nan):.4g}); "
+        f"{learner.consecutive_skipped} in a row, the run stops at {limit} (trainer.max_consecutive_skipped)")
+    return learner.consecutive_skipped >= limit
+
+
+def _nonfinite_message(learner: Learner, config: Config, step: int, run_dir: Path, wrote: bool) -> str:
+    ckpt = latest_checkpoint(run_dir)
+    where = ("no checkpoint was written" if ckpt is None
+             else f"{ckpt} holds the weights and optimizer state of the last finite update" if wrote
+             else f"the latest checkpoint is {ckpt}")
+    return (f"stopped at step {step}: {learner.consecutive_skipped} optimizer steps in a row had a NaN/inf loss "
+            f"or gradient norm and were skipped (trainer.max_consecutive_skipped="
+            f"{config.trainer.max_consecutive_skipped}); {where}; see loss and grad_norm in "
+            f"{run_dir / 'metrics.jsonl'} (a lower trainer.lr or a loss that cannot divide by zero may help)")
 
 
 def runtime_metrics(exp: Experience, waited: float, t0: float, sync: dict) -> dict[str, float]:
@@ -244,7 +304,7 @@ def rollout_metrics(exp: Experience) -> dict[str, float]:
             out["aggregation/plain_accuracy"] = float(correct[~is_agg].mean())
     for name, values in exp.reward_components.items():
         if name not in ("reward", "correct"):
-            out[f"reward/{name}"] = float(values.mean())
+            out[f"reward/{name}"] = float(values.nanmean())  # NaN: a reward function returned None
     return out
 
 

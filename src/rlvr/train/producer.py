@@ -82,6 +82,27 @@ class OverlongPenalty:
         return rewards + penalty
 
 
+@dataclasses.dataclass(frozen=True)
+class CombineRewards:
+    """Multi-objective reward: the named components weighted and combined by a key of
+    ``rlvr.algorithms.REWARD_COMBINERS`` (sum_then_normalize, normalize_then_sum/GDPO, dvao, tmn, pow3r)
+    within each generation call's groups. The effective weight of each component per row is added to
+    the components as ``weight/<name>`` (logged as ``reward/weight/<name>``)."""
+
+    combine: str
+    weights: dict
+    params: dict = dataclasses.field(default_factory=dict)
+
+    def __call__(self, rewards, components, rollout):
+        from rlvr.algorithms import combine_rewards
+
+        combined, effective = combine_rewards(self.combine, components, self.weights, rollout.prompt_index,
+                                              **self.params)
+        for name, w in effective.items():
+            components[f"weight/{name}"] = w.to(torch.float32)
+        return combined.to(torch.float32)
+
+
 class GreedyBaseline:
     """ReMax (Li et al. 2023, arXiv 2310.10505): one greedy completion per prompt, scored; its reward
     is each row's ``baseline_rewards``."""
@@ -189,6 +210,65 @@ class DynamicSampling:
         return out
 
 
+def pair_roles(rates: torch.Tensor, hard_max: float, easy_min: float) -> torch.Tensor:
+    """Role of each prompt by its empirical success rate ("Beyond Variance", arXiv 2602.03452, spec 13):
+    +1 hard-but-solvable (``0 < rate <= hard_max``), -1 easy-but-brittle (``easy_min <= rate < 1``;
+    a rate in both bands counts as hard), 0 neither (unsolved, solved, or between the bands)."""
+    hard = (rates > 0) & (rates <= hard_max)
+    easy = (rates >= easy_min) & (rates < 1) & ~hard
+    return hard.long() - easy.long()
+
+
+@dataclasses.dataclass(frozen=True)
+class PositiveNegativePairing:
+    """Positive-negative prompt pairing ("Beyond Variance", arXiv 2602.03452, spec 13): generate rounds
+    until ``n_prompts / 2`` hard-but-solvable and as many easy-but-brittle groups (:func:`pair_roles`
+    on the group mean of ``metric``) are found; the batch holds them as pairs (hard, easy), in order
+    of discovery. ``extras["pair"]`` is each row's pair index and ``extras["pair_role"]`` +1 / -1.
+    The paper's pair-level re-weighting of the rewards was not found (spec 13) and is NOT applied:
+    the groups are trained by the configured estimator as they are."""
+
+    metric: str = "correct"
+    hard_max: float = 0.5
+    easy_min: float = 0.5
+    max_rounds: int = 10
+
+    def collect(self, make, n_prompts, pad_id) -> Experience:
+        from rlvr.train.experience import select_rows
+
+        need = n_prompts // 2
+        found = {1: [], -1: []}  # role -> list of single-group experiences
+        rounds, t_gen, t_score = 0, 0.0, 0.0
+        while len(found[1]) < need or len(found[-1]) < need:
+            if self.max_rounds > 0 and rounds >= self.max_rounds:
+                raise ValueError(
+                    f"prompt pairing found {len(found[1])} hard and {len(found[-1])} easy of {need} groups each "
+                    f"in {rounds} rounds; raise rollout.pairing.max_rounds or rollout.group_size, or widen "
+                    "rollout.pairing.hard_max / easy_min")
+            exp = make(n_prompts)
+            rounds += 1
+            t_gen += exp.timings["generate"]
+            t_score += exp.timings["score"]
+            metric = exp.reward_components[self.metric]
+            for g in list(dict.fromkeys(exp.group.tolist())):
+                rows = torch.nonzero(exp.group == g).flatten()
+                role = int(pair_roles(metric[rows].float().mean().reshape(1), self.hard_max, self.easy_min)[0])
+                if role != 0 and len(found[role]) < need:
+                    found[role].append(select_rows(exp, rows))
+        parts = []
+        for i in range(need):
+            for role in (1, -1):
+                part = found[role][i]
+                part.group = torch.full_like(part.group, 2 * i + (role == -1))
+                part.extras["pair"] = torch.full_like(part.group, i)
+                part.extras["pair_role"] = torch.full_like(part.group, role)
+                parts.append(part)
+        out = concat_experience(parts, pad_id)
+        out.timings = {"generate": t_gen, "score": t_score}
+        out.extras["gen_rounds"] = rounds
+        return out
+
+
 # ------------------------------------------------------------------------------------------------
 
 class RolloutProducer:
@@ -240,8 +320,13 @@ def build_producer(config, engine: RolloutEngine, task) -> RolloutProducer:
     plan = AggregationPlan(r.aggregation_ratio, r.aggregation_k) if r.aggregation_ratio > 0 else PlainPlan()
     ds = r.dynamic_sampling
     selection = DynamicSampling(ds.metric, ds.max_gen_batches) if ds.enabled else OneRound()
+    if r.pairing.enabled:
+        pr = r.pairing
+        selection = PositiveNegativePairing(pr.metric, pr.hard_max, pr.easy_min, pr.max_rounds)
     transforms = [OverlongPenalty(r.max_new_tokens, rw.overlong_buffer_len, rw.overlong_penalty_factor)] \
         if rw.overlong_buffer_len > 0 else []
+    if rw.weights:  # after the shaping above: name its components (e.g. overlong_penalty) in reward.weights
+        transforms.append(CombineRewards(rw.combine, dict(rw.weights), dict(rw.combine_params)))
     augments = [GreedyBaseline()] if r.greedy_baseline else []
     return RolloutProducer(engine, task, params, r.prompts_per_step, plan=plan, selection=selection,
                            transforms=transforms, augments=augments)

@@ -4,6 +4,20 @@
 tiny model on ``prompt -> reference answer + EOS`` pairs, with the loss on the answer tokens only,
 and caches the result as a Hugging Face checkpoint folder keyed by everything that shapes it.
 
+Stopping rule. With ``sft.target_accuracy`` set, training stops at the first validation check
+(every ``sft.eval_every`` steps) whose greedy accuracy reaches the target, or at ``sft.steps``
+(the cap). The validation problems are ``sft.val_problems`` distinct prompts carved from the
+task's train split by a salted prompt hash (:func:`validation_split`): every train problem on the
+validation side is left out of SFT, and no eval prompt is a validation prompt. A fixed step count
+lands in a different place on every machine, because the tiny model's accuracy climbs steeply once
+it "clicks" and floating-point differences move the click; a target on a fixed validation set
+makes the warm start's competence, not its step count, the thing that is reproduced. Without
+``target_accuracy``, exactly ``sft.steps`` steps run on all train problems, as before (and such
+warm starts keep their cache keys).
+
+What a build reached (rule, steps taken, validation accuracy per check) is written beside the
+cached model as ``warm_start.json``; :func:`warm_start_record` reads it back.
+
 With ``sft.aggregation_ratio > 0`` a share of each batch becomes RSA aggregation examples (arXiv
 2509.26626): the task's aggregation prompt over 1..``sft.aggregation_k`` noisy candidates
 (``task.sft_candidates``) with the reference completion as target, so that a tiny model can read
@@ -15,9 +29,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import platform
 import random
 import shutil
 import tempfile
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -25,6 +42,16 @@ from tqdm.auto import tqdm
 
 from rlvr.models.logprobs import completion_logits, token_logprobs
 from rlvr.train.learner import make_optimizer
+
+#: The record of a warm-start build, beside its cached checkpoint.
+RECORD_FILE = "warm_start.json"
+#: Part of the cache key while a target is set; bump it when the rule or the validation split
+#: (salt, fraction, selection) changes, so caches built by an older rule are not reused.
+STOP_RULE = "first-check-at-target/v1"
+#: Salt of the hash that picks validation prompts (independent of the train/eval split's hash).
+_VALIDATION_SALT = "rlvr.sft.validation:"
+#: Share of the prompts on the validation side (left out of the warm start's training).
+VALIDATION_FRACTION = 0.1
 
 
 def cache_root() -> Path:
@@ -73,16 +100,99 @@ def sft_batch(task, batch: list, aggregation_ratio: float, aggregation_k: int,
     return rows, targets
 
 
+def is_validation_prompt(prompt: str) -> bool:
+    """Whether ``prompt`` is on the warm start's validation side (a salted prompt hash, seed-free)."""
+    from rlvr.tasks.base import hash_fraction
+
+    return hash_fraction(_VALIDATION_SALT + prompt) < VALIDATION_FRACTION
+
+
+def validation_split(task, n: int) -> tuple[list, list]:
+    """``(validation, train)``: the warm start's validation problems and what it trains on.
+
+    Built like the arithmetic task's own eval split: a share ``VALIDATION_FRACTION`` of the prompts is
+    put on the validation side by a salted prompt hash (:func:`is_validation_prompt`; independent of
+    the train/eval hash and of seeds); every train problem with such a prompt is left out of SFT, and
+    the validation set is the first ``n`` distinct of them in train-split order (so they follow the
+    task's problem distribution, as eval problems do). Eval prompts are never validation prompts.
+    Fewer than ``n`` when the side holds fewer distinct prompts (small problem spaces).
+    """
+    train = task.problems("train")
+    eval_prompts = {p.prompt for p in task.problems("eval")}
+    side = {p.prompt: is_validation_prompt(p.prompt) for p in train}
+    first: dict[str, object] = {}
+    for p in train:
+        if side[p.prompt] and p.prompt not in eval_prompts:
+            first.setdefault(p.prompt, p)
+    rest = [p for p in train if not side[p.prompt]]
+    if not first or not rest:
+        raise ValueError(f"sft.target_accuracy needs a validation split, but the train split's "
+                         f"{len(side)} distinct prompts give {len(first)} validation and {len(rest)} "
+                         "training problems; set sft.target_accuracy=null (fixed sft.steps)")
+    return list(first.values())[:n], rest
+
+
+def greedy_accuracy(model, tokenizer, task, problems: list, batch_size: int = 512) -> float:
+    """Exact-match accuracy of greedy completions, long enough for the longest reference answer + EOS.
+
+    Runs under a forked RNG, so a validation check leaves the training stream exactly as it was.
+    """
+    from rlvr.rollout.base import SamplingParams
+    from rlvr.rollout.hf import HFRolloutEngine
+
+    if not problems:
+        return 0.0
+    longest = max(len(tokenizer(task.format_sft_target(p), add_special_tokens=False)["input_ids"])
+                  for p in problems)
+    engine = HFRolloutEngine(model, tokenizer, batch_size=batch_size)
+    with torch.random.fork_rng(devices=[]):
+        out = engine.generate([p.prompt for p in problems],
+                              SamplingParams(temperature=0, max_new_tokens=longest + 1, n=1))
+    return sum(task.score(p, t)["correct"] > 0 for p, t in zip(problems, out.texts)) / len(problems)
+
+
+@dataclass
+class SFTResult:
+    """What a warm-start training run did: the loss per step and the validation checks."""
+
+    losses: list[float] = field(default_factory=list)
+    checks: list[dict] = field(default_factory=list)  # {"step": s, "val_accuracy": a}
+    reached_target: bool | None = None  # None: no target
+
+    @property
+    def steps(self) -> int:
+        return len(self.losses)
+
+    @property
+    def val_accuracy(self) -> float | None:
+        return self.checks[-1]["val_accuracy"] if self.checks else None
+
+
 def train_sft(model, tokenizer, task, steps: int, lr: float, batch_size: int, warmup_steps: int,
               seed: int = 0, progress: bool = True, aggregation_ratio: float = 0.0,
-              aggregation_k: int = 4) -> list[float]:
-    """Cross-entropy on reference answers; returns the loss per step."""
-    problems = task.problems("train")
+              aggregation_k: int = 4, problems: list | None = None, validate=None, eval_every: int = 0,
+              target_accuracy: float | None = None) -> SFTResult:
+    """Cross-entropy on reference answers of ``problems`` (default: the task's train split).
+
+    ``validate()`` (an accuracy in [0, 1]) is called every ``eval_every`` steps; with
+    ``target_accuracy`` set, training stops at the first check that reaches it, else after ``steps``
+    steps (the cap), where one last check is made if none fell there.
+    """
+    if target_accuracy is not None and (validate is None or eval_every < 1):
+        raise ValueError("target_accuracy needs validate and eval_every >= 1")
+    problems = task.problems("train") if problems is None else problems
     rng = random.Random(f"rlvr.sft.aggregation:{seed}")
     optimizer, scheduler = make_optimizer(model, lr, 0.0, (0.9, 0.98), warmup_steps)
     g = torch.Generator().manual_seed(seed)
     model.train()
-    losses = []
+    result = SFTResult(reached_target=None if target_accuracy is None else False)
+
+    def check(step: int) -> float:
+        acc = float(validate())
+        result.checks.append({"step": step, "val_accuracy": acc})
+        model.train()
+        return acc
+
     bar = tqdm(range(steps), desc="warm start (SFT)", disable=not progress, dynamic_ncols=True)
     for _ in bar:
         idx = torch.randint(len(problems), (batch_size,), generator=g).tolist()
@@ -95,19 +205,56 @@ def train_sft(model, tokenizer, task, steps: int, lr: float, batch_size: int, wa
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         scheduler.step()
-        losses.append(loss.item())
-        bar.set_postfix(loss=f"{losses[-1]:.3f}")
-    return losses
+        result.losses.append(loss.item())
+        stop = False
+        if validate is not None and eval_every > 0 and result.steps % eval_every == 0:
+            acc = check(result.steps)
+            stop = target_accuracy is not None and acc >= target_accuracy
+        postfix = {"loss": f"{result.losses[-1]:.3f}"}
+        if result.checks:
+            postfix["val_acc"] = f"{result.val_accuracy:.3f}"
+        bar.set_postfix(postfix)
+        if stop:
+            result.reached_target = True
+            break
+    bar.close()
+    if validate is not None and (not result.checks or result.checks[-1]["step"] != result.steps):
+        check(result.steps)
+    return result
 
 
 def sft_key_fields(sft_cfg) -> dict:
-    """The SFT settings that key the warm-start cache. The aggregation options are left out while
-    they are off, so warm starts cached before they existed keep their keys."""
+    """The SFT settings that key the warm-start cache. Options that are off are left out, so warm
+    starts cached before they existed keep their keys: the aggregation options while
+    ``aggregation_ratio`` is 0, the stopping-rule options (and the rule's version) while
+    ``target_accuracy`` is None (fixed ``steps``, the rule that was there before)."""
     sft = sft_cfg.model_dump(mode="json")
     if not sft.get("aggregation_ratio"):
         sft.pop("aggregation_ratio", None)
         sft.pop("aggregation_k", None)
+    if sft.get("target_accuracy") is None:
+        for name in ("target_accuracy", "eval_every", "val_problems"):
+            sft.pop(name, None)
+    else:
+        sft["stop_rule"] = STOP_RULE
     return sft
+
+
+def warm_start_record(model_path) -> dict | None:
+    """What the warm start at ``model_path`` reached (``warm_start.json`` beside the checkpoint:
+    rule, steps taken, validation accuracy, checks, build environment), or None for a checkpoint
+    that is not a warm start or was cached before records existed."""
+    try:
+        record = json.loads((Path(model_path) / RECORD_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) else None
+
+
+def _build_environment() -> dict:
+    return {"torch": torch.__version__, "threads": torch.get_num_threads(),
+            "float32_matmul_precision": torch.get_float32_matmul_precision(),
+            "machine": platform.machine(), "python": platform.python_version()}
 
 
 def warm_start(task, task_name: str, task_options: dict, sft_cfg, progress: bool = True,
@@ -115,23 +262,52 @@ def warm_start(task, task_name: str, task_options: dict, sft_cfg, progress: bool
     """The cached warm-start checkpoint for this task and SFT config, built if missing."""
     from rlvr.models.tiny import TINY_ARCH, build_char_tokenizer, build_tiny_model
 
-    key = warm_start_key(task_name, task_options, sft_key_fields(sft_cfg), TINY_ARCH)
+    key_fields = sft_key_fields(sft_cfg)
+    key = warm_start_key(task_name, task_options, key_fields, TINY_ARCH)
     path = cache_root() / "warmstart" / key
     if (path / "config.json").exists():
         log(f"warm start: using cached checkpoint {path}")
         return path
-    log(f"warm start: supervised training of the built-in tiny model ({sft_cfg.steps} steps) -> {path}")
+    target = sft_cfg.target_accuracy
+    rule = (f"until greedy validation accuracy >= {target:g} (checked every {sft_cfg.eval_every} steps, "
+            f"at most {sft_cfg.steps} steps)" if target is not None else f"{sft_cfg.steps} steps")
+    log(f"warm start: supervised training of the built-in tiny model ({rule}) -> {path}")
     tokenizer = build_char_tokenizer()
     model = build_tiny_model(tokenizer, seed=sft_cfg.seed)
+    val, problems, validate = [], None, None
+    if target is not None:
+        val, problems = validation_split(task, sft_cfg.val_problems)
+
+        def validate() -> float:
+            return greedy_accuracy(model, tokenizer, task, val)
+    started = time.perf_counter()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(sft_cfg.seed)
-        train_sft(model, tokenizer, task, sft_cfg.steps, sft_cfg.lr, sft_cfg.batch_size,
-                  sft_cfg.warmup_steps, seed=sft_cfg.seed, progress=progress,
-                  aggregation_ratio=sft_cfg.aggregation_ratio, aggregation_k=sft_cfg.aggregation_k)
+        result = train_sft(model, tokenizer, task, sft_cfg.steps, sft_cfg.lr, sft_cfg.batch_size,
+                           sft_cfg.warmup_steps, seed=sft_cfg.seed, progress=progress,
+                           aggregation_ratio=sft_cfg.aggregation_ratio, aggregation_k=sft_cfg.aggregation_k,
+                           problems=problems, validate=validate,
+                           eval_every=sft_cfg.eval_every if target is not None else 0,
+                           target_accuracy=target)
+    record = {
+        "key": key, "task": task_name, "task_options": task_options, "sft": key_fields,
+        "rule": STOP_RULE if target is not None else "fixed-steps",
+        "steps": result.steps, "max_steps": sft_cfg.steps, "target_accuracy": target,
+        "reached_target": result.reached_target, "val_accuracy": result.val_accuracy,
+        "val_problems": len(val), "checks": result.checks,
+        "final_loss": result.losses[-1] if result.losses else None,
+        "seconds": round(time.perf_counter() - started, 1), "built_with": _build_environment(),
+    }
+    if target is not None:
+        how = ("reached the target" if result.reached_target else
+               f"stopped at the cap (sft.steps={sft_cfg.steps}) below the target {target:g}:")
+        log(f"warm start: {how} validation accuracy {result.val_accuracy:.3f} after {result.steps} steps "
+            f"({len(val)} validation problems)")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=".tmp-"))
     model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
+    (tmp / RECORD_FILE).write_text(json.dumps(record, indent=1, sort_keys=True) + "\n")
     try:
         os.replace(tmp, path)
     except OSError:  # another process finished first: keep theirs
