@@ -75,8 +75,9 @@ def test_async_with_staleness_0_and_one_worker_reproduces_sync(tmp_path):
     # the same prompts were drawn: the samplers stopped at the same place
     sa = torch.load(sync / "checkpoints" / "step_000004" / "trainer_state.pt", weights_only=False)["source"]
     sb = torch.load(asyn / "checkpoints" / "step_000004" / "trainer_state.pt", weights_only=False)["source"]
-    assert sa["sampler"] == sb["async"]["sampler"] and sb["async"]["pending"] == [] or \
-        sb["async"]["sampler"]["position"] - sa["sampler"]["position"] == 4 * len(sb["async"]["pending"])
+    # (a batch the worker admitted after the last step may have drawn its prompts already: it is pending)
+    drawn_by_pending = sum(len(d) for p in sb["async"]["pending"] for d in p["drawn"])
+    assert sb["async"]["sampler"]["position"] - sa["sampler"]["position"] == drawn_by_pending
 
 
 @pytest.mark.slow
