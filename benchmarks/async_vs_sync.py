@@ -45,6 +45,12 @@ ARMS = {
 }
 
 
+def sparse_arm(lr: str) -> list[str]:
+    """The sparse bf16 arm at another learning rate (``async-local-sparse-bf16-lr1e-5``): how much of
+    the bf16 copy changes per step, and so what sparse sync saves, depends on the learning rate."""
+    return [*ARMS["async-local-sparse-bf16"], f"trainer.lr={lr}"]
+
+
 def _tree_rss(root_pid: int, peak: dict) -> None:
     """Peak resident memory of the training process and its Ray worker processes (Linux /proc)."""
     children: dict[int, list[int]] = {}
@@ -77,8 +83,9 @@ def _tree_rss(root_pid: int, peak: dict) -> None:
 
 
 def run_arm(name: str, overrides: list[str], steps: int, out: Path, cache: str, cpus: int) -> dict:
-    env = {**os.environ, "RLVR_CACHE": cache, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
-           "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}
+    # OpenMP's wait policy is left as rlvr leaves it (rlvr.threads): libgomp's spinning default on a
+    # quiet machine is the fastest for the sync arm (PASSIVE cost it 40-90% in oversubscription.py)
+    env = {**os.environ, "RLVR_CACHE": cache, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
     if name == "sync":
         env["OMP_NUM_THREADS"] = str(cpus)
     else:
@@ -110,7 +117,7 @@ def run_arm(name: str, overrides: list[str], steps: int, out: Path, cache: str, 
     return {
         "arm": name, "wall_s": wall, "loop_s": t_loop, "samples_per_s": len(steps_) * rows / t_loop,
         "learner_idle_pct": 100 * sum(r["learner_wait_s"] for r in steps_) / t_loop,
-        "staleness_hist": dict(sorted(hist)) if hist else {0: len(steps_) * rows},
+        "staleness_hist": dict(sorted(hist.items())) if hist else {0: len(steps_) * rows},
         "reward_before": evals[0]["eval/sampled_reward"], "reward_after": evals[-1]["eval/sampled_reward"],
         "greedy_before": evals[0]["eval/greedy_accuracy"], "greedy_after": evals[-1]["eval/greedy_accuracy"],
         "sync_s": sum(r["sync/seconds"] for r in synced) / len(synced) if synced else 0.0,
@@ -124,7 +131,8 @@ def run_arm(name: str, overrides: list[str], steps: int, out: Path, cache: str, 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=30)
-    ap.add_argument("--arms", default=",".join(ARMS))
+    ap.add_argument("--arms", default=",".join(ARMS), help="comma-separated; also "
+                    "async-local-sparse-bf16-lr<LR>: the sparse bf16 arm at trainer.lr=LR")
     ap.add_argument("--json", help="also write the results here")
     args = ap.parse_args(argv)
     cpus = os.cpu_count() or 1
@@ -135,13 +143,14 @@ def main(argv=None) -> int:
         subprocess.run([RLVR, "sft", "--config", str(ROOT / "configs/grpo_arithmetic_tiny.yaml"), *WORKLOAD],
                        env={**os.environ, "RLVR_CACHE": cache}, cwd=ROOT, check=True, capture_output=True)
         print(f"warm start ready ({time.perf_counter() - t0:.0f} s); {args.steps} steps x 128 samples per arm, "
-              f"{cpus} cores, OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'PASSIVE')}")
-        results = [run_arm(a, ARMS[a], args.steps, out, cache, cpus) for a in args.arms.split(",")]
-    base = next((r for r in results if r["arm"] == "sync"), results[0])
-    print(f"\n{'arm':<25}{'samples/s':>10}{'ratio':>7}{'idle %':>8}  {'held-out reward':<17}"
+              f"{cpus} cores, OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}")
+        arms = {a: ARMS[a] if a in ARMS else sparse_arm(a.rsplit("-lr", 1)[1]) for a in args.arms.split(",")}
+        results = [run_arm(a, overrides, args.steps, out, cache, cpus) for a, overrides in arms.items()]
+    base = next((r for r in results if r["arm"] == "sync"), results[0])  # the ratio's baseline
+    print(f"\n{'arm':<32}{'samples/s':>10}{'ratio':>7}{'idle %':>8}  {'held-out reward':<17}"
           f"{'sync s':>8}{'sync MB':>9}{'dense MB':>9}{'changed':>9}  staleness histogram (samples)")
     for r in results:
-        print(f"{r['arm']:<25}{r['samples_per_s']:>10.1f}{r['samples_per_s'] / base['samples_per_s']:>6.2f}x"
+        print(f"{r['arm']:<32}{r['samples_per_s']:>10.1f}{r['samples_per_s'] / base['samples_per_s']:>6.2f}x"
               f"{r['learner_idle_pct']:>8.1f}  {r['reward_before']:.3f} -> {r['reward_after']:.3f}   "
               f"{r['sync_s']:>8.4f}{r['sync_bytes'] / 2**20:>9.2f}{r['dense_bytes'] / 2**20:>9.2f}"
               f"{100 * r['changed_frac']:>8.1f}%  {r['staleness_hist']}")

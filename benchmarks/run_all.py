@@ -91,6 +91,10 @@ def main(argv=None) -> int:
     import async_vs_sync
 
     async_vs_sync.main(["--steps", "10" if args.quick else "40"])
+    # torch threads x OpenMP wait policy, alone and beside a competing process (README: CPU threads)
+    __import__("oversubscription").main(["--steps", "4", "--threads", "2", "--policies", "default,GOMP_SPINCOUNT=1000"]
+                                        if args.quick else ["--steps", "12"])
+    __import__("vs_trl").main(["--if-available", *(["--steps", "5", "--repeats", "1"] if args.quick else ["--p2"])])
     return 0
 
 

@@ -110,6 +110,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     import warnings
 
+    if args.command in ("train", "sft", "eval", "tts", "compare"):
+        from rlvr.threads import configure_openmp
+
+        configure_openmp()  # before torch is imported (libgomp reads its environment once); noted at start
     from rlvr.models.load import quiet_transformers
 
     quiet_transformers()
@@ -201,9 +205,11 @@ def _sft(args) -> int:
     config = load_config(args.config, args.overrides)
 
     from rlvr.tasks import make_task
+    from rlvr.threads import apply_threads
     from rlvr.train.loop import progress_enabled
     from rlvr.train.sft import warm_start
 
+    apply_threads(config.run.threads)
     task = make_task(config.task.name, **config.task.options)
     path = warm_start(task, config.task.name, config.task.options, config.sft, progress_enabled(config))
     print(path)
@@ -284,6 +290,7 @@ def _eval(args) -> int:
     from rlvr.models.load import load_model_and_tokenizer
     from rlvr.rollout.hf import HFRolloutEngine
     from rlvr.tasks import make_task
+    from rlvr.threads import apply_threads
 
     if args.k:
         return eval_k(args)
@@ -291,6 +298,7 @@ def _eval(args) -> int:
         raise ValueError("several --checkpoint need pass@k mode (--k 1,2,4,...)")
     model_path, config_path = resolve_checkpoint(args.checkpoint[0], args.config)
     config = load_config(config_path, args.overrides)
+    apply_threads(config.run.threads)
     task = make_task(config.task.name, **config.task.options)
     model, tokenizer = load_model_and_tokenizer(model_path, config.model.dtype, config.run.device)
     r = config.rollout

@@ -121,6 +121,8 @@ class RunSection(_Section):
     output_dir: NonEmptyStr = "runs"
     seed: int = Field(0, ge=0, lt=2**63)
     device: DeviceName = "cpu"
+    threads: int | None = Field(None, ge=1, le=4096, description="torch CPU threads (None: torch's default, "
+                                "all cores or OMP_NUM_THREADS; async mode divides them: rlvr.threads)")
 
 
 def _as_list(v: Any) -> Any:
@@ -185,6 +187,15 @@ class IMentorSection(_Section):
     score: Identifier = Field("correct", description="the reward component that must be < 1 for a bonus")
 
 
+class ArmSection(_Section):
+    """ARM / ProGRPO advantage re-weighting (arXiv 2602.05281, spec 12.2; inferred where the paper was not
+    found): A + alpha (c(q) - c(o|q)), confidences over the least likely ``quantile`` of the tokens."""
+
+    enabled: bool = False
+    alpha: float = Field(0.1, ge=0, description="shift scale (not from the paper)")
+    quantile: float = Field(0.2, gt=0, le=1, description="share of least likely tokens in c(q), c(o|q)")
+
+
 class PairingSection(_Section):
     """Positive-negative prompt pairing ("Beyond Variance", arXiv 2602.03452, spec 13): each step's
     groups come in pairs of a hard-but-solvable prompt (success rate in (0, hard_max]) and an
@@ -220,13 +231,17 @@ class VLLMSection(_Section):
 
 
 class RolloutSection(_Section):
-    engine: Literal["hf", "vllm"] = Field("hf", description="hf: transformers generate, sharing the "
-                                          "learner's weights; vllm: a colocated vLLM engine (rlvr[vllm]) "
-                                          "that receives the weights after every step")
+    engine: Literal["hf", "lean", "vllm"] = Field("hf", description="hf: transformers generate, sharing the "
+                                                  "learner's weights; lean: rlvr's lean sampler for small "
+                                                  "Llama-family models (prefill once per prompt, static KV "
+                                                  "cache; rlvr.rollout.lean), sharing the weights; vllm: a "
+                                                  "colocated vLLM engine (rlvr[vllm]) that receives the "
+                                                  "weights after every step")
     vllm: VLLMSection = Field(default_factory=VLLMSection)
     dtype: Literal["float32", "bfloat16"] | None = Field(
         None, description="dtype of the rollout engine's copy of the weights (None: model.dtype); a "
-        "bfloat16 copy of an fp32 learner changes in few elements per step, so sparse weight sync pays")
+        "bfloat16 copy of an fp32 learner changes in few elements per step, so sparse weight sync pays; "
+        "in sync mode only rollout.engine=lean has a copy (refreshed every rollout)")
     temperature: float = Field(1.0, gt=0)
     top_p: float = Field(1.0, gt=0, le=1)
     max_new_tokens: int = Field(8, ge=1)
@@ -267,7 +282,7 @@ class RewardSection(_Section):
                                       "reward component of the verifier (empty: the verifier's 'reward')")
     combine: str = Field("sum_then_normalize", description="how weighted components become the training "
                          "signal: a key of rlvr.algorithms.REWARD_COMBINERS (sum_then_normalize, "
-                         "normalize_then_sum/gdpo, dvao, tmn, pow3r)")
+                         "normalize_then_sum/gdpo, dvao, tmn, pow3r, trust_grpo)")
     combine_params: dict[str, FreeValue] = Field(default_factory=dict)
     constraints: dict[str, ConstraintSpec] = Field(default_factory=dict, description="component -> "
                                                    "{threshold, direction, lr, ...}: Lagrangian constraints")
@@ -364,6 +379,7 @@ class AlgorithmSection(_Section):
         "opsm {threshold} (TRL off_policy_mask_threshold), top_entropy {quantile} (TRL "
         "top_entropy_quantile), steer {w_min, w_max, mapping}")
     imentor: "IMentorSection" = Field(default_factory=lambda: IMentorSection())
+    arm: "ArmSection" = Field(default_factory=lambda: ArmSection())
 
     @model_validator(mode="after")
     def _known_token_weights(self) -> "AlgorithmSection":
@@ -465,6 +481,24 @@ class TrainerSection(_Section):
     entropy_coef_delta: float = Field(0.005, gt=0, description="adaptive entropy: step of the coefficient")
     entropy_coef_min: float = Field(0.0, ge=0)
     entropy_coef_max: float = Field(1.0, ge=0)
+    shared_prefix: Literal["auto", "always", "never"] = Field(
+        "auto", description="shared-prefix forward (Prefix Grouper): one prompt forward per distinct prompt, "
+        "its keys/values gathered to the group's completions (exact to float reassociation). auto: when "
+        "the model supports it, no dropout is active and it saves >= 25% of the positions; always: "
+        "whenever supported; never: the plain forward (rlvr.models.prefix)")
+    old_logp: Literal["auto", "recompute"] = Field(
+        "auto", description="auto: use the engine's rollout_logp as old_logp when they are provably the "
+        "training model's own (sync, same weights version, dtype and temperature, no truncation, no "
+        "dropout; rlvr.train.old_logp), else recompute; recompute: always a forward pass")
+    sort_by_length: bool = Field(True, description="order groups by length before cutting micro-batches "
+                                 "(less padding when micro_batch_size < rows; changes only float summation order)")
+    adamw_impl: Literal["auto", "fused", "foreach", "for-loop"] = Field(
+        "auto", description="AdamW kernel: auto = fused where torch has it for the parameters (CPU, CUDA), "
+        "else foreach; for-loop = torch's reference loop (same update to float reassociation)")
+    autocast: Literal["none", "bf16"] = Field("none", description="bf16: the learner's forward passes "
+                                              "(old/ref log-probs, training forward; backward follows) run "
+                                              "under torch.autocast(bfloat16) with fp32 master weights, "
+                                              "gradients and optimizer state (CPUs with AVX512-BF16 or AMX, GPUs)")
 
 
 class CriticSection(_Section):
@@ -793,9 +827,11 @@ class Config(_Section):
         if self.rollout.engine == "vllm" and rt.decoupled():
             raise ValueError("rollout.engine = 'vllm' runs colocated in the learner's process: set "
                              "runtime.mode=sync and runtime.backend=local (or rollout.engine=hf)")
-        if not rt.decoupled() and self.rollout.dtype not in (None, self.model.dtype):
+        if (not rt.decoupled() and self.rollout.engine != "lean"
+                and self.rollout.dtype not in (None, self.model.dtype)):
             raise ValueError(f"rollout.dtype = {self.rollout.dtype!r} needs a separate engine copy of the "
-                             "weights: set runtime.mode=async (or runtime.backend=ray), or leave rollout.dtype unset")
+                             "weights: set runtime.mode=async (or runtime.backend=ray) or rollout.engine=lean, "
+                             "or leave rollout.dtype unset")
         mm = self.algorithm.mismatch
         if mm.method == "auto":  # resolved here, so config.yaml records what ran
             off_policy = S > 0 or self.replay.enabled  # stale or replayed samples

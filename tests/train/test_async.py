@@ -56,9 +56,12 @@ def _weights(run_dir, step):
 def test_async_with_staleness_0_and_one_worker_reproduces_sync(tmp_path):
     from rlvr.train.loop import train
 
-    sync = train(_cfg(tmp_path, "trainer.steps=4", "run.name=sync"), log=lambda *_: None).run_dir
+    # trainer.old_logp=recompute: sync would otherwise reuse its engine's log-probs as old_logp (equal to
+    # the recompute within 1e-4, not bitwise), which rollout workers never do (rlvr.train.old_logp)
+    sync = train(_cfg(tmp_path, "trainer.steps=4", "run.name=sync", "trainer.old_logp=recompute"),
+                 log=lambda *_: None).run_dir
     asyn = train(_cfg(tmp_path, "trainer.steps=4", "run.name=async", "runtime.mode=async",
-                      "runtime.max_staleness=0"), log=lambda *_: None).run_dir
+                      "runtime.max_staleness=0", "trainer.old_logp=recompute"), log=lambda *_: None).run_dir
     a, b = _records(sync), _records(asyn)
     steps_a = [r for r in a if "reward_mean" in r]
     steps_b = [r for r in b if "reward_mean" in r]

@@ -42,7 +42,9 @@ def test_micro_batches_give_the_full_batch_update(setup, fast_config, agg):
         grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
         assert metrics["grad_norm"] > 0
     assert grads[0].abs().max() > 1e-3
-    assert torch.allclose(grads[0], grads[1], atol=1e-7, rtol=1e-5)
+    # float reassociation only: micro-batches change the shapes of the forwards (trimmed padding, shared
+    # prefixes per micro-batch) and the summation order; ~5e-7 absolute at a gradient scale of ~1
+    assert torch.allclose(grads[0], grads[1], atol=1e-6 * max(1.0, float(grads[0].abs().max())), rtol=1e-5)
 
 
 def test_outcome_reward_sits_on_the_last_valid_token():

@@ -14,7 +14,8 @@ Controllers and bonuses (pure update rules; the stateful wrappers are in ``rlvr.
 and ``rlvr.train.callbacks``): :func:`adaptive_kl_update` (Ziegler et al. 2019, arXiv 1909.08593
 eq. 2; verl ``AdaptiveKLController``), :func:`adaptive_entropy_update` (Skywork-OR1, arXiv
 2505.22312, as TRL ``use_adaptive_entropy``), :func:`imentor_bonus` (i-MENTOR, arXiv 2505.17621,
-spec 12.3), :func:`dormant_scores` / :func:`grama_scores` (spec 19).
+spec 12.3), :func:`arm_advantages` / :func:`low_prob_confidence` (ARM / ProGRPO, arXiv 2602.05281,
+spec 12.2, inferred), :func:`dormant_scores` / :func:`grama_scores` (spec 19).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import math
 import torch
 from torch import Tensor
 
-from ._utils import as_float_mask, masked_sum
+from ._utils import as_float_mask, group_inverse, group_sum, masked_sum
 from .registry import TOKEN_WEIGHTS, lookup, register_token_weight
 
 
@@ -156,6 +157,44 @@ def imentor_bonus(errors: Tensor, score: Tensor, scale: float) -> Tensor:
     b = torch.where(span > 0, 0.5 * (e - e.min()) / torch.where(span > 0, span, torch.ones_like(span)),
                     torch.zeros_like(e))
     return torch.where(torch.as_tensor(score) < 1, b * scale, torch.zeros_like(b))
+
+
+# ------------------------------------------------------------------------- ARM / ProGRPO
+
+
+def low_prob_confidence(logp: Tensor, mask: Tensor, quantile: float = 0.2) -> Tensor:
+    """Confidence of each row on its least likely tokens (ARM / ProGRPO's "T_low", arXiv 2602.05281,
+    spec 12.2 -- INFERRED, the paper's definition was not found): ``c = exp(mean of the
+    ceil(quantile * n) lowest log-probs among the row's n valid tokens)``, the inverse perplexity of
+    the low-probability positions, in (0, 1]. A row without valid tokens gets 1. ``quantile = 0.2``
+    (the secondary source's "about 20% least likely tokens"). Detached."""
+    if not 0.0 < quantile <= 1.0:
+        raise ValueError(f"quantile must lie in (0, 1], got {quantile!r}")
+    lp = logp.detach().to(torch.promote_types(logp.dtype, torch.float32))
+    valid = mask != 0
+    n = valid.sum(-1)
+    k = torch.clamp(torch.ceil(quantile * n.to(lp.dtype)), min=1).to(torch.long)
+    srt = torch.sort(torch.where(valid, lp, torch.full_like(lp, float("inf"))), dim=-1).values
+    take = torch.arange(lp.shape[-1], device=lp.device).unsqueeze(0) < k.unsqueeze(-1)
+    low = torch.where(take & torch.isfinite(srt), srt, torch.zeros_like(srt)).sum(-1) / k.to(lp.dtype)
+    return torch.where(n > 0, torch.exp(low), torch.ones_like(low))
+
+
+def arm_advantages(advantages: Tensor, rewards: Tensor, group, prompt_conf: Tensor, answer_conf: Tensor,
+                   alpha: float = 0.1) -> Tensor:
+    """ARM / ProGRPO advantage re-weighting (arXiv 2602.05281, spec 12.2; formula shape from a secondary
+    review): ``A~_i = A_i`` in a group whose rewards are all 0, else ``A_i + alpha (c(q) - c(o_i | q))``
+    (broadcast to the row's tokens; ``advantages`` ``[B]`` or ``[B, T]``). ``prompt_conf`` ``[B]`` is
+    ``c(q)`` of each row's prompt, ``answer_conf`` ``[B]`` ``c(o_i | q)``: an over-confident response
+    (``c(o|q) > c(q)``) loses advantage, a low-confidence one gains. ``alpha`` is NOT from the paper
+    (not found); 0.1 is ours."""
+    r = torch.as_tensor(rewards)
+    b = r.shape[0]
+    inv, k = group_inverse(group, b, r.device)
+    nonzero = group_sum((r != 0).to(torch.float64), inv, k) > 0
+    shift = alpha * (torch.as_tensor(prompt_conf) - torch.as_tensor(answer_conf)).to(advantages.dtype)
+    shift = torch.where(nonzero[inv], shift, torch.zeros_like(shift))
+    return advantages + (shift.unsqueeze(-1) if advantages.dim() == 2 else shift)
 
 
 # --------------------------------------------------------------------------------- plasticity

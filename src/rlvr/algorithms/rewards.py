@@ -16,6 +16,8 @@ normalise, and the run feeds their output through the ``identity`` advantage est
 * ``dvao``: DVAO (arXiv 2605.25604, spec 11.1): ``A = sum_k w_k (R_k - mu_k) / sum_l w_l sigma_l``.
 * ``tmn``: TMN-Reweight (GoLongRL, arXiv 2605.19577, spec 11.2, authors'
   ``compute_tmn_grpo_outcome_advantage``): task-level scale and difficulty re-weighting.
+* ``trust_grpo`` (alias ``trust``): Trust-GRPO (SophiaVL-R1, arXiv 2505.17018; authors' code): an
+  auxiliary reward weighted by its per-group trustworthiness and annealed over training.
 * ``pow3r``: POW3R rubric weights (arXiv 2605.20164, spec 11.3) -- INFERRED (the paper's formula
   was not found): ``w_c ~ h_c Var_group(score_c)``, renormalised per category to the human totals.
 
@@ -173,6 +175,68 @@ def pow3r(components, weights, group=None, categories=None):
         human = h[idx].sum()
         eff[:, idx] = torch.where(tot > 0, hv / tot.clamp(min=1e-30) * human, h[idx].expand_as(hv))
     return (eff * x).sum(-1), {n: eff[:, i] for i, n in enumerate(names)}
+
+
+def trust_weights(outcome: Tensor, aux: Tensor, group=None, correct_threshold: float = 0.5,
+                  saturated_high: float = 0.9, saturated_low: float = 0.1) -> Tensor:
+    """Trust-GRPO trustworthiness weight of an auxiliary reward, per row (SophiaVL-R1, Fan et al. 2025,
+    arXiv 2505.17018, sec. 3.3, eq. 1-3; authors' ``CustomRewardManager.__call__``, kxfan2002/SophiaVL-R1
+    at commit 4fd36a8, ``verl/workers/reward/custom.py``).
+
+    Per group: ``mu_c`` / ``mu_w`` = mean auxiliary reward of the responses whose outcome is ``>=`` /
+    ``<`` ``correct_threshold`` (0 when there are none); ``gamma = 1`` if ``mu_c >= mu_w`` (the auxiliary
+    reward ranks right answers higher: trustworthy), else ``exp(mu_c - mu_w)`` (< 1), or 1 when no
+    response is correct (the release). A group whose outcomes are all ``>= saturated_high`` or all
+    ``<= saturated_low`` gets ``gamma = 0`` (the release drops the auxiliary reward there: the outcome
+    alone already carries no contrast). Returns ``gamma [B]`` (each row its group's)."""
+    o = torch.as_tensor(outcome, dtype=torch.get_default_dtype())
+    a = torch.as_tensor(aux, dtype=o.dtype)
+    b = o.shape[0]
+    inv, k = group_inverse(group, b, o.device)
+    right = (o >= correct_threshold).to(o.dtype)
+    n_right, n_all = group_sum(right, inv, k), group_sum(torch.ones_like(o), inv, k)
+    n_wrong = n_all - n_right
+    mu_c = torch.where(n_right > 0, group_sum(a * right, inv, k) / n_right.clamp(min=1), torch.zeros_like(n_all))
+    mu_w = torch.where(n_wrong > 0, group_sum(a * (1 - right), inv, k) / n_wrong.clamp(min=1), torch.zeros_like(n_all))
+    gamma = torch.where((mu_c < mu_w) & (n_right > 0), torch.exp(mu_c - mu_w), torch.ones_like(mu_c))
+    high = group_sum((o >= saturated_high).to(o.dtype), inv, k) == n_all
+    low = group_sum((o <= saturated_low).to(o.dtype), inv, k) == n_all
+    return torch.where(high | low, torch.zeros_like(gamma), gamma)[inv]
+
+
+@register_reward_combiner("trust_grpo", "trust")
+def trust_grpo(components, weights, group=None, outcome="correct", anneal_steps=500.0, correct_threshold=0.5,
+               aux_min_outcome=None, step=0):
+    """Trust-GRPO (SophiaVL-R1, arXiv 2505.17018, eq. 4; authors' reward manager, commit 4fd36a8):
+    ``R = w_o R_o + sum_a w_a exp(-step / anneal_steps) gamma_a R_a``: the outcome component ``outcome``
+    (weight ``w_o``, 1 in the paper) plus each other weighted component as an auxiliary reward (the
+    paper's thinking reward, ``w_a = alpha = 0.3`` in the release) scaled by the time annealing and its
+    per-group trustworthiness :func:`trust_weights`. The run's estimator (GRPO) normalises ``R``.
+
+    ``step``: the policy version that generated the batch (the producer passes it; the release uses the
+    global step), ``anneal_steps``: the release's ``T = 500``. ``aux_min_outcome``: the release scores
+    the thinking reward only where the outcome is ``>= 0.2`` and uses 0 elsewhere (0.2 reproduces that;
+    with binary outcomes it makes ``mu_w = 0`` and so ``gamma = 1``); None (default) uses the auxiliary
+    reward of every response, as the paper describes. Effective weights: ``w_o`` and ``w_a anneal gamma``."""
+    if outcome not in weights:
+        raise ValueError(f"trust_grpo: the outcome component {outcome!r} needs a weight in reward.weights "
+                         f"(weighted: {', '.join(weights)})")
+    names = list(weights)
+    x = _stack(components, names)
+    r_o = x[:, names.index(outcome)]
+    anneal = math.exp(-float(step) / float(anneal_steps))
+    total = float(weights[outcome]) * r_o
+    eff = {outcome: torch.full_like(r_o, float(weights[outcome]))}
+    for i, n in enumerate(names):
+        if n == outcome:
+            continue
+        aux = x[:, i]
+        if aux_min_outcome is not None:
+            aux = torch.where(r_o >= aux_min_outcome, aux, torch.zeros_like(aux))
+        w = float(weights[n]) * anneal * trust_weights(r_o, aux, group, correct_threshold)
+        total = total + w * aux
+        eff[n] = w
+    return total, eff
 
 
 def combine_rewards(name: str, components: dict[str, Tensor], weights: dict[str, float], group=None, **hp):

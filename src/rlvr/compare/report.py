@@ -14,11 +14,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from rlvr.compare import stats
-from rlvr.compare.study import SUMMARY_METRICS, Study
+from rlvr.compare.study import Study, metric_info
 from rlvr.utils import atomic_write_text, read_jsonl
 
 #: Metrics shown as percentages in results.md.
 _PERCENT = {"greedy_accuracy", "sampled_reward", "reward_auc", "final_reward"}
+
+
+def _is_percent(metric: str) -> bool:
+    """Shown in %: the fixed rates above, held-out greedy/sampled means of reward components, and the
+    training accuracy / reward components (not their effective weights)."""
+    return (metric in _PERCENT or metric.startswith(("eval/greedy_", "eval/sampled_")) or metric == "final/accuracy"
+            or (metric.startswith("final/reward/") and not metric.startswith("final/reward/weight/")))
 
 
 @dataclass
@@ -64,6 +71,12 @@ def summarize_records(records: list[dict], wall_s: float | None = None,
         values["wall_time"] = wall_s
     if cpu_s is not None:
         values["cpu_time"] = cpu_s
+    if evals:  # eval/<key>: any key of the final evaluation (e.g. a reward component's greedy mean)
+        values.update({k: v for k, v in evals[-1].items() if k.startswith("eval/") and isinstance(v, (int, float))})
+    for key in {k for r in steps for k in r if k != "step"}:  # final/<key>: the last 10% of any training key
+        vals = [v for _, v in series(key)]
+        if vals:
+            values[f"final/{key}"] = stats.final_mean(vals)
     before = {k.removeprefix("eval/"): v for k, v in evals[0].items() if k.startswith("eval/")} if evals else {}
     curve_keys = {k for r in records for k in r if isinstance(r[k], (int, float)) and k != "step"}
     curves = {k: [(r["step"], r[k]) for r in records if isinstance(r.get(k), (int, float)) and math.isfinite(r[k])]
@@ -123,8 +136,8 @@ def aggregate(study: Study, runs: list[RunSummary]) -> list[ArmResult]:
                     diffs[m] = stats.paired_interval(by_seed(arm, m), by_seed(study.baseline, m), level)
                 else:
                     diffs[m] = stats.welch_interval(a, b, level)
-                pct = m in _PERCENT
-                verdicts[m] = stats.verdict(diffs[m], SUMMARY_METRICS[m][1], scale=100 if pct else 1,
+                pct = _is_percent(m)
+                verdicts[m] = stats.verdict(diffs[m], metric_info(m)[1], scale=100 if pct else 1,
                                             unit=" pts" if pct else "")
         results.append(ArmResult(arm, len(by_arm[arm]), intervals, diffs, verdicts))
     return results
@@ -135,7 +148,7 @@ def aggregate(study: Study, runs: list[RunSummary]) -> list[ArmResult]:
 def _fmt(metric: str, x: float) -> str:
     if not math.isfinite(x):
         return "-"
-    if metric in _PERCENT:
+    if _is_percent(metric):
         return f"{100 * x:.1f}"
     if metric in ("wall_time", "cpu_time") or abs(x) >= 1000:
         return f"{x:.0f}"
@@ -211,7 +224,7 @@ def results_md(study: Study, runs: list[RunSummary], results: list[ArmResult], p
     for r in results:
         name = f"**{r.arm}** (baseline)" if r.arm == study.baseline else r.arm
         lines.append(f"| {name} | {r.n} | " + " | ".join(_cell(m, r.intervals[m]) for m in cols) + " |")
-    lines += ["", "Metrics: " + "; ".join(f"`{m}` = {SUMMARY_METRICS[m][0]}" for m in cols) + ".", ""]
+    lines += ["", "Metrics: " + "; ".join(f"`{m}` = {metric_info(m)[0]}" for m in cols) + ".", ""]
 
     method = ("t interval of the per-seed differences (arm - baseline, same seed)" if spec.comparison == "paired"
               else "Welch interval of (arm - baseline) over seeds")

@@ -29,6 +29,25 @@ SUMMARY_METRICS: dict[str, tuple[str, bool]] = {
     "cpu_time": ("CPU seconds of the run (all its threads; robust to other jobs on the machine)", False),
     "tokens_per_second": ("generated tokens per second of generation time", True),
 }
+#: Prefixes of metrics read from any metrics.jsonl key: ``eval/<key>`` is the key's value at the final
+#: held-out evaluation (e.g. ``eval/greedy_short``, a reward component of a multi-objective task);
+#: ``final/<key>`` the mean of a training key over the last 10% of steps (e.g. ``final/reward/short``).
+#: Higher is taken as better for their verdicts.
+METRIC_PREFIXES = {"eval/": "at the final held-out evaluation", "final/": "training, mean of the last 10% of steps"}
+
+
+def metric_info(name: str) -> tuple[str, bool]:
+    """(description, higher is better) of a summary metric: a key of ``SUMMARY_METRICS`` or a prefixed
+    metrics.jsonl key (``METRIC_PREFIXES``). Raises ``KeyError`` for anything else."""
+    if name in SUMMARY_METRICS:
+        return SUMMARY_METRICS[name]
+    for prefix, what in METRIC_PREFIXES.items():
+        if name.startswith(prefix) and len(name) > len(prefix):
+            key = name[len(prefix):] if prefix == "final/" else name
+            return f"`{key}` {what}", True
+    raise KeyError(name)
+
+
 #: Keys a study sets itself on every run; an arm may not set them (it also sets logging.progress=false).
 STUDY_SET = ("run.seed", "run.name", "run.output_dir")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
@@ -98,8 +117,11 @@ class StudySpec(_Model):
     @classmethod
     def _known_metrics(cls, v):
         for m in v:
-            if m not in SUMMARY_METRICS:
-                raise ValueError(f"unknown metric '{m}'; known: {', '.join(SUMMARY_METRICS)}")
+            try:
+                metric_info(m)
+            except KeyError:
+                raise ValueError(f"unknown metric '{m}'; known: {', '.join(SUMMARY_METRICS)}, or "
+                                 "eval/<key> / final/<key> for any metrics.jsonl key") from None
         return v
 
     @model_validator(mode="after")

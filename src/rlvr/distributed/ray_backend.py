@@ -67,7 +67,7 @@ class WorkerImpl:
 
         from rlvr.config import config_from_dict
         from rlvr.models.load import load_model_and_tokenizer, quiet_transformers
-        from rlvr.rollout.hf import HFRolloutEngine
+        from rlvr.rollout.factory import engine_on_module
         from rlvr.tasks import make_task
         from rlvr.train.async_source import RolloutWorker
         from rlvr.train.producer import build_producer
@@ -81,7 +81,7 @@ class WorkerImpl:
 
             model = apply_lora(model, config.model.lora).to(getattr(torch, config.rollout_dtype()))
         model.eval().requires_grad_(False)
-        engine = HFRolloutEngine(model, tokenizer, batch_size=config.rollout.batch_size)
+        engine = engine_on_module(config, model, tokenizer)  # rollout.engine: hf or lean
         self.worker = RolloutWorker(worker_id, build_producer(config, engine, task), task.problems("train"),
                                     _RemoteBuffer(buffer, timeout), threads=threads,
                                     debug=config.runtime.debug_checksums,

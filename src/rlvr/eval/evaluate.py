@@ -12,7 +12,8 @@ from rlvr.train.experience import score
 
 def evaluate(engine, task, problems: list, temperature: float, top_p: float, max_new_tokens: int,
              samples_per_problem: int, seed: int = 1234) -> dict[str, float]:
-    """Greedy exact-match accuracy and mean reward of sampled completions on ``problems``.
+    """Greedy exact-match accuracy and mean reward of sampled completions on ``problems``, plus the
+    greedy and sampled mean of every other reward component (``greedy_<name>``, ``sampled_<name>``).
 
     Sampling uses its own seeded RNG stream (the training RNG is left untouched), so the number
     is reproducible and comparable before and after training.
@@ -27,12 +28,17 @@ def evaluate(engine, task, problems: list, temperature: float, top_p: float, max
     g = score(task, problems, greedy.texts)
     rows = [problems[i] for i in sampled.prompt_index.tolist()]
     s = score(task, rows, sampled.texts)
-    return {
+    out = {
         "greedy_accuracy": float(g["correct"].mean()),
         "sampled_reward": float(s["reward"].mean()),
         "sampled_accuracy": float(s["correct"].mean()),
         "response_length": float(sampled.completion_mask.sum(-1).float().mean()),
     }
+    for name in g:  # every other verifier component (multi-objective tasks): greedy_<c>, sampled_<c>
+        if name not in ("reward", "correct") and name in s:
+            out[f"greedy_{name}"] = float(g[name].nanmean())
+            out[f"sampled_{name}"] = float(s[name].nanmean())
+    return out
 
 
 # ------------------------------------------------------------------------------------------------

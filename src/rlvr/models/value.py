@@ -68,12 +68,19 @@ def load_value_model(path: str | Path, dtype: str = "float32"):
     return AutoModelForTokenClassification.from_pretrained(str(path), dtype=getattr(torch, dtype))
 
 
-def completion_values(model, prompt_ids, prompt_mask, completion_ids, completion_mask) -> torch.Tensor:
+def completion_values(model, prompt_ids, prompt_mask, completion_ids, completion_mask,
+                      shared_prefix: bool = False) -> torch.Tensor:
     """Value-head outputs ``[B, T, num_outputs]`` for the states before each completion token.
 
     Position ``t`` reads the hidden state that predicts completion token ``t`` (the same
-    alignment as :func:`rlvr.models.logprobs.completion_logits`), i.e. ``V(s_t)``.
+    alignment as :func:`rlvr.models.logprobs.completion_logits`), i.e. ``V(s_t)``. With
+    ``shared_prefix`` each distinct prompt runs once (:mod:`rlvr.models.prefix`; same values to
+    float reassociation).
     """
+    if shared_prefix:
+        from rlvr.models.prefix import shared_prefix_outputs
+
+        return shared_prefix_outputs(model, prompt_ids, prompt_mask, completion_ids, completion_mask).float()
     input_ids, attention_mask, position_ids = sequence_inputs(prompt_ids, prompt_mask, completion_ids,
                                                               completion_mask)
     P, T = prompt_ids.shape[1], completion_ids.shape[1]

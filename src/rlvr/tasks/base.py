@@ -190,7 +190,8 @@ F = TypeVar("F", bound=TaskFactory)
 #: Registry of task factories by name. ``make_task`` reads it; ``register_task`` writes it.
 TASKS: dict[str, TaskFactory] = {}
 
-_BUILTIN_MODULES = ("rlvr.tasks.arithmetic", "rlvr.tasks.arithmetic_chain", "rlvr.tasks.reasoning_gym",
+_BUILTIN_MODULES = ("rlvr.tasks.arithmetic", "rlvr.tasks.arithmetic_concise", "rlvr.tasks.arithmetic_chain",
+                    "rlvr.tasks.reasoning_gym",
                     "rlvr.tasks.math", "rlvr.tasks.dataset", "rlvr.tasks.code")
 
 

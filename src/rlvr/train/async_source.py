@@ -38,7 +38,8 @@ ANCHOR_EVERY = 16  # sparse sync: a self-contained anchor every N publications b
 
 
 def thread_split(runtime, cpus: int | None = None) -> tuple[int, int]:
-    """(learner threads, threads per worker) on this machine's cores (see ``RuntimeSection``)."""
+    """(learner threads, threads per worker) out of ``cpus`` (``run.threads``; None: this machine's
+    cores), see ``RuntimeSection``."""
     cpus = cpus or os.cpu_count() or 1
     workers = runtime.num_rollout_workers
     per_worker = runtime.worker_threads or max(1, cpus // (workers + 1))
@@ -117,13 +118,13 @@ class LocalPool:
         self.stop = threading.Event()
 
     def start(self) -> None:
-        from rlvr.rollout.hf import HFRolloutEngine
+        from rlvr.rollout.factory import engine_on_module
 
         model, tokenizer, task, sampler = self._spec
         dtype = _DTYPES[self.config.rollout_dtype()]
         for i in range(self.config.runtime.num_rollout_workers):
             copy_ = copy.deepcopy(model).to(dtype).eval().requires_grad_(False)
-            engine = HFRolloutEngine(copy_, tokenizer, batch_size=self.config.rollout.batch_size)
+            engine = engine_on_module(self.config, copy_, tokenizer)  # rollout.engine: hf or lean
             worker = RolloutWorker(i, build_producer(self.config, engine, task), sampler.problems, self.buffer,
                                    threads=self.threads, debug=self.config.runtime.debug_checksums)
             thread = threading.Thread(target=self._run, args=(worker,), name=f"rlvr-rollout-{i}", daemon=True)
@@ -270,7 +271,7 @@ def make_source(config, producer, model, tokenizer, task, sampler, model_path=No
     rt = config.runtime
     if not rt.decoupled():
         return with_replay(config, OnPolicyQueue(producer, sampler, config.run.seed), tokenizer, sampler)
-    learner_threads, worker_threads = thread_split(rt)
+    learner_threads, worker_threads = thread_split(rt, config.run.threads)
     publisher = WeightPublisher(method=rt.weight_sync, dtype=_DTYPES[config.rollout_dtype()],
                                 bucket_bytes=int(rt.sync_bucket_mb * (1 << 20)), history=ANCHOR_EVERY,
                                 debug=rt.debug_checksums)

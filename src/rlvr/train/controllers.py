@@ -1,5 +1,5 @@
 """Stateful reward/advantage controllers of the learner: Lagrange multipliers, dynamic reward weights,
-the i-MENTOR exploration bonus.
+the i-MENTOR exploration bonus, ARM / ProGRPO advantage re-weighting.
 
 A controller is a small object the learner calls inside :meth:`rlvr.train.learner.Learner.update`:
 
@@ -243,6 +243,62 @@ class IMentor:
         self.s1 = float(state["s1"])
 
 
+class AdvantageReweighting:
+    """ARM / ProGRPO (arXiv 2602.05281, spec 12.2): ``A + alpha (c(q) - c(o|q))`` in groups with a non-zero
+    reward (:func:`rlvr.algorithms.arm_advantages`), the confidences from
+    :func:`rlvr.algorithms.low_prob_confidence` over the least likely ``quantile`` of the tokens. One
+    extra no-grad forward of prompt + completion under the current (pre-update) policy gives both:
+    ``c(q)`` on the prompt tokens (its first token is not predicted), ``c(o|q)`` on the completion
+    tokens, at temperature 1 (a property of the model, not of the sampler). Stateless."""
+
+    def __init__(self, cfg):
+        self.cfg = cfg
+        self._conf = None
+        self._metrics: dict[str, float] = {}
+
+    @torch.no_grad()
+    def rewards(self, rewards, exp, learner):  # records the confidences; the rewards pass unchanged
+        from rlvr.models.logprobs import sequence_inputs, token_logprobs
+
+        r = exp.rollout
+        P = r.prompt_ids.shape[1]
+        mb = learner.config.trainer.micro_batch_size
+        cq, co = [], []
+        for start in range(0, r.prompt_ids.shape[0], mb):
+            sl = slice(start, start + mb)
+            ids, att, pos = sequence_inputs(r.prompt_ids[sl], r.prompt_mask[sl], r.completion_ids[sl],
+                                            r.completion_mask[sl])
+            logits = learner.model(input_ids=ids, attention_mask=att, position_ids=pos, use_cache=False).logits.float()
+            lp = token_logprobs(logits[:, :-1], ids[:, 1:])  # position j predicts token j + 1
+            valid = att[:, 1:] * att[:, :-1]
+            prompt_mask = valid.clone()
+            prompt_mask[:, P - 1:] = 0
+            answer_mask = att[:, 1:].clone()
+            answer_mask[:, :P - 1] = 0
+            cq.append(A.low_prob_confidence(lp, prompt_mask, self.cfg.quantile))
+            co.append(A.low_prob_confidence(lp, answer_mask, self.cfg.quantile))
+        self._conf = (torch.cat(cq), torch.cat(co))
+        return rewards
+
+    def advantages(self, advantages, exp, ctx: AdvantageContext):
+        cq, co = self._conf
+        out = A.arm_advantages(advantages, exp.rewards, exp.group, cq, co, self.cfg.alpha) * ctx.mask
+        self._metrics = {"arm/prompt_conf": float(cq.mean()), "arm/answer_conf": float(co.mean()),
+                         "arm/shift_abs_mean": float(((out - advantages).abs() * ctx.mask).sum()
+                                                     / ctx.mask.sum().clamp(min=1))}
+        self._conf = None
+        return out
+
+    def metrics(self):
+        return dict(self._metrics)
+
+    def state_dict(self):
+        return {}
+
+    def load_state_dict(self, state):
+        pass
+
+
 def build_controllers(config, vocab_size: int) -> dict:
     """The controllers a config asks for, by name (the order they run in)."""
     rw = config.reward
@@ -255,4 +311,6 @@ def build_controllers(config, vocab_size: int) -> dict:
         out["constraints"] = LagrangeConstraints(dict(rw.constraints))
     if config.algorithm.imentor.enabled:
         out["imentor"] = IMentor(config.algorithm.imentor, vocab_size, config.run.seed)
+    if config.algorithm.arm.enabled:
+        out["arm"] = AdvantageReweighting(config.algorithm.arm)
     return out

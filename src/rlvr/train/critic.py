@@ -62,6 +62,11 @@ class Critics:
         c = config.critic
         self.opt = [make_optimizer(m, c.lr, c.weight_decay, config.trainer.betas, c.lr_warmup_steps)
                     for m in models]
+        from rlvr.models.prefix import PrefixSharing
+
+        from rlvr.train.learner import _log_once
+
+        self.prefix = PrefixSharing(getattr(config.trainer, "shared_prefix", "never"), log=_log_once)
         params = inspect.signature(A.VALUE_LOSSES[c.value_loss]).parameters
         self.support = {k: c.value_loss_params.get(k, params[k].default)
                         for k in ("v_min", "v_max") if k in params}
@@ -81,8 +86,8 @@ class Critics:
     # ------------------------------------------------------------------ forward
     def _outputs(self, model, exp, idx) -> torch.Tensor:
         r = exp.rollout
-        return completion_values(model, r.prompt_ids[idx], r.prompt_mask[idx], r.completion_ids[idx],
-                                 r.completion_mask[idx])
+        args = (r.prompt_ids[idx], r.prompt_mask[idx], r.completion_ids[idx], r.completion_mask[idx])
+        return completion_values(model, *args, shared_prefix=self.prefix.use(model, *args))
 
     def readout(self, out: torch.Tensor) -> torch.Tensor:
         """Scalar values from the head: the output itself, or the histogram's expectation."""

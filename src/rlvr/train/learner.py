@@ -3,13 +3,21 @@
 All the math comes from :mod:`rlvr.algorithms` through its registry entry points; this module
 only moves tensors. One call of :meth:`Learner.update` consumes one :class:`Experience`:
 
-1. ``old_logp`` (and ``ref_logp`` when a KL term is used) recomputed by the trainer, no grad;
+1. ``old_logp`` (and ``ref_logp`` when a KL term is used) recomputed by the trainer, no grad, unless
+   the engine's ``rollout_logp`` provably is the same number (:mod:`rlvr.train.old_logp`; metric
+   ``old_logp_reused``);
 2. KL in the reward (optional) and ``compute_advantages``;
 3. ``ppo_epochs`` x ``num_minibatches`` optimizer steps; each minibatch is split into
    micro-batches whose losses are normalised by the *minibatch* token/sequence/prompt counts, so
    the accumulated gradient equals the full-minibatch gradient exactly. Minibatches and
    micro-batches hold whole groups, so group-wise losses (REAL, trajectory balance) see every
-   response of a prompt together.
+   response of a prompt together. With ``trainer.sort_by_length`` the groups are ordered by length
+   before they are cut into micro-batches, and every forward trims the padding its rows share.
+
+Every forward (:meth:`Learner._forward_stats`) computes the head only at the completion positions,
+shares each prompt's prefix across its group when ``trainer.shared_prefix`` says so
+(:mod:`rlvr.models.prefix`), and takes log-probs, entropy and mean log-prob from the logits in chunks
+(:func:`rlvr.models.logprobs.logprob_stats`); all equal the plain computation to float reassociation.
 
 Losses and estimators that need more than the standard inputs declare them as keyword
 parameters (``rewards``, ``group``, ``ref_logp``, ``rollout_logp``, ``mean_logp``,
@@ -19,6 +27,7 @@ one the function's signature asks for, so a user-registered loss gets them too.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import inspect
 import math
@@ -29,23 +38,53 @@ import torch
 
 from rlvr import algorithms as A
 from rlvr.config import Config
-from rlvr.models.logprobs import completion_logits, token_logprobs
+from rlvr.models.logprobs import completion_logits, completion_outputs, logprob_stats, trim_padding
 from rlvr.models.lora import is_peft_model, reference_weights
 from rlvr.train.experience import Experience
 
 
 def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float, betas, warmup_steps: int,
-                   schedule: str = "constant", total_steps: int = 0, min_lr_ratio: float = 0.0):
+                   schedule: str = "constant", total_steps: int = 0, min_lr_ratio: float = 0.0,
+                   impl: str = "for-loop"):
     """AdamW with linear warm-up, then a constant, linear or cosine learning rate.
 
     ``total_steps`` (optimizer steps) is where a decaying schedule reaches ``min_lr_ratio * lr``.
+    ``impl`` (``trainer.adamw_impl``): see :func:`adamw_kwargs`.
     """
     params = [p for p in model.parameters() if p.requires_grad]  # LoRA: the adapter only
-    optimizer = torch.optim.AdamW(params, lr=lr, betas=tuple(betas), weight_decay=weight_decay)
+    optimizer = torch.optim.AdamW(params, lr=lr, betas=tuple(betas), weight_decay=weight_decay,
+                                  **adamw_kwargs(params, impl))
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, partial(lr_factor, warmup=max(1, warmup_steps), schedule=schedule, total=total_steps,
                            floor=min_lr_ratio))
     return optimizer, scheduler
+
+
+def adamw_kwargs(params, impl: str = "auto") -> dict:
+    """``fused`` / ``foreach`` arguments of ``torch.optim.AdamW`` for ``impl``: ``fused`` (one kernel over
+    all parameters), ``foreach`` (multi-tensor ops), ``for-loop`` (torch's reference loop, one tensor at a
+    time) or ``auto``: fused where torch has the kernel for every parameter (floating point, on a device
+    torch's fused AdamW supports: CPU and CUDA in torch 2.13), else foreach. All three compute the same
+    update up to float reassociation (tests/train/test_optimizer.py)."""
+    if impl == "for-loop":
+        return {"foreach": False}
+    if impl == "foreach":
+        return {"foreach": True}
+    if impl == "fused" or impl == "auto":
+        try:
+            from torch.optim.optimizer import _get_fused_kernels_supported_devices
+
+            devices = set(_get_fused_kernels_supported_devices())
+        except ImportError:  # pragma: no cover - an old torch
+            devices = set()
+        ok = bool(params) and all(p.dtype.is_floating_point and p.device.type in devices for p in params)
+        if ok:
+            return {"fused": True}
+        if impl == "fused":
+            raise ValueError("trainer.adamw_impl = 'fused': this torch has no fused AdamW for these parameters "
+                             f"(devices with the kernel: {sorted(devices)}); use auto or foreach")
+        return {"foreach": True}
+    raise ValueError(f"unknown AdamW implementation {impl!r}")
 
 
 def lr_factor(step: int, warmup: int, schedule: str, total: int, floor: float) -> float:
@@ -80,7 +119,12 @@ class Learner:
         t = config.trainer
         self.optimizer, self.scheduler = make_optimizer(
             model, t.lr, t.weight_decay, t.betas, t.warmup_steps, schedule=t.lr_schedule,
-            total_steps=t.steps * t.ppo_epochs * t.num_minibatches, min_lr_ratio=t.min_lr_ratio)
+            total_steps=t.steps * t.ppo_epochs * t.num_minibatches, min_lr_ratio=t.min_lr_ratio,
+            impl=t.adamw_impl)
+        from rlvr.models.prefix import PrefixSharing
+
+        self.prefix = PrefixSharing(t.shared_prefix, log=_log_once)  # trainer.shared_prefix (rlvr.models.prefix)
+        self.old_logp_reason = ""  # why the latest update reused or recomputed old_logp
         self.ref_model = None
         needs_ref = "ref_logp" in wanted_inputs(A.POLICY_LOSSES[config.algorithm.policy_loss])
         if config.kl.placement != "none" or needs_ref:
@@ -101,32 +145,97 @@ class Learner:
         self.step_skipped = 0  # ... in the latest update
 
     # ------------------------------------------------------------------ forward passes
+    def autocast(self):
+        """``trainer.autocast=bf16``: the context every forward pass of the learner runs in (bf16 matmuls,
+        fp32 master weights; logits come back in fp32); otherwise a no-op."""
+        if self.config.trainer.autocast != "bf16":
+            return contextlib.nullcontext()
+        return torch.autocast(next(self.model.parameters()).device.type, dtype=torch.bfloat16)
+
     def _logits(self, model, exp: Experience, idx: torch.Tensor) -> torch.Tensor:
         r = exp.rollout
-        return completion_logits(model, r.prompt_ids[idx], r.prompt_mask[idx], r.completion_ids[idx],
-                                 r.completion_mask[idx], temperature=self.config.rollout.temperature)
+        with self.autocast():
+            return completion_logits(model, r.prompt_ids[idx], r.prompt_mask[idx], r.completion_ids[idx],
+                                     r.completion_mask[idx], temperature=self.config.rollout.temperature)
+
+    def _forward_stats(self, model, exp: Experience, idx: torch.Tensor):
+        """``(logp, entropy, mean_logp)``, each ``[len(idx), T]``, of the rows ``idx`` from one forward:
+        padding columns shared by all rows trimmed (:func:`trim_padding`; zeros there), the prompt
+        prefix shared when ``trainer.shared_prefix`` says so, and log-probs and entropy from the
+        logits in chunks (:func:`rlvr.models.logprobs.logprob_stats`), all exact to float
+        reassociation against :meth:`_logits` + :func:`token_logprobs` + ``entropy_from_logits``."""
+        r = exp.rollout
+        T = r.completion_ids.shape[1]
+        p_ids, p_mask, c_ids, c_mask = trim_padding(r.prompt_ids[idx], r.prompt_mask[idx], r.completion_ids[idx],
+                                                    r.completion_mask[idx])
+        shared = self.prefix.use(model, p_ids, p_mask, c_ids, c_mask)
+        with self.autocast():
+            outputs = completion_outputs(model, p_ids, p_mask, c_ids, c_mask, shared_prefix=shared)
+        stats = logprob_stats(outputs, c_ids, temperature=self.config.rollout.temperature)
+        if c_ids.shape[1] < T:
+            stats = tuple(torch.nn.functional.pad(s, (0, T - c_ids.shape[1])) for s in stats)
+        return stats
+
+    def _row_chunks(self, exp: Experience, groups: list[torch.Tensor] | None = None):
+        """Row-index micro-batches of whole groups, at most ``trainer.micro_batch_size`` rows each;
+        with ``trainer.sort_by_length`` the groups are ordered by length first, so each micro-batch
+        holds rows of similar length (less padding)."""
+        if groups is None:
+            groups = [torch.nonzero(exp.group == g).flatten() for g in torch.unique(exp.group)]
+        size = self.config.trainer.micro_batch_size
+        if self.config.trainer.sort_by_length and sum(len(g) for g in groups) > size:
+            groups = sort_groups_by_length(groups, exp.rollout.prompt_mask, exp.rollout.completion_mask)
+        return micro_batches(groups, size)
 
     @torch.no_grad()
     def _logprobs(self, model, exp: Experience, with_mean: bool = False):
         """Sampled-token log-probs ``[B, T]`` (and, if asked, the vocabulary-mean log-prob)."""
-        B = exp.rewards.shape[0]
-        mb = self.config.trainer.micro_batch_size
-        out, means = [], []
-        for start in range(0, B, mb):
-            idx = torch.arange(start, min(B, start + mb))
-            logits = self._logits(model, exp, idx)
-            out.append(token_logprobs(logits, exp.rollout.completion_ids[idx]))
+        B, T = exp.rollout.completion_ids.shape
+        dev = exp.rollout.completion_ids.device
+        out = torch.zeros(B, T, device=dev)
+        means = torch.zeros(B, T, device=dev) if with_mean else None
+        for idx in self._row_chunks(exp):
+            logp, _, mean = self._forward_stats(model, exp, idx)
+            out[idx] = logp
             if with_mean:
-                means.append(mean_logprob(logits))
-        return (torch.cat(out), torch.cat(means)) if with_mean else torch.cat(out)
+                means[idx] = mean
+        return (out, means) if with_mean else out
+
+    def reuse_rollout_logp(self, exp: Experience, needs_old_mean: bool = False) -> tuple[bool, str]:
+        """Whether this batch's ``old_logp`` may be the engine's ``rollout_logp`` (the rule and its
+        tolerance: :mod:`rlvr.train.old_logp`), with the reason."""
+        from rlvr.models.prefix import has_active_dropout
+        from rlvr.train.old_logp import generation_truncation, reuse_rollout_logp
+
+        cfg = self.config
+        versions = exp.rollout.versions
+        alg = cfg.algorithm
+        reads = "rollout_logp" in wanted_inputs(A.POLICY_LOSSES[alg.policy_loss]) or any(
+            "rollout_logp" in inspect.signature(A.TOKEN_WEIGHTS[name]).parameters for name in alg.token_weights)
+        return reuse_rollout_logp(
+            reads_rollout_logp=reads,
+            setting=cfg.trainer.old_logp, engine=cfg.rollout.engine, decoupled=cfg.runtime.decoupled(),
+            staleness=cfg.runtime.staleness(),
+            mismatch_method=cfg.algorithm.mismatch.method, top_p=cfg.rollout.top_p,
+            engine_truncation=(generation_truncation(getattr(self.model, "generation_config", None))
+                               if cfg.rollout.engine == "hf" else None),
+            model_dtype=cfg.model.dtype, rollout_dtype=cfg.rollout_dtype(), autocast=cfg.trainer.autocast,
+            dropout_active=has_active_dropout(self.model),
+            row_versions=sorted(set(versions.tolist())) if versions is not None else [exp.policy_version],
+            learner_version=self.policy_version, needs_old_mean_logp=needs_old_mean,
+            sample_temperature=cfg.rollout.temperature, train_temperature=cfg.rollout.temperature)
 
     # ------------------------------------------------------------------ one RL step
     def update(self, exp: Experience, step: int) -> dict[str, float]:
         cfg, t0 = self.config, time.perf_counter()
+        shared_before = self.prefix.used
         mask = exp.rollout.completion_mask.float()
         loss_inputs = wanted_inputs(A.POLICY_LOSSES[cfg.algorithm.policy_loss])
         old_mean_logp = None
-        if "old_mean_logp" in loss_inputs:
+        reuse, self.old_logp_reason = self.reuse_rollout_logp(exp, needs_old_mean="old_mean_logp" in loss_inputs)
+        if reuse:  # the engine's log-probs are this model's own (rlvr.train.old_logp): no recompute
+            old_logp = exp.rollout.rollout_logp.to(torch.float32) * mask
+        elif "old_mean_logp" in loss_inputs:
             old_logp, old_mean_logp = self._logprobs(self.model, exp, with_mean=True)
         else:
             old_logp = self._logprobs(self.model, exp)
@@ -145,6 +254,7 @@ class Learner:
             kl_seq = (A.kl_penalty(old_logp, ref_logp, cfg.kl.estimator, **self.kl_hp) * mask).sum(-1)
             metrics["kl_seq_mean"] = float((kl_seq / mask.sum(-1).clamp(min=1)).mean())
         metrics["kl_coef"] = self.kl_coef
+        metrics["old_logp_reused"] = float(reuse)  # 1: old_logp = the engine's rollout_logp; 0: recomputed
         if cfg.kl.placement == "reward":
             kl_tok = A.kl_penalty(old_logp, ref_logp, cfg.kl.estimator, **self.kl_hp) * mask
             token_rewards = token_rewards - self.kl_coef * kl_tok
@@ -216,6 +326,7 @@ class Learner:
             "mismatch_k3": float((A.kl_penalty(exp.rollout.rollout_logp, old_logp, "k3") * mask).sum()
                                  / mask.sum().clamp(min=1)),
             "time_train": time.perf_counter() - t0,
+            "shared_prefix_forwards": float(self.prefix.used - shared_before),  # forwards that shared prompts
         })
         return metrics
 
@@ -230,19 +341,19 @@ class Learner:
         ref_logp = batch["ref_logp"]
         self.optimizer.zero_grad(set_to_none=True)
         finite = True
-        for idx in micro_batches(mb_groups, cfg.trainer.micro_batch_size):
+        for idx in self._row_chunks(exp, mb_groups):
             mm = mask[idx]
-            logits = self._logits(self.model, exp, idx)
-            logp = token_logprobs(logits, exp.rollout.completion_ids[idx])
+            logp, entropy_tok, mean_lp = self._forward_stats(self.model, exp, idx)
             extra = {k: (v[idx] if isinstance(v, torch.Tensor) else v) for k, v in batch.items()
                      if k in loss_inputs and k != "weights"}
             if "mean_logp" in loss_inputs:
-                extra["mean_logp"] = mean_logprob(logits)
+                extra["mean_logp"] = mean_lp
             if "num_prompts" in loss_inputs:
                 extra["num_prompts"] = len(mb_groups)
             _require(extra, wanted_inputs(A.POLICY_LOSSES[alg.policy_loss], required_only=True), alg.policy_loss)
             weights = batch["weights"][idx] if batch["weights"] is not None else None
-            entropy_tok = A.entropy_from_logits(logits.detach() if self.entropy_coef == 0 else logits)
+            if self.entropy_coef == 0:
+                entropy_tok = entropy_tok.detach()
             bonus_mask = mm
             for name, params in alg.token_weights.items():  # OPSM, top-entropy, STEER (any loss)
                 w = A.token_weights(name, advantages=advantages[idx], logp=logp, old_logp=old_logp[idx], mask=mm,
@@ -309,9 +420,8 @@ class Learner:
         self.model.zero_grad(set_to_none=True)
         counts = dict(batch_num_tokens=mask.sum(), batch_num_seqs=(mask.sum(-1) > 0).sum())
         groups = [torch.nonzero(exp.group == g).flatten() for g in torch.unique(exp.group)]
-        for idx in micro_batches(groups, self.config.trainer.micro_batch_size):
-            logits = self._logits(self.model, exp, idx)
-            logp = token_logprobs(logits, exp.rollout.completion_ids[idx])
+        for idx in self._row_chunks(exp, groups):
+            logp = self._forward_stats(self.model, exp, idx)[0]
             loss, _ = A.policy_loss("vanilla" if alg.policy_loss not in ("vanilla", "ppo", "cispo", "sapo", "gpg")
                                     else alg.policy_loss, logp=logp, old_logp=logp.detach(),
                                     advantages=advantages[idx], mask=mask[idx], agg=alg.loss_agg_mode, **counts,
@@ -433,6 +543,24 @@ def micro_batches(groups: list[torch.Tensor], size: int):
         count += len(rows)
     if chunk:
         yield torch.cat(chunk)
+
+
+def sort_groups_by_length(groups: list[torch.Tensor], prompt_mask: torch.Tensor,
+                          completion_mask: torch.Tensor) -> list[torch.Tensor]:
+    """The groups ordered by their longest row (real prompt + completion tokens), a stable sort, so
+    that consecutive micro-batches hold rows of similar length and :func:`trim_padding` cuts more.
+    Only the order of the micro-batches' gradient sums changes (float reassociation)."""
+    lengths = prompt_mask.sum(-1) + completion_mask.sum(-1)
+    keys = [int(lengths[g].max()) if len(g) else 0 for g in groups]
+    order = sorted(range(len(groups)), key=lambda i: keys[i])
+    return [groups[i] for i in order]
+
+
+def _log_once(message: str) -> None:
+    """A one-time note (e.g. why the shared-prefix forward is off for a model) on the ``rlvr`` logger."""
+    import logging
+
+    logging.getLogger("rlvr").warning(message)
 
 
 def _acc(sums: dict, key: str, value: float) -> None:

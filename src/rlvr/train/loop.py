@@ -40,6 +40,7 @@ from rlvr.train.callbacks import build_callbacks
 from rlvr.train.logger import RunLogger
 from rlvr.train.trackers import open_trackers
 from rlvr.extras import require_extras
+from rlvr import threads
 from rlvr.rollout.factory import make_engine
 from rlvr.train.progress import StepProgress
 from rlvr.utils import atomic_write_text, seed_everything, storage_guard, write_run_meta
@@ -82,6 +83,9 @@ def train(config: Config | None = None, resume: str | Path | None = None, log=pr
     else:
         run_dir = new_run_dir(config)
     progress = progress_enabled(config)
+    threads.apply_threads(config.run.threads)  # None: torch's default (rlvr.threads: why and what was measured)
+    if threads.NOTE:
+        log(threads.NOTE)
     require_extras(config)  # a missing extra (tracker, peft, vllm) fails here, before anything is built
     seed_everything(config.run.seed)
     task = make_task(config.task.name, **config.task.options)
@@ -112,7 +116,7 @@ def train(config: Config | None = None, resume: str | Path | None = None, log=pr
     source = make_source(config, build_producer(config, engine, task), model, tokenizer, task, sampler,
                          model_path=model_path)
     if config.runtime.decoupled():
-        learner_threads, worker_threads = thread_split(config.runtime)
+        learner_threads, worker_threads = thread_split(config.runtime, config.run.threads)
         torch.set_num_threads(learner_threads)
         log(f"runtime: {config.runtime.mode}, {config.runtime.num_rollout_workers} {config.runtime.backend} "
             f"rollout worker(s) x {worker_threads} thread(s), learner {learner_threads} thread(s), "

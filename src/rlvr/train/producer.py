@@ -87,17 +87,23 @@ class CombineRewards:
     """Multi-objective reward: the named components weighted and combined by a key of
     ``rlvr.algorithms.REWARD_COMBINERS`` (sum_then_normalize, normalize_then_sum/GDPO, dvao, tmn, pow3r)
     within each generation call's groups. The effective weight of each component per row is added to
-    the components as ``weight/<name>`` (logged as ``reward/weight/<name>``)."""
+    the components as ``weight/<name>`` (logged as ``reward/weight/<name>``). A combiner whose signature
+    names ``step`` (trust_grpo's annealing) gets the policy version that generated the rollout."""
 
     combine: str
     weights: dict
     params: dict = dataclasses.field(default_factory=dict)
 
     def __call__(self, rewards, components, rollout):
-        from rlvr.algorithms import combine_rewards
+        import inspect
 
+        from rlvr.algorithms import REWARD_COMBINERS, combine_rewards
+
+        params = dict(self.params)
+        if "step" in inspect.signature(REWARD_COMBINERS[self.combine]).parameters and "step" not in params:
+            params["step"] = int(rollout.policy_version)  # annealed combiners (trust_grpo): the batch's policy
         combined, effective = combine_rewards(self.combine, components, self.weights, rollout.prompt_index,
-                                              **self.params)
+                                              **params)
         for name, w in effective.items():
             components[f"weight/{name}"] = w.to(torch.float32)
         return combined.to(torch.float32)
