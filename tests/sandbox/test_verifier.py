@@ -145,3 +145,41 @@ def test_batches_keep_order_and_judge_duplicates_once(verifier):
 def test_a_problem_needs_tests(verifier):
     with pytest.raises(ValueError, match="at least one test"):
         verifier.verify("print(1)", [])
+
+
+class _FlakyLauncher:
+    """A sandbox whose first ``fail`` runs end like bubblewrap's pid 1 failing to fork (EAGAIN)."""
+
+    slots = 1
+
+    def __init__(self, fail: int):
+        self.fail, self.calls = fail, 0
+
+    def run(self, argv, stdin=b"", limits=None, files=None, executable=()):
+        from rlvr.sandbox import Result
+        self.calls += 1
+        if self.calls <= self.fail:
+            return Result(status="runtime_error", exit_code=1,
+                          stderr="bwrap: Can't fork for pid 1: Resource temporarily unavailable\n")
+        a, b = map(int, stdin.split())
+        return Result(status="ok", exit_code=0, stdout=f"{a + b}\n")
+
+
+def test_a_launch_failure_of_bubblewrap_is_run_again_not_scored():
+    from rlvr.sandbox.verifier import LAUNCH_ATTEMPTS
+    flaky = _FlakyLauncher(fail=LAUNCH_ATTEMPTS - 1)
+    v = CodeVerifier(flaky)
+    verdict = v.verify("print(3)", ADD[:1])
+    assert verdict.correct and flaky.calls == LAUNCH_ATTEMPTS and v.launch_retries == LAUNCH_ATTEMPTS - 1
+    # it persists: the verdict stands (a program can print that line itself), nothing raises
+    always = _FlakyLauncher(fail=10**9)
+    verdict = CodeVerifier(always).verify("print(3)", ADD[:1])
+    assert verdict.status == "runtime_error" and always.calls == LAUNCH_ATTEMPTS
+
+
+def test_a_program_faking_the_launch_failure_gains_nothing(verifier):
+    fake = "import sys\nsys.stderr.write(\"bwrap: Can't fork for pid 1: Resource temporarily unavailable\\n\")\nsys.exit(1)"
+    before = verifier.launch_retries
+    v = verifier.verify(fake, ADD)
+    assert v.status == "runtime_error" and not v.correct and v.runs == 1
+    assert verifier.launch_retries - before == 2  # run three times in all, then judged as it ended

@@ -20,7 +20,10 @@ Rules, one place for all of them:
   = passed / total (with early stop: the tests passed before the first failure); ``ran`` 1.0 iff it
   compiled and every test that ran exited 0 within the limits (right output or not).
 * **Judge failures** raise: a ``sandbox_error`` run is retried once, then :class:`SandboxError` is
-  raised. It is never a silent 0 reward.
+  raised. It is never a silent 0 reward. A run that exited 1 with nothing but a ``bwrap:`` line on
+  stderr (bubblewrap's pid 1 failing to fork, :attr:`Result.launcher_failed`) is run again, up to
+  :data:`LAUNCH_ATTEMPTS` times in all (counted in ``launch_retries``); a program that prints that
+  line itself gains nothing but the repeats, and its verdict stands.
 
 Batches (:meth:`CodeVerifier.verify_batch`) are judged in parallel, one program per worker slot,
 results in input order. Identical ``(language, program, tests)`` items of one batch are judged once
@@ -41,11 +44,14 @@ from typing import Any, Mapping, Sequence
 from rlvr.sandbox.core import Limits, Result, Sandbox, SandboxError
 from rlvr.sandbox.languages import Language, get_language
 
-__all__ = ["MAX_CODE_BYTES", "VERDICTS", "CodeVerifier", "Verdict", "extract_program", "normalise_output",
+__all__ = ["MAX_CODE_BYTES", "VERDICTS", "LAUNCH_ATTEMPTS", "CodeVerifier", "Verdict", "extract_program", "normalise_output",
            "outputs_match"]
 
 #: Largest program judged (bytes of UTF-8); larger ones are ``invalid_code``.
 MAX_CODE_BYTES = 64 * 1024
+
+#: Runs of one test at most while bubblewrap reports its own launch failure (:attr:`Result.launcher_failed`).
+LAUNCH_ATTEMPTS = 3
 
 #: Program verdicts (``sandbox_error`` is not one: it raises).
 VERDICTS = ("ok", "wrong_answer", "runtime_error", "timeout", "memory", "output_limit", "killed",
@@ -125,6 +131,8 @@ class CodeVerifier:
         self.program_wall_s = float(program_wall_s)
         self._pool: ThreadPoolExecutor | None = None
         self._lock = threading.Lock()
+        #: test runs repeated because bubblewrap reported its own launch failure (see ``_run``)
+        self.launch_retries = 0
 
     # ------------------------------------------------------------------ one program
 
@@ -183,11 +191,20 @@ class CodeVerifier:
                        judge_s=time.monotonic() - t0)
 
     def _run(self, argv, stdin, limits, files, executable=()) -> Result:
-        for attempt in range(2):
+        failures = 0
+        for attempt in range(LAUNCH_ATTEMPTS):
             result = self.sandbox.run(argv, stdin=stdin, limits=limits, files=files, executable=executable)
-            if result.status != "sandbox_error":
-                return result
-        raise SandboxError(f"sandbox failed twice, refusing to score: {result.detail}")
+            if result.status == "sandbox_error":
+                failures += 1
+                if failures == 2:
+                    raise SandboxError(f"sandbox failed twice, refusing to score: {result.detail}")
+                continue
+            if not result.launcher_failed or attempt == LAUNCH_ATTEMPTS - 1:
+                return result  # a launch failure to the last: the verdict stands (it may be the program's)
+            with self._lock:
+                self.launch_retries += 1
+            time.sleep(0.01 * (attempt + 1))
+        raise SandboxError(f"sandbox could not run the program, refusing to score: {result.detail}")
 
     # ------------------------------------------------------------------ batches
 
