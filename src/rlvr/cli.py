@@ -2,7 +2,7 @@
 
     rlvr train --config configs/grpo_arithmetic_tiny.yaml trainer.lr=1e-5 run.seed=1
     rlvr train --resume runs/grpo_arithmetic_tiny
-    rlvr sft   --config configs/grpo_arithmetic_tiny.yaml
+    rlvr sft   --config configs/grpo_arithmetic_tiny.yaml [--to my_model/]     (a plain HF folder too)
     rlvr eval  --checkpoint runs/grpo_arithmetic_tiny
     rlvr eval  --checkpoint A --checkpoint B --k 1,2,4,8,16     (pass@k, maj@k, diversity; resumable)
     rlvr tts   --checkpoint runs/x --strategy rsa,majority,best_of_n --N 8 --K 3 --T 0..4
@@ -52,6 +52,8 @@ def _parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("sft", help="supervised warm start of the built-in tiny model (cached)")
     s.add_argument("--config", help="YAML config whose task and sft sections are used")
+    s.add_argument("--to", metavar="DIR", help="also save the warm-started model as a plain Hugging Face folder "
+                                               "(must not exist or be empty), e.g. to stand in for your own model")
     s.add_argument("overrides", nargs="*")
 
     e = sub.add_parser("eval", help="held-out greedy accuracy and mean sampled reward of a checkpoint")
@@ -212,6 +214,10 @@ def _sft(args) -> int:
     apply_threads(config.run.threads)
     task = make_task(config.task.name, **config.task.options)
     path = warm_start(task, config.task.name, config.task.options, config.sft, progress_enabled(config))
+    if args.to:  # a plain HF folder (written under a temporary name, renamed when complete)
+        from rlvr.export import export
+
+        path = export(path, args.to, log=lambda msg: print(msg, file=sys.stderr))
     print(path)
     return 0
 

@@ -2,6 +2,8 @@
 
 import json
 
+import torch
+
 import pytest
 
 from rlvr.config import ConfigError, load_config
@@ -153,3 +155,25 @@ def test_warm_start_writes_and_reuses_its_record(tmp_path, monkeypatch, task):
     from rlvr.models.load import warm_start_record
 
     assert warm_start_record(str(path)) == record  # the same record, from where run code loads models
+
+
+def test_sft_to_saves_a_plain_hf_folder_that_loads_like_any_model(tmp_path, monkeypatch, capsys):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from rlvr.cli import main
+
+    monkeypatch.setenv("RLVR_CACHE", str(tmp_path / "cache"))
+    small = ["sft.steps=4", "sft.batch_size=8", "sft.warmup_steps=1", "logging.progress=false"]
+    assert main(["sft", "--config", "configs/grpo_dataset_tiny.yaml", "--to", str(tmp_path / "my_model"), *small]) == 0
+    out, err = capsys.readouterr()
+    assert out.strip().splitlines()[-1] == str(tmp_path / "my_model") and "exported" in err
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "my_model")
+    tok = AutoTokenizer.from_pretrained(tmp_path / "my_model")
+    cached = next((tmp_path / "cache" / "warmstart").iterdir())
+    ref = AutoModelForCausalLM.from_pretrained(cached)
+    for (name, a), (_, b) in zip(model.state_dict().items(), ref.state_dict().items()):
+        assert torch.equal(a, b), name
+    assert tok("12+7=")["input_ids"]
+    # an existing non-empty folder is refused in one line, exit 2
+    assert main(["sft", "--config", "configs/grpo_dataset_tiny.yaml", "--to", str(tmp_path / "my_model"), *small]) == 2
+    assert "already exists and is not empty" in capsys.readouterr().err
