@@ -199,9 +199,9 @@ class Result:
         """The run looks like bubblewrap itself failed inside the new namespaces, before the program.
 
         bwrap's pid 1 can fail to fork the program with ``EAGAIN`` ("bwrap: Can't fork for pid 1:
-        Resource temporarily unavailable"): measured at about 1 run in 1,000-2,000 under
-        ``rlvr sandbox bench`` on our CI machines, after ``child-pid`` was already reported, so it
-        shows up as exit 1. A program can print the same line and exit 1, so this is only a reason
+        Resource temporarily unavailable") after ``child-pid`` was already reported, so it shows up
+        as exit 1: seen when RLIMIT_NPROC of the slot uid is reached (zombies of earlier runs,
+        :func:`_become_subreaper`). A program can print the same line and exit 1, so this is only a reason
         to run again (:meth:`CodeVerifier._run` does, twice), never a verdict of its own.
         """
         return (self.status == "runtime_error" and self.exit_code == 1 and not self.stdout
