@@ -567,6 +567,9 @@ class SFTSection(_Section):
     aggregation_k: int = Field(4, ge=1, description="aggregation examples show 1..aggregation_k candidates")
     target_accuracy: float | None = Field(None, gt=0, le=1, description="stop at the first validation "
                                           "check whose greedy accuracy reaches this (null: exactly `steps` steps)")
+    target_metric: Literal["greedy_accuracy", "reference_probability"] = Field(
+        "greedy_accuracy", description="what target_accuracy is compared with on the validation split: greedy "
+        "exact-match accuracy, or the mean probability of sampling exactly the reference answer (T=1)")
     eval_every: int = Field(25, ge=1, description="steps between validation checks (with target_accuracy)")
     val_problems: int = Field(500, ge=1, description="distinct prompts in the warm start's validation set, "
                               "carved from the train split and left out of SFT (with target_accuracy)")

@@ -177,3 +177,34 @@ def test_sft_to_saves_a_plain_hf_folder_that_loads_like_any_model(tmp_path, monk
     # an existing non-empty folder is refused in one line, exit 2
     assert main(["sft", "--config", "configs/grpo_dataset_tiny.yaml", "--to", str(tmp_path / "my_model"), *small]) == 2
     assert "already exists and is not empty" in capsys.readouterr().err
+
+
+def test_reference_probability_is_the_chance_of_sampling_exactly_the_reference(task):
+    # independent computation: token by token, one unpadded prompt at a time, softmax of the next-token logits
+    model, tok = _small(seed=4)
+    model.eval()
+    problems = task.problems("train")[:5]
+    want = []
+    with torch.no_grad():
+        for p in problems:
+            ids = tok(p.prompt, return_tensors="pt")["input_ids"][0].tolist()
+            target = tok(task.format_sft_target(p), add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+            prob = 1.0
+            for t in target:
+                probs = torch.softmax(model(input_ids=torch.tensor([ids])).logits[0, -1].double(), -1)
+                prob *= probs[t].item()
+                ids.append(t)
+            want.append(prob)
+    got = S.reference_probability(model, tok, task, problems, batch_size=2)
+    assert abs(got - sum(want) / len(want)) < 1e-6 * max(1.0, got), (got, want)
+    assert 0.0 < got < 1.0
+
+
+def test_the_stopping_metric_is_chosen_by_name_and_keys_the_cache():
+    assert set(S.VALIDATION_METRICS) == {"greedy_accuracy", "reference_probability"}
+    base = ["sft.target_accuracy=0.3"]
+    greedy = S.sft_key_fields(load_config(None, base).sft)
+    ref = S.sft_key_fields(load_config(None, [*base, "sft.target_metric=reference_probability"]).sft)
+    assert "target_metric" not in greedy and ref["target_metric"] == "reference_probability"
+    with pytest.raises(ConfigError, match="target_metric"):
+        load_config(None, [*base, "sft.target_metric=loss"])
