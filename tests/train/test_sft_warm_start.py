@@ -106,7 +106,8 @@ def test_config_fields_validate_and_the_recipe_uses_the_target():
             load_config(None, [bad])
     assert load_config(None, ["sft.target_accuracy=0.5", "sft.target_accuracy=null"]).sft.target_accuracy is None
     recipe = load_config("configs/grpo_arithmetic_tiny.yaml").sft
-    assert 0.4 <= recipe.target_accuracy <= 0.55 and recipe.steps >= 10 * recipe.eval_every
+    assert recipe.target_metric == "reference_probability" and 0.3 <= recipe.target_accuracy <= 0.5
+    assert recipe.steps >= 10 * recipe.eval_every
 
 
 def test_cache_key_changes_with_the_rule_parameters():
