@@ -181,6 +181,11 @@ VALIDATION_METRICS = {
 }
 
 
+#: Metrics that warm starts were cached with before ``sft.target_metric`` existed: left out of the
+#: key, so those caches keep their keys.
+UNKEYED_METRICS = frozenset({"greedy_accuracy"})
+
+
 @dataclass
 class SFTResult:
     """What a warm-start training run did: the loss per step and the validation checks."""
@@ -267,7 +272,7 @@ def sft_key_fields(sft_cfg) -> dict:
             sft.pop(name, None)
     else:
         sft["stop_rule"] = STOP_RULE
-        if sft.get("target_metric") == "greedy_accuracy":  # the first metric: its caches keep their keys
+        if sft.get("target_metric") in UNKEYED_METRICS:
             sft.pop("target_metric", None)
     return sft
 
