@@ -231,10 +231,11 @@ class VLLMSection(_Section):
 
 
 class RolloutSection(_Section):
-    engine: Literal["hf", "lean", "vllm"] = Field("hf", description="hf: transformers generate, sharing the "
-                                                  "learner's weights; lean: rlvr's lean sampler for small "
+    engine: Literal["hf", "lean", "vllm"] = Field("lean", description="lean: rlvr's lean sampler for "
                                                   "Llama-family models (prefill once per prompt, static KV "
-                                                  "cache; rlvr.rollout.lean), sharing the weights; vllm: a "
+                                                  "cache; rlvr.rollout.lean; any other model falls back to "
+                                                  "hf with a warning), sharing the learner's weights; hf: "
+                                                  "transformers generate, sharing the weights; vllm: a "
                                                   "colocated vLLM engine (rlvr[vllm]) that receives the "
                                                   "weights after every step")
     vllm: VLLMSection = Field(default_factory=VLLMSection)
@@ -490,6 +491,11 @@ class TrainerSection(_Section):
         "auto", description="auto: use the engine's rollout_logp as old_logp when they are provably the "
         "training model's own (sync, same weights version, dtype and temperature, no truncation, no "
         "dropout; rlvr.train.old_logp), else recompute; recompute: always a forward pass")
+    skip_zero_advantage: Literal["auto", "never"] = Field(
+        "auto", description="auto: leave rows whose advantages are all zero out of the training "
+        "forward/backward when the loss provably gives them zero gradient (no entropy bonus, KL loss or "
+        "token weights; rlvr.train.zero_advantage): the same update, loss-metrics over the trained rows; "
+        "never: train every row")
     sort_by_length: bool = Field(True, description="order groups by length before cutting micro-batches "
                                  "(less padding when micro_batch_size < rows; changes only float summation order)")
     adamw_impl: Literal["auto", "fused", "foreach", "for-loop"] = Field(

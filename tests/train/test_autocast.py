@@ -34,7 +34,7 @@ def setup(tmp_path_factory):
 
 def test_defaults_are_fp32(fast_config):
     cfg = fast_config()
-    assert cfg.trainer.autocast == "none" and cfg.rollout.dtype is None and cfg.rollout.engine == "hf"
+    assert cfg.trainer.autocast == "none" and cfg.rollout.dtype is None and cfg.rollout.engine == "lean"
 
 
 def test_a_bf16_sampler_in_sync_mode_needs_the_lean_engine(fast_config):

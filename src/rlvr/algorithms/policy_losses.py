@@ -31,6 +31,12 @@ Common conventions
 Off-policy safety (``trust_region=True`` puts a loss in ``TRUST_REGION_LOSSES``; see
 :func:`rlvr.algorithms.off_policy_safe` and docs/algorithms.md for the reasons per loss): every
 loss below is marked except ``kl_cov`` (unclipped ``-A rho``) and ``gpg`` (plain ``-A lp``).
+
+Zero advantage, zero gradient (``zero_at_zero_advantage=True`` puts a loss in
+``ZERO_AT_ZERO_ADVANTAGE_LOSSES``): the per-token (or per-sequence) loss is the token's (sequence's)
+advantage times a bounded function of that row's own ratios, so a row whose advantages are all zero
+adds exactly 0 to the loss and to every gradient; only the aggregation's counts see it, and the learner
+passes those for the whole minibatch. Marked: ``vanilla``, ``gspo``, ``cispo``, ``gpg``, ``geo_mean``.
 """
 
 from __future__ import annotations
@@ -112,7 +118,7 @@ def _frac(flag: Tensor, mask: Tensor) -> float:
 # ------------------------------------------------------------------------------------------ vanilla
 
 
-@register_policy_loss("vanilla", "ppo", trust_region=True)
+@register_policy_loss("vanilla", "ppo", trust_region=True, zero_at_zero_advantage=True)
 def vanilla(
     *,
     logp,
@@ -267,7 +273,7 @@ def _num_seqs(mask: Tensor, batch_num_seqs, like: Tensor) -> Tensor:
 # ------------------------------------------------------------------------------------------- GSPO
 
 
-@register_policy_loss("gspo", trust_region=True)
+@register_policy_loss("gspo", trust_region=True, zero_at_zero_advantage=True)
 def gspo(
     *,
     logp,
@@ -320,7 +326,7 @@ def _clipped_is_weight(ratio: Tensor, low, high, cap) -> Tensor:
     return torch.clamp(ratio, min=lo, max=hi)
 
 
-@register_policy_loss("cispo", trust_region=True)
+@register_policy_loss("cispo", trust_region=True, zero_at_zero_advantage=True)
 def cispo(
     *,
     logp,
@@ -663,7 +669,7 @@ def kl_cov(
 # -------------------------------------------------------------------------------------------- GPG
 
 
-@register_policy_loss("gpg")
+@register_policy_loss("gpg", zero_at_zero_advantage=True)
 def gpg(
     *,
     logp,
@@ -688,7 +694,7 @@ def gpg(
 # ------------------------------------------------------------------------------------------- GMPO
 
 
-@register_policy_loss("geo_mean", trust_region=True)
+@register_policy_loss("geo_mean", trust_region=True, zero_at_zero_advantage=True)
 def geo_mean(
     *,
     logp,

@@ -51,6 +51,12 @@ ADVANTAGE_LEVEL_COMBINERS: set[str] = set()
 TRUST_REGION_LOSSES: set[str] = set()
 #: Mismatch corrections whose weights are bounded whatever the policies (truncated or 0/1 masks).
 BOUNDED_MISMATCH_CORRECTIONS: set[str] = set()
+#: Policy losses whose per-token loss is zero, with zero gradient, wherever the token's advantage is
+#: zero, whatever the other rows hold (no batch statistic couples the rows): a row whose advantages
+#: are all zero contributes nothing, so the learner may skip its forward/backward exactly
+#: (:mod:`rlvr.train.zero_advantage`). ``clip_cov`` / ``kl_cov`` (batch covariances) and the group
+#: objectives (``real``, ``rover``, ``tb``) are not in it.
+ZERO_AT_ZERO_ADVANTAGE_LOSSES: set[str] = set()
 
 
 def _make_register(registry: dict[str, Callable], flags: dict[str, set[str]] | None = None):
@@ -78,7 +84,8 @@ def _make_register(registry: dict[str, Callable], flags: dict[str, set[str]] | N
 
 
 register_advantage_estimator = _make_register(ADVANTAGE_ESTIMATORS)
-register_policy_loss = _make_register(POLICY_LOSSES, {"trust_region": TRUST_REGION_LOSSES})
+register_policy_loss = _make_register(POLICY_LOSSES, {"trust_region": TRUST_REGION_LOSSES,
+                                                      "zero_at_zero_advantage": ZERO_AT_ZERO_ADVANTAGE_LOSSES})
 register_kl_estimator = _make_register(KL_ESTIMATORS)
 register_loss_aggregation = _make_register(LOSS_AGGREGATIONS)
 register_value_loss = _make_register(VALUE_LOSSES)
@@ -88,8 +95,10 @@ register_token_weight = _make_register(TOKEN_WEIGHTS)
 
 register_advantage_estimator.__doc__ = "Decorator: ``@register_advantage_estimator(name, *aliases)``."
 register_policy_loss.__doc__ = (
-    "Decorator: ``@register_policy_loss(name, *aliases, trust_region=False)``; ``trust_region=True`` "
-    "adds the names to ``TRUST_REGION_LOSSES`` (safe on stale data, see ``off_policy_safe``).")
+    "Decorator: ``@register_policy_loss(name, *aliases, trust_region=False, zero_at_zero_advantage=False)``; "
+    "``trust_region=True`` adds the names to ``TRUST_REGION_LOSSES`` (safe on stale data, see "
+    "``off_policy_safe``), ``zero_at_zero_advantage=True`` to ``ZERO_AT_ZERO_ADVANTAGE_LOSSES`` (rows with "
+    "zero advantage carry no gradient and may be skipped, see ``rlvr.train.zero_advantage``).")
 register_mismatch_correction.__doc__ = (
     "Decorator: ``@register_mismatch_correction(name, *aliases, bounded=False)``; ``bounded=True`` adds "
     "the names to ``BOUNDED_MISMATCH_CORRECTIONS`` (weights bounded whatever the policies).")

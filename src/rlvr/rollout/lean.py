@@ -100,6 +100,15 @@ def decoder_parts(model) -> _Parts:
                   min(windows) if windows else None)
 
 
+def lean_drives(model) -> bool:
+    """True when the lean engine samples ``model`` itself on every call (a supported model without a
+    sliding window); otherwise some or all calls go to HF ``generate`` (and its generation config)."""
+    try:
+        return decoder_parts(model).window is None
+    except LeanUnsupported:
+        return False
+
+
 def _rotate_half(x: torch.Tensor) -> torch.Tensor:
     h = x.shape[-1] // 2
     return torch.cat((-x[..., h:], x[..., :h]), dim=-1)

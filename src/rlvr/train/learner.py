@@ -41,6 +41,7 @@ from rlvr.config import Config
 from rlvr.models.logprobs import completion_logits, completion_outputs, logprob_stats, trim_padding
 from rlvr.models.lora import is_peft_model, reference_weights
 from rlvr.train.experience import Experience
+from rlvr.train.zero_advantage import rows_with_advantage
 
 
 def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float, betas, warmup_steps: int,
@@ -218,12 +219,35 @@ class Learner:
             staleness=cfg.runtime.staleness(),
             mismatch_method=cfg.algorithm.mismatch.method, top_p=cfg.rollout.top_p,
             engine_truncation=(generation_truncation(getattr(self.model, "generation_config", None))
-                               if cfg.rollout.engine == "hf" else None),
+                               if self._samples_with_hf_generate() else None),
             model_dtype=cfg.model.dtype, rollout_dtype=cfg.rollout_dtype(), autocast=cfg.trainer.autocast,
             dropout_active=has_active_dropout(self.model),
             row_versions=sorted(set(versions.tolist())) if versions is not None else [exp.policy_version],
             learner_version=self.policy_version, needs_old_mean_logp=needs_old_mean,
             sample_temperature=cfg.rollout.temperature, train_temperature=cfg.rollout.temperature)
+
+    def skip_zero_advantage(self) -> tuple[bool, str]:
+        """Whether rows with all-zero advantages may skip the training forward/backward (the rule and
+        its proof: :mod:`rlvr.train.zero_advantage`), with the reason."""
+        from rlvr.train.zero_advantage import skip_zero_advantage
+
+        cfg = self.config
+        alg = cfg.algorithm
+        return skip_zero_advantage(
+            setting=cfg.trainer.skip_zero_advantage, policy_loss=alg.policy_loss,
+            zero_at_zero_advantage=alg.policy_loss in A.ZERO_AT_ZERO_ADVANTAGE_LOSSES,
+            entropy_coef=self.entropy_coef, entropy_target=cfg.trainer.entropy_target,
+            kl_placement=cfg.kl.placement, token_weights=list(alg.token_weights), loss_agg_mode=alg.loss_agg_mode)
+
+    def _samples_with_hf_generate(self) -> bool:
+        """Whether the sampler is (or may fall back to) HF ``generate``, which applies the model's
+        generation config (``rollout.engine=hf``, or ``lean`` on a model it cannot drive)."""
+        engine = self.config.rollout.engine
+        if engine == "lean":
+            from rlvr.rollout.lean import lean_drives
+
+            return not lean_drives(self.model)
+        return engine == "hf"
 
     # ------------------------------------------------------------------ one RL step
     def update(self, exp: Experience, step: int) -> dict[str, float]:
@@ -290,6 +314,9 @@ class Learner:
                     advantages = ctl.advantages(advantages, exp, ctx)
             for ctl in self.controllers.values():
                 metrics.update(ctl.metrics())
+        skip, self.skip_zero_advantage_reason = self.skip_zero_advantage()
+        trained = rows_with_advantage(advantages, mask) if skip else None  # rlvr.train.zero_advantage
+        metrics["trained_rows_frac"] = float(trained.float().mean()) if trained is not None else 1.0
         weights = mismatch_weights(cfg.algorithm.mismatch, old_logp, exp.rollout.rollout_logp, mask)
         sample_weight = exp.extras.get("sample_weight")  # stale rows masked by runtime.stale_policy=mask
         if sample_weight is not None:
@@ -309,7 +336,8 @@ class Learner:
         actor_frozen = self.critics is not None and step < cfg.critic.warmup_steps
         for _epoch in range(0 if actor_frozen else cfg.trainer.ppo_epochs):
             for mb_groups in split_groups(exp.group, cfg.trainer.num_minibatches, gen):
-                grad_norms.append(self._minibatch_step(exp, mb_groups, mask, old_logp, advantages, batch, sums))
+                grad_norms.append(self._minibatch_step(exp, mb_groups, mask, old_logp, advantages, batch, sums,
+                                                       trained))
         if not actor_frozen:
             self.policy_version += 1
 
@@ -330,16 +358,30 @@ class Learner:
         })
         return metrics
 
-    def _minibatch_step(self, exp, mb_groups, mask, old_logp, advantages, batch, sums) -> float:
+    def _minibatch_step(self, exp, mb_groups, mask, old_logp, advantages, batch, sums, trained=None) -> float:
+        """One optimizer step on the rows ``mb_groups``; with ``trained`` (``[B]`` bool, see
+        :mod:`rlvr.train.zero_advantage`) only those rows run forward/backward, the loss normalisers
+        still counting the whole minibatch, so the gradient is the same."""
         cfg = self.config
         alg = cfg.algorithm
         mb_idx = torch.cat(mb_groups)
         m = mask[mb_idx]
         counts = dict(batch_num_tokens=m.sum(), batch_num_seqs=(m.sum(-1) > 0).sum())
         agg = dict(mode=alg.loss_agg_mode, **counts, **alg.loss_agg_params)
+        agg_metric, metric_tokens = agg, counts["batch_num_tokens"]  # metrics: means over the trained rows
+        if trained is not None:
+            mb_groups = [g[trained[g]] for g in mb_groups]
+            mb_groups = [g for g in mb_groups if len(g)]
+            tm = mask[torch.cat(mb_groups)] if mb_groups else m[:0]
+            metric_tokens = tm.sum()
+            agg_metric = dict(agg, batch_num_tokens=metric_tokens, batch_num_seqs=(tm.sum(-1) > 0).sum())
         loss_inputs = wanted_inputs(A.POLICY_LOSSES[alg.policy_loss])
         ref_logp = batch["ref_logp"]
         self.optimizer.zero_grad(set_to_none=True)
+        if not mb_groups:  # every row skipped: step on zero gradients, as the full computation would
+            for p in self.model.parameters():
+                if p.requires_grad:
+                    p.grad = torch.zeros_like(p)
         finite = True
         for idx in self._row_chunks(exp, mb_groups):
             mm = mask[idx]
@@ -367,7 +409,7 @@ class Learner:
                 alg.policy_loss, logp=logp, old_logp=old_logp[idx], advantages=advantages[idx], mask=mm,
                 agg=alg.loss_agg_mode, weights=weights, **counts, **alg.loss_agg_params, **extra,
                 **getattr(self, "_loss_params", alg.policy_loss_params))
-            entropy = A.aggregate_loss(entropy_tok, mm, **agg)
+            entropy = A.aggregate_loss(entropy_tok, mm, **agg_metric)
             _acc(sums, "entropy_token_sum", float((entropy_tok.detach() * bonus_mask).sum()))
             _acc(sums, "entropy_token_count", float(bonus_mask.sum()))
             if self.entropy_coef > 0:
@@ -380,7 +422,7 @@ class Learner:
                 loss = loss + self.kl_coef * kl
                 _acc(sums, "kl_loss", float(kl.detach()))
             loss.backward()
-            frac = float(mm.sum() / counts["batch_num_tokens"].clamp(min=1))
+            frac = float(mm.sum() / metric_tokens.clamp(min=1))
             value = loss.item()
             finite = finite and math.isfinite(value)
             _acc(sums, "loss", value)
