@@ -326,7 +326,8 @@ def test_an_unsupported_model_falls_back_to_hf_with_a_warning(fast_config):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert isinstance(make_engine(cfg, tiny, tok, "unused"), LeanRolloutEngine)
-        assert isinstance(make_engine(fast_config(), tiny, tok, "unused"), HFRolloutEngine)
+        assert isinstance(make_engine(fast_config(), tiny, tok, "unused"), LeanRolloutEngine)  # the default
+        assert isinstance(make_engine(fast_config("rollout.engine=hf"), tiny, tok, "unused"), HFRolloutEngine)
 
 
 def test_lora_adapters_are_applied(tiny_path):

@@ -116,7 +116,7 @@ def test_config_refuses_an_unbounded_loss_off_policy_and_resolves_auto():
     with pytest.raises(ConfigError, match="runtime.sync_every"):
         load_config(None, ["runtime.mode=async", "runtime.max_staleness=1", "runtime.sync_every=3"])
     with pytest.raises(ConfigError, match="rollout.dtype"):
-        load_config(None, ["rollout.dtype=bfloat16"])
+        load_config(None, ["rollout.engine=hf", "rollout.dtype=bfloat16"])
     assert load_config(None, ["run.backend=ray"]).runtime.backend == "ray"  # first-wave name still works
 
 

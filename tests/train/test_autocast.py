@@ -40,7 +40,7 @@ def test_defaults_are_fp32(fast_config):
 def test_a_bf16_sampler_in_sync_mode_needs_the_lean_engine(fast_config):
     assert fast_config("rollout.engine=lean", "rollout.dtype=bfloat16").rollout_dtype() == "bfloat16"
     with pytest.raises(ValueError, match="rollout.dtype = 'bfloat16' needs a separate engine copy.*rollout.engine=lean"):
-        fast_config("rollout.dtype=bfloat16")
+        fast_config("rollout.engine=hf", "rollout.dtype=bfloat16")
     with pytest.raises(ValueError, match="trainer.autocast"):
         fast_config("trainer.autocast=fp16")
 

@@ -136,6 +136,11 @@ def test_an_update_that_skips_zero_advantage_rows_moves_the_weights_as_training_
         metrics = [learner.update(exp, step=s) for s in range(2)]
         final[setting] = torch.cat([p.detach().flatten() for p in model.parameters()])
         fracs[setting] = metrics[-1]["trained_rows_frac"]
+        for m in metrics:  # loss metrics are means over the minibatches (and rows) that trained
+            if case == "some_groups_constant" or setting == "never":
+                assert abs(m["ratio_mean"] - 1.0) < 0.05 and m["entropy"] > 0, m
+            else:
+                assert m["loss"] == 0.0 and m["clip_frac"] == 0.0 and m["entropy"] != m["entropy"], m
         assert learner.skip_zero_advantage()[0] == (setting == "auto")
     start = torch.cat([p.detach().flatten() for p in base.parameters()])
     moved = float((final["never"] - start).abs().max())  # all constant: only weight decay moves them

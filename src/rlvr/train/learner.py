@@ -345,7 +345,10 @@ class Learner:
         ent_sum, ent_cnt = sums.pop("entropy_token_sum", 0.0), sums.pop("entropy_token_count", 0.0)
         metrics["entropy_token_mean"] = ent_sum / ent_cnt if ent_cnt > 0 else 0.0
         metrics["entropy_coef"] = self.entropy_coef
-        metrics.update({k: v / n_steps for k, v in sums.items()})
+        n_trained = sums.pop("trained_minibatches", 0.0)  # < n_steps only when zero-advantage rows were skipped
+        metrics.update({k: v / (n_steps if k == "loss" else max(n_trained, 1.0)) for k, v in sums.items()})
+        if n_trained == 0 and grad_norms:  # no row trained: the loss is exactly 0 and nothing was clipped
+            metrics.update({"loss": 0.0, "clip_frac": 0.0, "entropy": float("nan")})
         metrics.update({
             "grad_norm": sum(grad_norms) / n_steps if grad_norms else 0.0,
             "skipped_steps": self.skipped_steps,
@@ -382,7 +385,7 @@ class Learner:
             for p in self.model.parameters():
                 if p.requires_grad:
                     p.grad = torch.zeros_like(p)
-        finite = True
+        finite, ran = True, False
         for idx in self._row_chunks(exp, mb_groups):
             mm = mask[idx]
             logp, entropy_tok, mean_lp = self._forward_stats(self.model, exp, idx)
@@ -422,6 +425,9 @@ class Learner:
                 loss = loss + self.kl_coef * kl
                 _acc(sums, "kl_loss", float(kl.detach()))
             loss.backward()
+            if not ran:  # metrics other than the loss average over the minibatches that trained rows
+                _acc(sums, "trained_minibatches", 1.0)
+                ran = True
             frac = float(mm.sum() / metric_tokens.clamp(min=1))
             value = loss.item()
             finite = finite and math.isfinite(value)
