@@ -487,6 +487,10 @@ class TrainerSection(_Section):
         "its keys/values gathered to the group's completions (exact to float reassociation). auto: when "
         "the model supports it, no dropout is active and it saves >= 25% of the positions; always: "
         "whenever supported; never: the plain forward (rlvr.models.prefix)")
+    pack_tokens: int = Field(512, ge=0, description="run the shared-prefix forward as one packed sequence "
+                             "(each distinct prompt once, then every completion, no padding; a 4D mask) when "
+                             "it has at most this many tokens (its attention is dense); 0: never "
+                             "(rlvr.models.prefix.packed_prefix_outputs)")
     old_logp: Literal["auto", "recompute"] = Field(
         "auto", description="auto: use the engine's rollout_logp as old_logp when they are provably the "
         "training model's own (sync, same weights version, dtype and temperature, no truncation, no "

@@ -196,3 +196,78 @@ def test_auto_shares_only_when_it_saves_enough():
     assert prefix_savings(256, 32, 12, 4) > 0.5
     assert prefix_savings(8, 8, 12, 4) < 0.1  # no repeated prompt: nothing saved but one position
     assert prefix_savings(16, 2, 10, 200) < 0.25  # long completions: little to share
+
+
+# ------------------------------------------------------------------ the packed layout (trainer.pack_tokens)
+@pytest.mark.parametrize("impl", ["sdpa", "eager"])
+@pytest.mark.parametrize("seed", [1, 6])
+def test_packed_log_probs_and_gradients_equal_the_plain_forward(tok, impl, seed):
+    """One packed sequence (distinct prompts once, completions without padding, a 4D mask) gives the
+    plain forward's log-probs (1e-5) and parameter gradients (1e-5 relative) on a ragged batch."""
+    from rlvr.models.prefix import packed_length, packed_prefix_outputs
+
+    model = build_tiny_model(tok, seed=3, **ARCH)
+    model.config._attn_implementation = impl
+    p_ids, p_mask, c_ids, c_mask, _ = ragged_batch(tok, seed=seed)
+    m = c_mask.bool()
+    w = torch.randn(c_ids.shape, generator=torch.Generator().manual_seed(5))
+    out = {}
+    for name in ("plain", "packed", "via_shared"):
+        model.zero_grad(set_to_none=True)
+        if name == "plain":
+            logits = completion_logits(model, p_ids, p_mask, c_ids, c_mask, temperature=0.7)
+        elif name == "packed":
+            logits = packed_prefix_outputs(model, p_ids, p_mask, c_ids, c_mask).float() / 0.7
+        else:  # shared_prefix_outputs picks the packed layout when the batch fits in pack_tokens
+            logits = shared_prefix_outputs(model, p_ids, p_mask, c_ids, c_mask, pack_tokens=10_000).float() / 0.7
+        logp = token_logprobs(logits, c_ids)
+        (logp * w * m).sum().backward()
+        out[name] = (logp.detach(), _grads(model))
+    lp0, g0 = out["plain"]
+    for name in ("packed", "via_shared"):
+        lp1, g1 = out[name]
+        assert (lp0[m] - lp1[m]).abs().max() < 1e-5, name
+        assert g0.abs().max() > 1e-3
+        assert (g0 - g1).norm() / g0.norm() < 1e-5, name
+    assert packed_length(p_ids, p_mask, c_mask) < p_ids.shape[0] * (p_ids.shape[1] + c_ids.shape[1])
+
+
+def test_packed_length_counts_distinct_prefixes_once(tok):
+    from rlvr.models.prefix import packed_length
+
+    p_ids, p_mask, c_ids, c_mask, group = ragged_batch(tok, seed=1)
+    firsts = {int(g): i for i, g in reversed(list(enumerate(group.tolist())))}
+    want = sum(int(p_mask[i, :-1].sum()) for i in firsts.values()) + int(c_mask.sum())
+    assert packed_length(p_ids, p_mask, c_mask) == want
+
+
+def test_packed_critic_values_equal_the_plain_forward(tok):
+    """A model without ``logits_to_keep`` (a token-classification critic) packs too."""
+    from rlvr.models.prefix import packed_prefix_outputs
+    from rlvr.models.value import completion_values
+
+    config = LlamaConfig(vocab_size=len(tok), pad_token_id=tok.pad_token_id, num_labels=1, **ARCH)
+    torch.manual_seed(4)
+    critic = LlamaForTokenClassification(config).eval()
+    p_ids, p_mask, c_ids, c_mask, _ = ragged_batch(tok, seed=3)
+    m = c_mask.bool()
+    v0 = completion_values(critic, p_ids, p_mask, c_ids, c_mask)[..., 0]
+    v1 = packed_prefix_outputs(critic, p_ids, p_mask, c_ids, c_mask)[..., 0]
+    assert (v0[m] - v1[m]).abs().max() < 1e-5
+
+
+def test_sharing_packs_only_models_that_pass_the_check(tok, monkeypatch):
+    import rlvr.models.prefix as prefix
+
+    p_ids, p_mask, c_ids, c_mask, _ = ragged_batch(tok, seed=1)
+    model = build_tiny_model(tok, seed=3, **ARCH)
+    sharing = PrefixSharing("always", pack_tokens=512)
+    assert sharing.use(model, p_ids, p_mask, c_ids, c_mask) and sharing.pack_tokens_for(model) == 512
+    assert PrefixSharing("always").use(model, p_ids, p_mask, c_ids, c_mask)  # pack_tokens 0: never packed
+    config = type("C", (), {"_attn_implementation": "flash_attention_2"})()
+    assert "flash_attention_2" in prefix.packing_support(type("M", (), {"config": config})())
+    notes = []
+    monkeypatch.setattr(prefix, "packing_support", lambda m: "no 4D masks here")
+    sharing = PrefixSharing("always", pack_tokens=512, log=notes.append)
+    assert sharing.use(model, p_ids, p_mask, c_ids, c_mask)  # still shares, through the KV cache
+    assert sharing.pack_tokens_for(model) == 0 and any("no 4D masks here" in n for n in notes)

@@ -70,18 +70,20 @@ def trim_padding(prompt_ids, prompt_mask, completion_ids, completion_mask):
 
 
 def completion_outputs(model, prompt_ids, prompt_mask, completion_ids, completion_mask,
-                       shared_prefix: bool = False) -> torch.Tensor:
+                       shared_prefix: bool = False, pack_tokens: int = 0) -> torch.Tensor:
     """The model's outputs (LM logits or value-head outputs, not temperature-scaled, in the model's
     dtype) ``[B, T, D]`` at the positions that predict each completion token.
 
-    ``shared_prefix``: one prompt forward per distinct prompt (:func:`rlvr.models.prefix.shared_prefix_outputs`).
+    ``shared_prefix``: one prompt forward per distinct prompt (:func:`rlvr.models.prefix.shared_prefix_outputs`;
+    ``pack_tokens``: as one packed sequence when it is at most that long).
     Otherwise one plain forward; a causal LM that takes ``logits_to_keep`` applies its head only at
     the ``T`` positions that predict completion tokens instead of all ``P + T``.
     """
     from rlvr.models.prefix import accepts, shared_prefix_outputs
 
     if shared_prefix:
-        return shared_prefix_outputs(model, prompt_ids, prompt_mask, completion_ids, completion_mask)
+        return shared_prefix_outputs(model, prompt_ids, prompt_mask, completion_ids, completion_mask,
+                                     pack_tokens=pack_tokens)
     input_ids, attention_mask, position_ids = sequence_inputs(prompt_ids, prompt_mask, completion_ids,
                                                               completion_mask)
     P, T = prompt_ids.shape[1], completion_ids.shape[1]

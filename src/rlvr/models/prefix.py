@@ -102,7 +102,79 @@ def prefix_groups(prompt_ids: torch.Tensor, prompt_mask: torch.Tensor) -> tuple[
     return first, inverse
 
 
-def shared_prefix_outputs(model, prompt_ids, prompt_mask, completion_ids, completion_mask) -> torch.Tensor:
+#: ``trainer.pack_tokens`` default: the longest packed sequence (its attention mask is dense, ``L x L``).
+PACK_TOKENS = 512
+
+
+def packing_support(model) -> str | None:
+    """None when the model takes a custom 4D attention mask (a Hugging Face model whose attention
+    runs ``sdpa`` or ``eager``), which :func:`packed_prefix_outputs` needs; otherwise the reason."""
+    config = getattr(underlying_model(model), "config", None)
+    impl = getattr(config, "_attn_implementation", None)
+    if impl not in ("sdpa", "eager"):
+        return f"attention implementation {impl!r} (a packed forward needs sdpa or eager: a custom 4D mask)"
+    return None
+
+
+def packed_length(prompt_ids, prompt_mask, completion_mask) -> int:
+    """Tokens of the packed sequence: the real prefix tokens of each distinct prompt, once, plus
+    every row's completion positions (``completion_mask.sum()``), no padding."""
+    P = prompt_ids.shape[1]
+    if P < 2:
+        return int(completion_mask.sum())
+    first, _ = prefix_groups(prompt_ids[:, :P - 1], prompt_mask[:, :P - 1])
+    return int(prompt_mask[first, :P - 1].sum()) + int(completion_mask.sum())
+
+
+def packed_prefix_outputs(model, prompt_ids, prompt_mask, completion_ids, completion_mask) -> torch.Tensor:
+    """:func:`shared_prefix_outputs` as one forward of one packed sequence (sequence packing without
+    padding, as verl's ``use_remove_padding``, with the Prefix Grouper's shared prompts).
+
+    The sequence holds the real prefix tokens of every distinct prompt once, then, for every row, its
+    ``len`` positions ``[last prompt token, completion[:len - 1]]`` (``len`` = the row's completion
+    tokens; padding never runs). Position ids are each token's own (as in the plain forward), and a
+    4D mask lets a position see exactly what it sees in the plain forward: the earlier real tokens of
+    its prompt and the earlier positions of its own row. The output head runs only at the row
+    positions (``logits_to_keep``), which are scattered back to ``[B, T, D]`` (zeros at padding).
+    Same outputs as the plain forward to float reassociation (``tests/models/test_prefix.py``).
+    """
+    from rlvr.models.logprobs import sequence_inputs
+
+    B, P = prompt_ids.shape
+    T = completion_ids.shape[1]
+    dev = prompt_ids.device
+    first, inverse = prefix_groups(prompt_ids[:, :P - 1], prompt_mask[:, :P - 1])
+    _, _, position_ids = sequence_inputs(prompt_ids, prompt_mask, completion_ids, completion_mask)
+    real = prompt_mask[first, :P - 1].bool()  # [U, P - 1]: the real prefix tokens of each distinct prompt
+    prefix_prompt = torch.arange(first.shape[0], device=dev)[:, None].expand_as(real)[real]
+    K = int(real.sum())
+    valid = completion_mask.bool()
+    row = torch.arange(B, device=dev)[:, None].expand(B, T)[valid]  # [N]: the row of each completion position
+    col = torch.arange(T, device=dev)[None].expand(B, T)[valid]
+    ids = torch.cat([prompt_ids[first, :P - 1][real],
+                     torch.cat([prompt_ids[:, P - 1:], completion_ids[:, :T - 1]], dim=1)[valid]])
+    pos = torch.cat([position_ids[first, :P - 1][real], position_ids[:, P - 1:P + T - 1][valid]])
+    prompt_of = torch.cat([prefix_prompt, inverse[row]])  # [L]: the prompt each position belongs to
+    row_of = torch.cat([torch.full((K,), -1, device=dev), row])  # -1: a prefix token
+    i = torch.arange(K + row.shape[0], device=dev)
+    sees = ((i[None] <= i[:, None]) & (prompt_of[:, None] == prompt_of[None])
+            & ((row_of == -1)[None] | (row_of[:, None] == row_of[None])))
+    if getattr(underlying_model(model).config, "_attn_implementation", None) == "sdpa":
+        mask = sees  # boolean: True where a key is seen (any query dtype, autocast included)
+    else:  # eager adds the mask to the scores
+        dtype = next(underlying_model(model).parameters()).dtype
+        mask = torch.zeros(sees.shape, dtype=dtype, device=dev).masked_fill_(~sees, torch.finfo(dtype).min)
+    keep = torch.arange(K, K + row.shape[0], device=dev)
+    extra = {"logits_to_keep": keep} if accepts(model, "logits_to_keep") else {}
+    out = model(input_ids=ids[None], attention_mask=mask[None, None], position_ids=pos[None], use_cache=False,
+                **extra).logits[0]
+    if not extra:
+        out = out[keep]
+    return out.new_zeros(B, T, out.shape[-1]).index_put((row, col), out)
+
+
+def shared_prefix_outputs(model, prompt_ids, prompt_mask, completion_ids, completion_mask,
+                          pack_tokens: int = 0) -> torch.Tensor:
     """The model's outputs (``.logits``: LM logits or value-head outputs) ``[B, T, D]`` at the
     positions that predict each completion token, as :func:`rlvr.models.logprobs.completion_outputs`
     takes them from a plain forward, with one forward of the shared prefix per distinct prompt.
@@ -112,6 +184,10 @@ def shared_prefix_outputs(model, prompt_ids, prompt_mask, completion_ids, comple
     forward of ``[last prompt token, completion[:T-1]]`` per row gives all ``T`` outputs, so every
     output (and any dropout after it) is the row's own. A prompt width of 1 has nothing to share:
     the plain forward runs.
+
+    ``pack_tokens > 0``: when the batch packs into at most that many tokens (:func:`packed_length`) and
+    the model takes a 4D mask, the same outputs come from :func:`packed_prefix_outputs` (one forward, no
+    padding, no cache); a longer batch keeps this path (the packed attention is dense, ``L x L``).
     """
     from rlvr.models.logprobs import completion_outputs
 
@@ -119,6 +195,8 @@ def shared_prefix_outputs(model, prompt_ids, prompt_mask, completion_ids, comple
     T = completion_ids.shape[1]
     if P < 2:
         return completion_outputs(model, prompt_ids, prompt_mask, completion_ids, completion_mask)
+    if pack_tokens > 0 and packed_length(prompt_ids, prompt_mask, completion_mask) <= pack_tokens:
+        return packed_prefix_outputs(model, prompt_ids, prompt_mask, completion_ids, completion_mask)
     first, inverse = prefix_groups(prompt_ids[:, :P - 1], prompt_mask[:, :P - 1])
     _, attention_mask, position_ids = sequence_inputs(prompt_ids, prompt_mask, completion_ids, completion_mask)
     name = cache_argument(model)
@@ -148,12 +226,19 @@ class PrefixSharing:
     ``reasons`` holds one line per model that runs the plain path; ``used`` counts shared forwards.
     """
 
-    def __init__(self, setting: str = "auto", min_savings: float = 0.25, check_tol: float = 1e-3, log=None):
+    def __init__(self, setting: str = "auto", min_savings: float = 0.25, check_tol: float = 1e-3, log=None,
+                 pack_tokens: int = 0):
         self.setting, self.min_savings, self.check_tol = str(setting).lower(), min_savings, check_tol
         self.log = log
+        self.pack_tokens = pack_tokens  # trainer.pack_tokens: batches up to this many tokens run packed
         self.state: dict[int, str | None] = {}  # id(model) -> None (ok) or the reason for the plain path
+        self.packs: dict[int, bool] = {}  # id(model) -> whether its packed forward passed the check
         self.reasons: list[str] = []
         self.used = 0
+
+    def pack_tokens_for(self, model) -> int:
+        """``pack_tokens`` for a model whose packed forward passed its check (0: never packed)."""
+        return self.pack_tokens if self.packs.get(id(model)) else 0
 
     def _refuse(self, model, reason: str) -> bool:
         self.state[id(model)] = reason
@@ -189,6 +274,17 @@ class PrefixSharing:
             if err is not None:
                 return self._refuse(model, err)
             self.state[key] = None
+            if self.pack_tokens > 0:
+                why = packing_support(model)
+                if why is None:
+                    try:
+                        why = self._check(model, prompt_ids, prompt_mask, completion_ids, completion_mask,
+                                          packed_prefix_outputs)
+                    except Exception as exc:  # noqa: BLE001 - the cache path still works
+                        why = f"it failed ({type(exc).__name__}: {exc})"
+                self.packs[key] = why is None
+                if why is not None and self.log is not None:
+                    self.log(f"note: packed forward off for {type(underlying_model(model)).__name__}: {why}")
         if self.state[key] is not None:
             return False
         if self.setting == "auto":
@@ -200,16 +296,20 @@ class PrefixSharing:
         return True
 
     @torch.no_grad()
-    def _check(self, model, prompt_ids, prompt_mask, completion_ids, completion_mask) -> str | None:
+    def _check(self, model, prompt_ids, prompt_mask, completion_ids, completion_mask,
+               layout=None) -> str | None:
+        """None when ``layout`` (the cache-gather shared forward by default) gives the plain forward's
+        outputs on the first 16 rows; otherwise the reason."""
         from rlvr.models.logprobs import completion_outputs
 
+        layout = layout or shared_prefix_outputs
         was_training = model.training
         model.eval()
         try:
             n = min(prompt_ids.shape[0], 16)
             args = (prompt_ids[:n], prompt_mask[:n], completion_ids[:n], completion_mask[:n])
             plain = completion_outputs(model, *args).float()
-            shared = shared_prefix_outputs(model, *args).float()
+            shared = layout(model, *args).float()
         finally:
             model.train(was_training)
         m = completion_mask[:n].bool()

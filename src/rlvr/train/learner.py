@@ -124,7 +124,8 @@ class Learner:
             impl=t.adamw_impl)
         from rlvr.models.prefix import PrefixSharing
 
-        self.prefix = PrefixSharing(t.shared_prefix, log=_log_once)  # trainer.shared_prefix (rlvr.models.prefix)
+        self.prefix = PrefixSharing(t.shared_prefix, log=_log_once,  # trainer.shared_prefix (rlvr.models.prefix)
+                                    pack_tokens=t.pack_tokens)
         self.old_logp_reason = ""  # why the latest update reused or recomputed old_logp
         self.ref_model = None
         needs_ref = "ref_logp" in wanted_inputs(A.POLICY_LOSSES[config.algorithm.policy_loss])
@@ -171,7 +172,8 @@ class Learner:
                                                     r.completion_mask[idx])
         shared = self.prefix.use(model, p_ids, p_mask, c_ids, c_mask)
         with self.autocast():
-            outputs = completion_outputs(model, p_ids, p_mask, c_ids, c_mask, shared_prefix=shared)
+            outputs = completion_outputs(model, p_ids, p_mask, c_ids, c_mask, shared_prefix=shared,
+                                         pack_tokens=self.prefix.pack_tokens_for(model))
         stats = logprob_stats(outputs, c_ids, temperature=self.config.rollout.temperature)
         if c_ids.shape[1] < T:
             stats = tuple(torch.nn.functional.pad(s, (0, T - c_ids.shape[1])) for s in stats)
