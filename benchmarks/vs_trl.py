@@ -19,9 +19,10 @@ warm-up, clip range, max_grad_norm, Adam betas and ``max_completion_length``; fp
 default is bf16 autocast), no gradient checkpointing (TRL's default recomputes the forward), no eval, no
 logging, no checkpoints. The work is the same RL computation, not the same kernels: each side keeps its own
 implementation (TRL: HF ``generate``, an old-log-prob forward whenever ``steps_per_generation`` exceeds
-the gradient accumulation, its chunked log-prob head, fused AdamW; rlvr: whatever its defaults are, e.g.
-reusing the sampler's log-probs as ``old_logp`` where provably equal, a shared prompt prefix), and the
-token counts below show what each one ran.
+the gradient accumulation, its chunked log-prob head, fused AdamW; rlvr: whatever its defaults are: the
+lean sampler, reusing the sampler's log-probs as ``old_logp`` where provably equal, no forward/backward for
+rows of zero advantage (their gradient is exactly zero), each prompt once and no padding in the training
+forward), and the token counts below show what each one ran.
 
 How it is timed, and why: every run is a fresh subprocess of this script (same interpreter, same thread
 count, nothing else running: the runs go one at a time, TRL and rlvr alternating, ABBA...), which calls each
@@ -264,6 +265,12 @@ def format_notes(workloads: dict) -> str:
     if reused:
         lines.append(f"rlvr old_logp: the sampler's log-probs reused on {100 * sum(reused) / len(reused):.0f}% of "
                      "timed steps (else recomputed by a forward)")
+    for name, w in workloads.items():
+        trained = [s.get("trained_rows_frac") for r in w["runs"] if r["side"] == "rlvr" for s in r["steps"][r["warmup"]:]]
+        trained = [x for x in trained if x is not None]
+        if trained:
+            lines.append(f"rlvr {name}: {100 * statistics.mean(trained):.0f}% of rows trained (the others had zero "
+                         "advantage: no gradient, no forward/backward; TRL trains every row)")
     return "\n".join(lines)
 
 
@@ -471,7 +478,8 @@ def rlvr_worker(spec: dict) -> dict:
         if "reward_mean" in record:
             clock.cur.update(gen=record["time_generate"], score=record["time_score"],
                              learner=record.get("time_train", float("nan")), own_time_step=record["time_step"],
-                             old_logp_reused=record.get("old_logp_reused"))
+                             old_logp_reused=record.get("old_logp_reused"),
+                             trained_rows_frac=record.get("trained_rows_frac"))
             clock.boundary()
 
     def update(self, exp, step):
