@@ -364,3 +364,17 @@ def test_async_workers_run_the_lean_engine_on_their_bf16_copy(fast_config, monke
     assert all(p.dtype == torch.bfloat16 for e in built for p in e.model.parameters())
     steps = [r for r in map(json.loads, (result.run_dir / "metrics.jsonl").read_text().splitlines()) if "reward_mean" in r]
     assert [r["step"] for r in steps] == [1, 2, 3] and all(math.isfinite(r["mismatch_k3"]) for r in steps)
+
+
+def test_the_old_logp_rule_knows_when_lean_falls_back_to_hf_generate():
+    """lean on a model it cannot drive runs HF generate (and its generation config): the reuse rule
+    must then check that config, as for rollout.engine=hf."""
+    import transformers
+
+    from rlvr.rollout.factory import SAMPLES_WITH_HF_GENERATE
+
+    tok = build_char_tokenizer()
+    gpt2 = transformers.GPT2LMHeadModel(transformers.GPT2Config(vocab_size=len(tok), n_embd=32, n_layer=1, n_head=2))
+    tiny, _ = _arch("llama")
+    assert SAMPLES_WITH_HF_GENERATE["lean"](gpt2) and not SAMPLES_WITH_HF_GENERATE["lean"](tiny)
+    assert SAMPLES_WITH_HF_GENERATE["hf"](tiny) and not SAMPLES_WITH_HF_GENERATE["vllm"](tiny)

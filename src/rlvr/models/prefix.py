@@ -106,12 +106,28 @@ def prefix_groups(prompt_ids: torch.Tensor, prompt_mask: torch.Tensor) -> tuple[
 PACK_TOKENS = 512
 
 
+def _boolean_mask(sees: torch.Tensor, model) -> torch.Tensor:
+    return sees  # True where a key is seen (any query dtype, autocast included)
+
+
+def _additive_mask(sees: torch.Tensor, model) -> torch.Tensor:
+    dtype = next(underlying_model(model).parameters()).dtype  # added to the scores: 0 or the dtype's min
+    return torch.zeros(sees.shape, dtype=dtype, device=sees.device).masked_fill_(~sees, torch.finfo(dtype).min)
+
+
+#: Hugging Face attention implementations that take a custom 4D mask -> how the packed mask is given.
+PACKED_MASKS = {"sdpa": _boolean_mask, "eager": _additive_mask}
+
+
+def _attn_implementation(model) -> str | None:
+    return getattr(getattr(underlying_model(model), "config", None), "_attn_implementation", None)
+
+
 def packing_support(model) -> str | None:
-    """None when the model takes a custom 4D attention mask (a Hugging Face model whose attention
-    runs ``sdpa`` or ``eager``), which :func:`packed_prefix_outputs` needs; otherwise the reason."""
-    config = getattr(underlying_model(model), "config", None)
-    impl = getattr(config, "_attn_implementation", None)
-    if impl not in ("sdpa", "eager"):
+    """None when the model takes a custom 4D attention mask (its attention implementation is in
+    :data:`PACKED_MASKS`), which :func:`packed_prefix_outputs` needs; otherwise the reason."""
+    impl = _attn_implementation(model)
+    if impl not in PACKED_MASKS:
         return f"attention implementation {impl!r} (a packed forward needs sdpa or eager: a custom 4D mask)"
     return None
 
@@ -159,11 +175,7 @@ def packed_prefix_outputs(model, prompt_ids, prompt_mask, completion_ids, comple
     i = torch.arange(K + row.shape[0], device=dev)
     sees = ((i[None] <= i[:, None]) & (prompt_of[:, None] == prompt_of[None])
             & ((row_of == -1)[None] | (row_of[:, None] == row_of[None])))
-    if getattr(underlying_model(model).config, "_attn_implementation", None) == "sdpa":
-        mask = sees  # boolean: True where a key is seen (any query dtype, autocast included)
-    else:  # eager adds the mask to the scores
-        dtype = next(underlying_model(model).parameters()).dtype
-        mask = torch.zeros(sees.shape, dtype=dtype, device=dev).masked_fill_(~sees, torch.finfo(dtype).min)
+    mask = PACKED_MASKS[_attn_implementation(model)](sees, model)
     keep = torch.arange(K, K + row.shape[0], device=dev)
     extra = {"logits_to_keep": keep} if accepts(model, "logits_to_keep") else {}
     out = model(input_ids=ids[None], attention_mask=mask[None, None], position_ids=pos[None], use_cache=False,

@@ -39,6 +39,18 @@ def _vllm(config, model, tokenizer, model_path):
 ENGINES: dict[str, Callable] = {"hf": _hf, "lean": _lean, "vllm": _vllm}
 
 
+def _lean_may_use_hf(model) -> bool:
+    from rlvr.rollout.lean import lean_drives
+
+    return not lean_drives(model)
+
+
+#: ``rollout.engine`` -> whether, for this model, it samples (or may fall back to) HF ``generate``, which
+#: applies the model's generation config (the old-log-prob reuse rule checks that config then).
+SAMPLES_WITH_HF_GENERATE: dict[str, Callable] = {"hf": lambda model: True, "lean": _lean_may_use_hf,
+                                                  "vllm": lambda model: False}
+
+
 def make_engine(config, model, tokenizer, model_path: str):
     """``hf``: Hugging Face ``generate`` on the learner's own module (weights shared, nothing to sync);
     ``lean``: the lean sampler (:mod:`rlvr.rollout.lean`) on the learner's module, sampling from a

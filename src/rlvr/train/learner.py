@@ -43,6 +43,10 @@ from rlvr.models.lora import is_peft_model, reference_weights
 from rlvr.train.experience import Experience
 from rlvr.train.zero_advantage import rows_with_advantage
 
+#: Step metrics averaged over every minibatch: a minibatch whose rows all had zero advantage adds
+#: exactly 0 to these; the other loss metrics average over the minibatches that trained rows.
+OVER_ALL_MINIBATCHES = frozenset({"loss"})
+
 
 def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float, betas, warmup_steps: int,
                    schedule: str = "constant", total_steps: int = 0, min_lr_ratio: float = 0.0,
@@ -242,14 +246,11 @@ class Learner:
             kl_placement=cfg.kl.placement, token_weights=list(alg.token_weights), loss_agg_mode=alg.loss_agg_mode)
 
     def _samples_with_hf_generate(self) -> bool:
-        """Whether the sampler is (or may fall back to) HF ``generate``, which applies the model's
-        generation config (``rollout.engine=hf``, or ``lean`` on a model it cannot drive)."""
-        engine = self.config.rollout.engine
-        if engine == "lean":
-            from rlvr.rollout.lean import lean_drives
+        """Whether the sampler is (or may fall back to) HF ``generate`` for this model
+        (:data:`rlvr.rollout.factory.SAMPLES_WITH_HF_GENERATE`)."""
+        from rlvr.rollout.factory import SAMPLES_WITH_HF_GENERATE
 
-            return not lean_drives(self.model)
-        return engine == "hf"
+        return SAMPLES_WITH_HF_GENERATE[self.config.rollout.engine](self.model)
 
     # ------------------------------------------------------------------ one RL step
     def update(self, exp: Experience, step: int) -> dict[str, float]:
@@ -348,7 +349,7 @@ class Learner:
         metrics["entropy_token_mean"] = ent_sum / ent_cnt if ent_cnt > 0 else 0.0
         metrics["entropy_coef"] = self.entropy_coef
         n_trained = sums.pop("trained_minibatches", 0.0)  # < n_steps only when zero-advantage rows were skipped
-        metrics.update({k: v / (n_steps if k == "loss" else max(n_trained, 1.0)) for k, v in sums.items()})
+        metrics.update({k: v / (n_steps if k in OVER_ALL_MINIBATCHES else max(n_trained, 1.0)) for k, v in sums.items()})
         if n_trained == 0 and grad_norms:  # no row trained: the loss is exactly 0 and nothing was clipped
             metrics.update({"loss": 0.0, "clip_frac": 0.0, "entropy": float("nan")})
         metrics.update({
