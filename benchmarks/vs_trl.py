@@ -51,8 +51,9 @@ B x (P + C - 1). The table also prints those token counts per step, so work one 
 
 P2 (``--p2``): wall-clock (evaluation excluded) until held-out greedy accuracy reaches its start + 10 points
 on W1, 3 seeds a side, the same evaluator (rlvr's ``evaluate`` on the same 200 held-out problems) every
-``--p2-eval-every`` steps, at most ``--p2-max-steps`` steps. It takes about 1-2 min per run (6 runs), so it
-is off unless asked for; ``make bench`` runs it.
+``--p2-eval-every`` steps (default 5: the target comes at steps 15-30 here, and a coarser grid rounds
+each side's time up by as much as a whole grid interval), at most ``--p2-max-steps`` steps. It takes
+about 1-2 min per run (6 runs), so it is off unless asked for; ``make bench`` runs it.
 
 Smallest run (seconds, for a smoke test): ``--workloads W1 --warmup 1 --steps 2 --repeats 1``; ``--tiny``
 also shrinks the model's warm start and the batch (the test suite uses it).
@@ -709,7 +710,7 @@ def main(argv=None) -> int:
     ap.add_argument("--p2", action="store_true", help="also measure wall-clock to the held-out target (W1)")
     ap.add_argument("--p2-seeds", type=int, default=3)
     ap.add_argument("--p2-delta", type=float, default=0.10, help="target: start greedy accuracy + this")
-    ap.add_argument("--p2-eval-every", type=int, default=10)
+    ap.add_argument("--p2-eval-every", type=int, default=5)
     ap.add_argument("--p2-max-steps", type=int, default=250)
     ap.add_argument("--gemm", type=int, default=2048, help="matrix size of the peak-FLOP GEMM")
     ap.add_argument("--tiny", action="store_true", help="tiny warm start and batch (tests; numbers mean nothing)")
