@@ -378,3 +378,14 @@ def test_the_old_logp_rule_knows_when_lean_falls_back_to_hf_generate():
     tiny, _ = _arch("llama")
     assert SAMPLES_WITH_HF_GENERATE["lean"](gpt2) and not SAMPLES_WITH_HF_GENERATE["lean"](tiny)
     assert SAMPLES_WITH_HF_GENERATE["hf"](tiny) and not SAMPLES_WITH_HF_GENERATE["vllm"](tiny)
+
+
+def test_every_engine_says_whether_it_may_run_hf_generate():
+    """A new rollout.engine must state it (else the old-log-prob reuse rule would raise KeyError)."""
+    import typing
+
+    from rlvr.config import RolloutSection
+    from rlvr.rollout.factory import ENGINES, SAMPLES_WITH_HF_GENERATE
+
+    choices = set(typing.get_args(RolloutSection.model_fields["engine"].annotation))
+    assert set(SAMPLES_WITH_HF_GENERATE) == set(ENGINES) == choices
