@@ -47,3 +47,22 @@ def fast_config(tmp_path):
                            FAST + [f"run.output_dir={tmp_path / 'runs'}", *overrides])
 
     return make
+
+
+@pytest.fixture(scope="session")
+def stand_in(tmp_path_factory):
+    """``stand_in(name)``: the folder of a real-architecture stand-in for a user's chat model
+    (:mod:`rlvr.models.stand_in`: Qwen3- or Qwen2-shaped, random weights, a byte-level BPE tokenizer
+    trained on the fly, a ChatML template; ``*_instruct``: eos <|im_end|>; ``*_base``: eos
+    <|endoftext|>, both ids in generation_config). Built once per session (about a second each)."""
+    from rlvr.models.stand_in import save_stand_in
+
+    root = tmp_path_factory.mktemp("stand_ins")
+    built: dict[str, str] = {}
+
+    def get(name: str = "qwen3_instruct") -> str:
+        if name not in built:
+            built[name] = str(save_stand_in(name, root / name))
+        return built[name]
+
+    return get

@@ -246,6 +246,12 @@ class RolloutSection(_Section):
     temperature: float = Field(1.0, gt=0)
     top_p: float = Field(1.0, gt=0, le=1)
     max_new_tokens: int = Field(8, ge=1)
+    stop: list[str] = Field(default_factory=list, description="strings that end a completion (the token "
+                            "completing one is kept; the text is cut where it starts), besides the model's "
+                            "own stop tokens (rlvr.rollout.stops)")
+    stop_token_ids: list[int] = Field(default_factory=list, description="token ids that end a completion "
+                                      "(kept as its last token), besides the tokenizer's EOS, the generation "
+                                      "config's eos_token_id and the chat template's end of turn")
     group_size: int = Field(8, ge=1, description="G: completions per prompt")
     prompts_per_step: int = Field(32, ge=1)
     batch_size: int = Field(512, ge=1, description="sequences per generate call")

@@ -10,6 +10,7 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from rlvr.rollout.base import Rollout, SamplingParams
+from rlvr.rollout.stops import StopConditions
 
 
 #: HF ``generate`` samples from torch's global RNG. A seeded call holds this lock while it forks
@@ -34,15 +35,17 @@ class HFRolloutEngine:
     The engine shares the policy's module in the single-process mode (``update_weights`` then only
     bumps the version); a separate engine (another process, a Ray actor) loads the state dict.
     The log-probs are ``log_softmax`` of the processed scores, i.e. of the distribution that was
-    actually sampled from (logits / temperature, then top-p).
+    actually sampled from (logits / temperature, then top-p). A completion ends at any of ``stops``
+    (default: the model's own, :meth:`StopConditions.for_model`; the rule: :mod:`rlvr.rollout.stops`).
     """
 
     def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
-                 batch_size: int = 512, policy_version: int = 0):
+                 batch_size: int = 512, policy_version: int = 0, stops: StopConditions | None = None):
         self.model = model
         self.tokenizer = tokenizer
         self.batch_size = batch_size
         self.policy_version = policy_version
+        self.stops = stops if stops is not None else StopConditions.for_model(model, tokenizer)
 
     def update_weights(self, state_dict: dict[str, torch.Tensor] | None, policy_version: int) -> None:
         if state_dict is not None:
@@ -69,31 +72,25 @@ class HFRolloutEngine:
         greedy = params.temperature <= 0
         was_training = self.model.training
         self.model.eval()
+        stops = self.stops
+        extra = {"stop_strings": list(stops.strings), "tokenizer": tok} if stops.strings else {}
         out = self.model.generate(
             **enc, do_sample=not greedy, max_new_tokens=params.max_new_tokens,
             temperature=None if greedy else params.temperature,
             top_p=None if greedy else params.top_p, top_k=None,
-            eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
-            return_dict_in_generate=True, output_scores=True, output_logits=greedy)
+            eos_token_id=list(stops.token_ids), pad_token_id=tok.pad_token_id,
+            return_dict_in_generate=True, output_scores=True, output_logits=greedy, **extra)
         self.model.train(was_training)
         P = enc["input_ids"].shape[1]
         completion = out.sequences[:, P:]
         scores = out.logits if greedy else out.scores
         logp = torch.stack([torch.log_softmax(s.float(), dim=-1) for s in scores], dim=1)
         sampled_logp = logp.gather(-1, completion.unsqueeze(-1)).squeeze(-1)
-        # A position is generated if no EOS came before it; EOS itself is part of the completion.
-        is_eos = completion == tok.eos_token_id
-        before_eos = (is_eos.cumsum(-1) - is_eos.long()) == 0
-        mask = before_eos.long()
-        finished = is_eos.any(-1)
-        completion = completion.masked_fill(mask == 0, tok.pad_token_id)
-        sampled_logp = sampled_logp.masked_fill(mask == 0, 0.0)
-        texts = tok.batch_decode(completion, skip_special_tokens=True)
+        # the stop rule (rlvr.rollout.stops): a stop token is the completion's last token, kept
+        completion, mask, sampled_logp, finish, texts = stops.finalize(completion.cpu(), sampled_logp.cpu(), tok)
         return Rollout(
             prompt_ids=enc["input_ids"].cpu(), prompt_mask=enc["attention_mask"].cpu(),
-            completion_ids=completion.cpu(), completion_mask=mask.cpu(),
-            rollout_logp=sampled_logp.cpu(),
-            finish_reason=["stop" if f else "length" for f in finished.tolist()],
+            completion_ids=completion, completion_mask=mask, rollout_logp=sampled_logp, finish_reason=finish,
             prompt_index=torch.zeros(0, dtype=torch.long), texts=texts, policy_version=0,
             num_generated_tokens=int(mask.sum()))
 

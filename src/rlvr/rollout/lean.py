@@ -14,8 +14,8 @@ The same :class:`~rlvr.rollout.base.RolloutEngine` contract as :class:`~rlvr.rol
 * **a decode loop without logits-processor machinery**: temperature and top-p are applied inline
   exactly as transformers' ``TemperatureLogitsWarper`` then ``TopPLogitsWarper`` do (top-k is off, as
   in the HF engine), then ``softmax`` and ``torch.multinomial``;
-* **finished rows leave the batch**: once half the rows in the batch have finished (the tokenizer's
-  EOS, which is part of the completion), they are dropped from the batch and the cache
+* **finished rows leave the batch**: once half the rows in the batch have finished (any stop token of
+  :class:`~rlvr.rollout.stops.StopConditions`, which is part of the completion, or a stop string), they are dropped from the batch and the cache
   (``compact_at``), and decoding stops when every row has finished.
 
 Log-probs: ``log_softmax`` of the processed scores (logits / temperature, then top-p), i.e. of the
@@ -47,6 +47,7 @@ import torch
 
 from rlvr.rollout.base import Rollout, SamplingParams
 from rlvr.rollout.hf import _concat
+from rlvr.rollout.stops import StopConditions
 
 #: ``config.model_type`` values whose decoder layers the lean engine drives.
 SUPPORTED_MODEL_TYPES = ("llama", "qwen2", "qwen3", "mistral")
@@ -176,8 +177,11 @@ class LeanRolloutEngine:
     """Prefill once per prompt, a static KV cache, an inline sampling loop (see the module docstring)."""
 
     def __init__(self, model, tokenizer, batch_size: int = 512, policy_version: int = 0,
-                 dtype: torch.dtype | str | None = None, compact_at: float = 2.0):
+                 dtype: torch.dtype | str | None = None, compact_at: float = 2.0,
+                 stops: StopConditions | None = None):
         self.model = model
+        #: what ends a completion (default: the model's own; the rule: :mod:`rlvr.rollout.stops`)
+        self.stops = stops if stops is not None else StopConditions.for_model(model, tokenizer)
         #: drop finished rows from the batch once at least 1/compact_at of them have finished (0: never)
         self.compact_at = compact_at
         self.tokenizer = tokenizer
@@ -240,7 +244,7 @@ class LeanRolloutEngine:
     def _hf_fallback(self, module, prompts, params, generator) -> Rollout:
         from rlvr.rollout.hf import HFRolloutEngine, seeded_generation
 
-        engine = HFRolloutEngine(module, self.tokenizer, batch_size=len(prompts) * params.n)
+        engine = HFRolloutEngine(module, self.tokenizer, batch_size=len(prompts) * params.n, stops=self.stops)
         seed = None if generator is None else int(torch.randint(0, 2 ** 62, (1,), generator=generator))
         expanded = [p for p in prompts for _ in range(params.n)]
         with seeded_generation(seed):
@@ -257,7 +261,9 @@ class LeanRolloutEngine:
         B, L = B0 * G, P + N
         if parts.window is not None and L > parts.window:
             return self._hf_fallback(module, prompts, params, generator)
-        eos, pad = tok.eos_token_id, tok.pad_token_id
+        pad = tok.pad_token_id
+        stop_ids = self.stops.id_tensor(device)
+        strings = bool(self.stops.strings)
         layers = parts.layers
 
         # --- prefill: one row per prompt; keys/values copied to the G rows of its group
@@ -301,7 +307,10 @@ class LeanRolloutEngine:
             completion[rows, t] = token
             sampled_logp[rows, t] = lp.masked_fill(finished, 0.0)
             width = t + 1
-            finished = finished | (token == eos)
+            finished = finished | torch.isin(token, stop_ids)
+            if strings and not bool(finished.all()):  # a stop string ends a row at the token completing it
+                hit = self.stops.string_hit(tok, completion[rows, : t + 1].tolist())
+                finished = finished | torch.tensor(hit, dtype=torch.bool, device=device)
             n_done = int(finished.sum())
             if t == N - 1 or n_done == len(rows):
                 break
@@ -325,15 +334,11 @@ class LeanRolloutEngine:
                 x = x + layer.mlp(layer.post_attention_layernorm(x))
             logits = parts.lm_head(parts.norm(x))[:, -1].float()
 
-        completion, sampled_logp = completion[:, :width], sampled_logp[:, :width]
-        # A position is generated if no EOS came before it; EOS itself is part of the completion.
-        is_eos = completion == eos
-        mask = ((is_eos.cumsum(-1) - is_eos.long()) == 0).long()
-        completion = completion.masked_fill(mask == 0, pad)
-        sampled_logp = sampled_logp.masked_fill(mask == 0, 0.0)
+        completion, sampled_logp = completion[:, :width].cpu(), sampled_logp[:, :width].cpu()
+        # the stop rule (rlvr.rollout.stops): a stop token is the completion's last token, kept
+        completion, mask, sampled_logp, finish, texts = self.stops.finalize(completion, sampled_logp, tok, pad)
         return Rollout(
             prompt_ids=ids.repeat_interleave(G, dim=0).cpu(), prompt_mask=pmask.repeat_interleave(G, dim=0).cpu(),
-            completion_ids=completion.cpu(), completion_mask=mask.cpu(), rollout_logp=sampled_logp.cpu(),
-            finish_reason=["stop" if f else "length" for f in is_eos.any(-1).tolist()],
-            prompt_index=torch.zeros(0, dtype=torch.long), texts=tok.batch_decode(completion.cpu(), skip_special_tokens=True),
-            policy_version=0, num_generated_tokens=int(mask.sum()))
+            completion_ids=completion, completion_mask=mask, rollout_logp=sampled_logp, finish_reason=finish,
+            prompt_index=torch.zeros(0, dtype=torch.long), texts=texts, policy_version=0,
+            num_generated_tokens=int(mask.sum()))

@@ -11,8 +11,10 @@ The same :class:`~rlvr.rollout.base.RolloutEngine` contract as the HF engine:
 * ``rollout_logp`` is vLLM's log-prob of each sampled token under the *processed* distribution
   (``logprobs_mode="processed_logprobs"``: temperature and top-p applied), the distribution the
   token was drawn from, as the HF engine returns it;
-* a completion ends at EOS (``stop_token_ids``; EOS is part of the completion, mask 1) or at
-  ``max_new_tokens`` (finish reason ``length``);
+* a completion ends at any stop token of :class:`~rlvr.rollout.stops.StopConditions` (vLLM's
+  ``stop_token_ids``; the stop token is part of the completion, mask 1), at a stop string (applied to
+  the returned ids by :meth:`~rlvr.rollout.stops.StopConditions.finalize`, as for every engine: vLLM
+  runs without a tokenizer here) or at ``max_new_tokens`` (finish reason ``length``);
 * ``SamplingParams.seed`` seeds each prompt's request with its own seed derived from it (one
   shared seed would give every prompt of a batch the same random stream);
 * weights: the engine holds the learner's module (``source_model``); ``update_weights(None, v)``
@@ -36,6 +38,7 @@ from typing import Sequence
 import torch
 
 from rlvr.rollout.base import Rollout, SamplingParams
+from rlvr.rollout.stops import StopConditions
 
 _SEED_MOD = 2 ** 63 - 1
 
@@ -63,9 +66,19 @@ class VLLMRolloutEngine:
     def __init__(self, model_path: str, tokenizer, *, source_model=None, dtype: str = "float32",
                  seed: int = 0, max_model_len: int | None = None, gpu_memory_utilization: float = 0.3,
                  kv_cache_gb: float | None = None, enforce_eager: bool = True, sleep_mode: bool = False,
-                 policy_version: int = 0, llm=None):
+                 policy_version: int = 0, llm=None, stops: StopConditions | None = None):
         self.vllm = require_vllm()
         self.tokenizer = tokenizer
+        if stops is None:
+            from transformers import GenerationConfig
+
+            try:
+                gen = GenerationConfig.from_pretrained(str(model_path))
+            except OSError:
+                gen = None
+            stops = StopConditions.resolve(tokenizer, gen) if source_model is None else \
+                StopConditions.for_model(source_model, tokenizer)
+        self.stops = stops
         self.source_model = source_model
         self.policy_version = policy_version
         self.sleep_mode = sleep_mode
@@ -122,7 +135,7 @@ class VLLMRolloutEngine:
         kwargs = dict(n=params.n, temperature=0.0 if greedy else params.temperature,
                       top_p=1.0 if greedy else params.top_p, top_k=0,
                       max_tokens=params.max_new_tokens, logprobs=0, detokenize=False,
-                      stop_token_ids=[self.tokenizer.eos_token_id])
+                      stop_token_ids=list(self.stops.token_ids))
         if params.seed is not None:
             kwargs["seed"] = prompt_seed(params.seed, index)
         try:
@@ -149,17 +162,17 @@ class VLLMRolloutEngine:
                 tokens = list(c.token_ids)
                 rows.append(tokens)
                 logps.append(_sampled_logprobs(c, tokens))
-                finish.append("stop" if (tokens and tokens[-1] == tok.eos_token_id) else "length")
                 index.append(i)
         B = len(rows)
         T = max([len(r) for r in rows] + [1])
         completion = torch.full((B, T), tok.pad_token_id, dtype=torch.long)
-        mask = torch.zeros((B, T), dtype=torch.long)
         rollout_logp = torch.zeros((B, T), dtype=torch.float32)
         for b, (r, lp) in enumerate(zip(rows, logps)):
             completion[b, :len(r)] = torch.tensor(r, dtype=torch.long)
-            mask[b, :len(r)] = 1
             rollout_logp[b, :len(r)] = torch.tensor(lp, dtype=torch.float32)
+        # the stop rule (rlvr.rollout.stops), as every engine applies it; a row shorter than T ended
+        # at a stop token (kept), so the pad after it is never read
+        completion, mask, rollout_logp, finish, texts = self.stops.finalize(completion, rollout_logp, tok)
         P = max(len(p) for p in ids)
         prompt_ids = torch.full((B, P), tok.pad_token_id, dtype=torch.long)
         prompt_mask = torch.zeros((B, P), dtype=torch.long)
@@ -167,7 +180,6 @@ class VLLMRolloutEngine:
             p = ids[i]
             prompt_ids[b, P - len(p):] = torch.tensor(p, dtype=torch.long)
             prompt_mask[b, P - len(p):] = 1
-        texts = tok.batch_decode(completion, skip_special_tokens=True)
         return Rollout(prompt_ids=prompt_ids, prompt_mask=prompt_mask, completion_ids=completion,
                        completion_mask=mask, rollout_logp=rollout_logp, finish_reason=finish,
                        prompt_index=torch.tensor(index, dtype=torch.long), texts=texts,
@@ -214,4 +226,5 @@ def make_vllm_engine(config, model, tokenizer, model_path: str) -> VLLMRolloutEn
     return VLLMRolloutEngine(model_path, tokenizer, source_model=model, dtype=config.model.dtype,
                              seed=config.run.seed, max_model_len=v.max_model_len,
                              gpu_memory_utilization=v.gpu_memory_utilization, kv_cache_gb=v.kv_cache_gb,
-                             enforce_eager=v.enforce_eager, sleep_mode=v.sleep_mode)
+                             enforce_eager=v.enforce_eager, sleep_mode=v.sleep_mode,
+                             stops=StopConditions.from_config(config, model, tokenizer))

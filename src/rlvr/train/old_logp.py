@@ -40,16 +40,13 @@ exactly only with ``trainer.old_logp=recompute`` (to the engine tolerance above 
 
 from __future__ import annotations
 
+from rlvr.rollout.factory import DISTRIBUTION_KNOBS
+
 #: Engines that sample on the learner's own module and return log_softmax(logits / T) of it.
 SELF_LOGP_ENGINES = ("hf", "lean")
 
 #: Generation-config fields that change the sampled distribution, with their neutral values.
-_NEUTRAL = {"top_k": (None, 0), "min_p": (None, 0, 0.0), "typical_p": (None, 1, 1.0), "epsilon_cutoff": (None, 0, 0.0),
-            "eta_cutoff": (None, 0, 0.0), "repetition_penalty": (None, 1, 1.0), "encoder_repetition_penalty": (None, 1, 1.0),
-            "no_repeat_ngram_size": (None, 0), "bad_words_ids": (None,), "suppress_tokens": (None,),
-            "begin_suppress_tokens": (None,), "sequence_bias": (None,), "min_new_tokens": (None, 0),
-            "min_length": (None, 0), "forced_bos_token_id": (None,), "forced_eos_token_id": (None,),
-            "top_h": (None,), "renormalize_logits": (None, False)}
+_NEUTRAL = DISTRIBUTION_KNOBS
 
 
 def generation_truncation(generation_config) -> str | None:

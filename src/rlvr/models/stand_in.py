@@ -1,0 +1,141 @@
+"""Stand-ins for a user's Hugging Face chat model, built in code in seconds (no weights committed).
+
+    path = save_stand_in("qwen3_instruct", "/tmp/qwen3")   # an ordinary HF folder: from_pretrained loads it
+
+What a user brings is a real architecture with a subword tokenizer and a chat template, not the
+built-in character model. These stand-ins have exactly those traits at random weights:
+
+* **architectures**: ``qwen3`` (grouped-query attention, RMSNorm on queries and keys, tied embeddings)
+  and ``qwen2`` (attention biases on q/k/v, untied embeddings), small enough for a CPU test;
+* **a byte-level BPE tokenizer trained on the fly** with ``tokenizers`` on arithmetic text and
+  ChatML turns: numbers become multi-character tokens ("123" is one token, not three), a space is
+  part of the following word (``Ġ``), and ``<|im_start|>``, ``<|im_end|>``, ``<|endoftext|>`` are
+  special tokens;
+* **a ChatML chat template** (Qwen2.5/Qwen3's turn format) in ``tokenizer_config.json``;
+* **both end-of-sequence conventions** of real checkpoints:
+  ``instruct`` -- ``eos_token`` is ``<|im_end|>`` (Qwen2.5/Qwen3-Instruct);
+  ``base`` -- ``eos_token`` is ``<|endoftext|>`` while a chat turn ends with ``<|im_end|>``, and
+  ``generation_config.eos_token_id`` lists both ids (Qwen2.5/Qwen3 base checkpoints).
+
+The tokenizer is saved as a ``PreTrainedTokenizerFast`` (``tokenizer.json``), as a user's own trained
+tokenizer would be; :data:`STAND_INS` names the four combinations.
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+__all__ = ["CHATML_TEMPLATE", "STAND_INS", "build_bpe_tokenizer", "build_stand_in", "save_stand_in"]
+
+#: Qwen's ChatML turn format: ``<|im_start|>role\\ncontent<|im_end|>\\n`` per message, then the
+#: generation prompt ``<|im_start|>assistant\\n``.
+CHATML_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+
+SPECIALS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
+
+#: name -> (model_type, eos convention)
+STAND_INS = {
+    "qwen3_instruct": ("qwen3", "instruct"),
+    "qwen3_base": ("qwen3", "base"),
+    "qwen2_instruct": ("qwen2", "instruct"),
+    "qwen2_base": ("qwen2", "base"),
+}
+
+#: small enough for a CPU test, shaped like the real thing (GQA: 4 query heads share 2 key/value heads)
+ARCH = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+            num_key_value_heads=2, head_dim=16, max_position_embeddings=512, rope_theta=10000.0)
+
+
+def _corpus(seed: int = 0, n: int = 3000) -> list[str]:
+    """Text the BPE merges are learned from: arithmetic in words and digits, in ChatML turns."""
+    rng = random.Random(seed)
+    words = ("What is the answer to this question? Compute the value and reply with a number only. "
+             "Answer with a number. The result is Think step by step about the sum product difference")
+    lines = [words]
+    for _ in range(n):
+        a, b = rng.randint(0, 999), rng.randint(0, 999)
+        op = rng.choice("+-*")
+        value = a + b if op == "+" else a - b if op == "-" else a * b
+        lines.append(f"<|im_start|>user\nWhat is {a} {op} {b}?<|im_end|>\n<|im_start|>assistant\n{value}<|im_end|>\n")
+        lines.append(f"{a}{op}{b}={value} and {value} is the answer to {a} {op} {b}.")
+    return lines
+
+
+def build_bpe_tokenizer(vocab_size: int = 1200, eos: str = "<|im_end|>", seed: int = 0):
+    """A byte-level BPE ``PreTrainedTokenizerFast`` trained here, with the ChatML template.
+
+    ``eos`` is the tokenizer's ``eos_token`` (``<|im_end|>``: instruct; ``<|endoftext|>``: base).
+    The pad token is ``<|endoftext|>`` as in Qwen's tokenizers; there is no BOS token.
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    if eos not in SPECIALS:
+        raise ValueError(f"eos must be one of {SPECIALS}, got {eos!r}")
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.post_processor = processors.ByteLevel(trim_offsets=False)
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=list(SPECIALS), show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(_corpus(seed), trainer=trainer)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, eos_token=eos, pad_token="<|endoftext|>", chat_template=CHATML_TEMPLATE,
+        additional_special_tokens=[s for s in SPECIALS if s not in (eos, "<|endoftext|>")],
+        clean_up_tokenization_spaces=False, model_max_length=512)
+
+
+def build_stand_in(name: str = "qwen3_instruct", seed: int = 0, **arch):
+    """(model, tokenizer) of the stand-in ``name`` (a key of :data:`STAND_INS`), random weights."""
+    import torch
+    from transformers import GenerationConfig, Qwen2Config, Qwen2ForCausalLM, Qwen3Config, Qwen3ForCausalLM
+
+    if name not in STAND_INS:
+        raise ValueError(f"unknown stand-in {name!r}; choose one of {', '.join(STAND_INS)}")
+    model_type, convention = STAND_INS[name]
+    tokenizer = build_bpe_tokenizer(eos="<|im_end|>" if convention == "instruct" else "<|endoftext|>", seed=seed)
+    im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    eot = tokenizer.convert_tokens_to_ids("<|endoftext|>")
+    shape = {**ARCH, **arch}
+    common = dict(vocab_size=len(tokenizer), eos_token_id=tokenizer.eos_token_id, pad_token_id=eot,
+                  bos_token_id=None, **shape)
+    if model_type == "qwen3":
+        config = Qwen3Config(tie_word_embeddings=True, attention_bias=False, **common)
+        cls = Qwen3ForCausalLM
+    else:
+        shape.pop("head_dim", None)
+        config = Qwen2Config(tie_word_embeddings=False, **{**common, **{k: v for k, v in shape.items()}})
+        config.head_dim = shape["hidden_size"] // shape["num_attention_heads"]
+        cls = Qwen2ForCausalLM
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = cls(config)
+        if model_type == "qwen2":  # attention biases start at zero in HF's init: make them matter
+            with torch.no_grad():
+                for layer in model.model.layers:
+                    for proj in (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj):
+                        proj.bias.normal_(0.0, 0.02)
+    eos_ids = [im_end] if convention == "instruct" else [eot, im_end]
+    model.generation_config = GenerationConfig(eos_token_id=eos_ids, pad_token_id=eot, bos_token_id=None)
+    return model, tokenizer
+
+
+def save_stand_in(name: str, path: str | Path, seed: int = 0, **arch) -> Path:
+    """Build the stand-in ``name`` and save it as an HF checkpoint folder at ``path``."""
+    path = Path(path)
+    model, tokenizer = build_stand_in(name, seed=seed, **arch)
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+if __name__ == "__main__":  # python -m rlvr.models.stand_in qwen3_base /tmp/qwen3_base
+    import sys
+
+    print(save_stand_in(sys.argv[1], sys.argv[2]))
