@@ -8,6 +8,7 @@
     rlvr tts   --checkpoint runs/x --strategy rsa,majority,best_of_n --N 8 --K 3 --T 0..4
     rlvr export runs/x --to exported/ [--adapter-only]      (LoRA merged into a plain HF folder)
     rlvr kl-table
+    rlvr env [--json]      (versions, devices, threads, sandbox isolation, caches: for a bug report)
     rlvr sandbox check | run FILE [--language L] [--stdin FILE] | bench     (code sandbox)
     rlvr compare studies/tricks_or_traps.yaml --workers 2
 
@@ -50,10 +51,11 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its latest checkpoint")
     t.add_argument("overrides", nargs="*", help="dotted overrides, e.g. trainer.lr=1e-5")
 
-    s = sub.add_parser("sft", help="supervised warm start of the built-in tiny model (cached)")
-    s.add_argument("--config", help="YAML config whose task and sft sections are used")
-    s.add_argument("--to", metavar="DIR", help="also save the warm-started model as a plain Hugging Face folder "
-                                               "(must not exist or be empty), e.g. to stand in for your own model")
+    s = sub.add_parser("sft", help="supervised warm start on the task's reference answers: the built-in tiny "
+                                   "model (cached), or model.path (your model; needs --to)")
+    s.add_argument("--config", help="YAML config whose model, task and sft sections are used")
+    s.add_argument("--to", metavar="DIR", help="save the trained model as a plain Hugging Face folder (must not "
+                                               "exist or be empty); required when model.path is your own model")
     s.add_argument("overrides", nargs="*")
 
     e = sub.add_parser("eval", help="held-out greedy accuracy and mean sampled reward of a checkpoint")
@@ -91,6 +93,8 @@ def _parser() -> argparse.ArgumentParser:
 
     sub.add_parser("kl-table", help="which KL estimator x placement gives the true reverse-KL gradient "
                                     "(exact enumeration on a tiny tabular policy)")
+    v = sub.add_parser("env", help="what a bug report needs: versions, devices, threads, sandbox isolation, caches")
+    v.add_argument("--json", action="store_true", help="print one JSON document instead of the text block")
     for command in sub.choices.values():  # `rlvr train --debug ...` too; SUPPRESS keeps `rlvr --debug train`
         command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
                              help="show the traceback of an error instead of one line")
@@ -116,12 +120,13 @@ def main(argv: list[str] | None = None) -> int:
         from rlvr.threads import configure_openmp
 
         configure_openmp()  # before torch is imported (libgomp reads its environment once); noted at start
-    from rlvr.models.load import quiet_transformers
+    if args.command != "env":  # env stays fast: transformers is not imported just to be quieted
+        from rlvr.models.load import quiet_transformers
 
-    quiet_transformers()
+        quiet_transformers()
     command = {"train": _train, "sft": _sft, "eval": _eval, "tts": _tts, "kl-table": _kl_table,
                "compare": _compare, "sandbox": _sandbox,
-               "export": _export}[args.command]
+               "export": _export, "env": _env}[args.command]
     with warnings.catch_warnings():
         warnings.showwarning = _warning_printer(warnings.showwarning)
         try:
@@ -206,18 +211,26 @@ def _train(args) -> int:
 def _sft(args) -> int:
     config = load_config(args.config, args.overrides)
 
+    from rlvr.models.load import BUILTIN_TINY
     from rlvr.tasks import make_task
     from rlvr.threads import apply_threads
-    from rlvr.train.loop import progress_enabled
-    from rlvr.train.sft import warm_start
+    from rlvr.train.sft import sft_model, warm_start
 
     apply_threads(config.run.threads)
     task = make_task(config.task.name, **config.task.options)
-    path = warm_start(task, config.task.name, config.task.options, config.sft, progress_enabled(config))
+    log = lambda msg: print(msg, file=sys.stderr)  # noqa: E731 - status lines on stderr, the path on stdout
+    if config.model.path != BUILTIN_TINY:  # a user's model: trained from model.path, written to --to
+        if not args.to:
+            raise ValueError(f"rlvr sft with model.path={config.model.path} needs --to DIR (the folder for the "
+                             "trained model); only the built-in model's warm starts are cached")
+        print(sft_model(config.model.path, task, config.sft, args.to, config.model.dtype,
+                        config.logging.progress, log))
+        return 0
+    path = warm_start(task, config.task.name, config.task.options, config.sft, config.logging.progress, log)
     if args.to:  # a plain HF folder (written under a temporary name, renamed when complete)
         from rlvr.export import export
 
-        path = export(path, args.to, log=lambda msg: print(msg, file=sys.stderr))
+        path = export(path, args.to, log=log)
     print(path)
     return 0
 
@@ -277,6 +290,14 @@ def _export(args) -> int:
     return 0
 
 
+def _env(args) -> int:
+    from rlvr.envinfo import collect, format_text
+
+    info = collect()
+    print(json.dumps(info, indent=1, default=str) if args.json else format_text(info))
+    return 0
+
+
 def _kl_table(args) -> int:
     from rlvr.algorithms.kl_table import main as kl_main
 
@@ -291,10 +312,8 @@ def _tts(args) -> int:
 
 
 def _eval(args) -> int:
-    from rlvr.eval.cli_eval import eval_k, resolve_checkpoint
+    from rlvr.eval.cli_eval import checkpoint_config, eval_engine, eval_k, resolve_checkpoint
     from rlvr.eval.evaluate import evaluate
-    from rlvr.models.load import load_model_and_tokenizer
-    from rlvr.rollout.hf import HFRolloutEngine
     from rlvr.tasks import make_task
     from rlvr.threads import apply_threads
 
@@ -303,21 +322,26 @@ def _eval(args) -> int:
     if len(args.checkpoint) > 1:
         raise ValueError("several --checkpoint need pass@k mode (--k 1,2,4,...)")
     model_path, config_path = resolve_checkpoint(args.checkpoint[0], args.config)
-    config = load_config(config_path, args.overrides)
+    # prompts in the checkpoint's template; a --config is read as if model.path were the checkpoint
+    config = checkpoint_config(config_path, args.overrides, model_path, own=args.config is None)
     apply_threads(config.run.threads)
     task = make_task(config.task.name, **config.task.options)
-    model, tokenizer = load_model_and_tokenizer(model_path, config.model.dtype, config.run.device)
+    engine = eval_engine(model_path, config, task, log=lambda msg: print(msg, file=sys.stderr))
     r = config.rollout
     problems = task.problems("eval", config.eval.num_problems)
-    result = evaluate(HFRolloutEngine(model, tokenizer, r.batch_size), task, problems, r.temperature,
-                      r.top_p, r.max_new_tokens, config.eval.samples_per_problem, seed=config.run.seed + 1234)
+    result = evaluate(engine, task, problems, r.temperature, r.top_p, r.max_new_tokens,
+                      config.eval.samples_per_problem, seed=config.run.seed + 1234)
     if args.json:
-        print(json.dumps({"checkpoint": str(model_path), "num_problems": len(problems), **result}))
+        print(json.dumps({"checkpoint": str(model_path), "num_problems": len(problems),
+                          "engine": config.rollout.engine, **result}))
     else:
-        print(f"checkpoint: {model_path}  ({len(problems)} held-out problems of {config.task.name})")
+        print(f"checkpoint: {model_path}  ({len(problems)} held-out problems of {config.task.name}, "
+              f"rollout.engine={config.rollout.engine})")
         print(f"greedy accuracy:      {100 * result['greedy_accuracy']:.1f}%")
         print(f"mean sampled reward:  {100 * result['sampled_reward']:.1f}%  "
               f"(T={r.temperature:g}, {config.eval.samples_per_problem} samples/problem)")
+        print(f"truncated:            {100 * result['truncated_frac']:.1f}% of sampled completions hit "
+              f"rollout.max_new_tokens={r.max_new_tokens}")
     return 0
 
 

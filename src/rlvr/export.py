@@ -6,7 +6,8 @@
 A LoRA checkpoint holds the adapter and names its base model (``base_model_name_or_path`` in
 ``adapter_config.json``, an absolute path when the base is a local folder); the merged export
 loads that base, merges ``W + (alpha / r) B A`` into it (peft's ``merge_and_unload``) and saves
-the result with the tokenizer. A checkpoint of a full fine-tune is re-saved as it is. The folder is
+the result with the tokenizer. A checkpoint of a full fine-tune is re-saved as it is. The tokenizer
+files are the checkpoint's (the user's, byte for byte), never re-serialised. The folder is
 written under a temporary name and renamed when complete; an existing non-empty ``DIR`` is refused.
 """
 
@@ -18,9 +19,6 @@ import shutil
 from pathlib import Path
 
 from rlvr.models.lora import ADAPTER_CONFIG, ADAPTER_WEIGHTS, is_adapter_checkpoint
-
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja",
-                   "tokenizer.model", "vocab.json", "merges.txt", "added_tokens.json")
 
 
 def resolve_source(source: str | Path) -> Path:
@@ -58,6 +56,8 @@ def export(source: str | Path, to: str | Path, adapter_only: bool = False, base:
     """Write the export of ``source`` (run or checkpoint folder) to ``to``; returns ``to``.
 
     ``dtype``: of the weights written (None: the run's ``model.dtype``, else float32)."""
+    from rlvr.models.load import read_tokenizer_files, save_tokenizer, write_tokenizer_files
+
     ckpt = resolve_source(source)
     dtype = dtype or _run_dtype(Path(source).expanduser())
     to = Path(to).expanduser()
@@ -72,14 +72,15 @@ def export(source: str | Path, to: str | Path, adapter_only: bool = False, base:
     tmp.mkdir(parents=True)
     try:
         if adapter_only:
-            for name in (ADAPTER_CONFIG, ADAPTER_WEIGHTS, "README.md", *TOKENIZER_FILES):
+            for name in (ADAPTER_CONFIG, ADAPTER_WEIGHTS, "README.md"):
                 if (ckpt / name).is_file():
                     shutil.copy2(ckpt / name, tmp / name)
+            write_tokenizer_files(read_tokenizer_files(ckpt), tmp)  # the checkpoint's copies, as they are
             what = f"the LoRA adapter of {ckpt} (base: {adapter_base(ckpt, base)})"
         else:
             model, tokenizer = _merged(ckpt, base, dtype) if adapter else _full(ckpt, dtype)
             model.save_pretrained(tmp)
-            tokenizer.save_pretrained(tmp)
+            save_tokenizer(tokenizer, tmp)  # the user's tokenizer files, byte for byte
             what = (f"{ckpt} merged into its base {adapter_base(ckpt, base)}" if adapter else f"{ckpt}")
         if to.exists():
             to.rmdir()
@@ -98,14 +99,12 @@ def _full(ckpt: Path, dtype: str):
 
 
 def _merged(ckpt: Path, base: str | Path | None, dtype: str):
-    from rlvr.models.load import load_model_and_tokenizer
+    from rlvr.models.load import load_model_and_tokenizer, load_tokenizer
     from rlvr.models.lora import require_peft
 
     peft = require_peft()
     base_model, _ = load_model_and_tokenizer(adapter_base(ckpt, base), dtype)
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(str(ckpt))  # the run's tokenizer, saved with every checkpoint
+    tokenizer = load_tokenizer(ckpt)  # the run's tokenizer, saved with every checkpoint
     from rlvr.models.lora import quiet_peft
 
     with quiet_peft():

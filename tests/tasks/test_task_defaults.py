@@ -65,6 +65,45 @@ def test_cli_task_switch_reaches_training(monkeypatch, capsys):
     assert "unknown option" not in err and err.count("warning:") == 1
 
 
+# --------------------------------------------------------------------------- model switch
+
+DATASET = "configs/grpo_dataset_tiny.yaml"
+
+
+def test_model_switch_drops_the_budget_counted_in_the_file_models_tokens(tmp_path):
+    c, warned = load(config=DATASET)
+    assert c.rollout.max_new_tokens == 6 and warned == []  # builtin:tiny: the recipe as it was
+    c, warned = load(f"model.path={tmp_path}", config=DATASET)
+    assert "max_new_tokens" not in c.rollout.model_fields_set and c.rollout.max_new_tokens == 8
+    assert len(warned) == 1
+    assert warned[0].startswith(f"model.path={tmp_path} replaces the config's model 'builtin:tiny'")
+    assert "rollout.max_new_tokens (6)" in warned[0]
+    c, warned = load(f"model.path={tmp_path}", "rollout.max_new_tokens=12", config=DATASET)
+    assert c.rollout.max_new_tokens == 12 and warned == []  # set with the switch: kept
+    c, warned = load("model.path=builtin:tiny", config=DATASET)  # not a switch
+    assert c.rollout.max_new_tokens == 6 and warned == []
+    c, warned = load(f"model={{path: {tmp_path}}}")  # any config: arithmetic's 6 counts characters too
+    assert "max_new_tokens" not in c.rollout.model_fields_set and len(warned) == 1
+    c, warned = load("task.name=reasoning_gym:chain_sum", f"model.path={tmp_path}")
+    assert len(warned) == 1 and warned[0].startswith("task.name=reasoning_gym:chain_sum")  # dropped once
+
+
+def test_a_subword_chat_model_gets_a_budget_in_its_own_tokens(tmp_path, tok):
+    from rlvr.models.stand_in import build_bpe_tokenizer
+
+    bpe = build_bpe_tokenizer()
+    bpe.save_pretrained(tmp_path / "chat")
+    c, _ = load(f"model.path={tmp_path / 'chat'}", config=DATASET)
+    task = make_task(c.task.name, **c.task.options)
+    assert task.uses_chat_template
+    assert token_budget(task, bpe) == 3  # the longest answers ("-89") are "-" "89" in its tokens, plus <|im_end|>
+    with pytest.warns(ConfigWarning, match=r"rollout.max_new_tokens is 8 \(the default\) for a chat model"):
+        assert apply_token_budget(c, task, bpe, log=print) == 8
+    c, _ = load(config=DATASET)  # the built-in model: the recipe's 6 characters, as before
+    task = make_task(c.task.name, **c.task.options)
+    assert token_budget(task, tok) == 4 and apply_token_budget(c, task, tok, log=print) == 6
+
+
 # --------------------------------------------------------------------------- presets
 
 

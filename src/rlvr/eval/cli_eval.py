@@ -20,7 +20,7 @@ import re
 import sys
 from pathlib import Path
 
-__all__ = ["add_eval_k_arguments", "add_tts_parser", "eval_k", "parse_ints", "resolve_checkpoint", "status", "tts"]
+__all__ = ["add_eval_k_arguments", "add_tts_parser", "checkpoint_config", "eval_engine", "eval_k", "parse_ints", "resolve_checkpoint", "status", "tts"]
 
 
 def parse_ints(text: str, what: str) -> list[int]:
@@ -83,12 +83,45 @@ def _progress(config) -> bool:
     return progress_enabled(config)
 
 
-def _load(model_path: Path, config):
+def checkpoint_config(config_path, overrides: list[str] | None, model_path: Path, own: bool = True):
+    """The config an evaluation of ``model_path`` runs under: ``config_path`` with ``overrides``.
+
+    The tokenizer and chat template belong to the model being evaluated: the ``dataset`` task's prompts
+    are rendered with the checkpoint's tokenizer (its ``tokenizer`` option is the checkpoint folder
+    unless an override names one). A config that is not the run's own (``own=False``: ``--config``)
+    and names a model with another vocabulary gets ``model.path=<checkpoint>``, as ``rlvr train
+    --config X model.path=<checkpoint>`` would, so budgets counted in the other model's tokens are
+    derived again in the checkpoint's (:func:`rlvr.tasks.defaults.switch_task`); a run's own
+    config.yaml, or a config of a model that tokenizes alike, keeps what it says."""
+    from rlvr.config import load_config
+    from rlvr.tasks.defaults import same_vocabulary
+
+    overrides = list(overrides or [])
+    named = {o.split("=", 1)[0].strip() for o in overrides}
+    config = load_config(config_path, overrides)
+    if not own and "model.path" not in named and not same_vocabulary(config.model.path, str(model_path)):
+        overrides = [*overrides, f"model.path={json.dumps(str(model_path))}"]
+        config = load_config(config_path, overrides)
+    if "tokenizer" in config.task.options and "task.options.tokenizer" not in named:
+        config = load_config(config_path, [*overrides, f"task.options.tokenizer={json.dumps(str(model_path))}"])
+    return config
+
+
+def eval_engine(model_path: Path, config, task=None, log=status):
+    """The engine an evaluation samples with: ``rollout.engine``'s, as in training (one sampler decides
+    a checkpoint's score), with the model's stop conditions; the token budget follows from the task in
+    the checkpoint's tokenizer when the config does not set it (as in training)."""
     from rlvr.models.load import load_model_and_tokenizer
-    from rlvr.rollout.hf import HFRolloutEngine
+    from rlvr.rollout.factory import generation_config_note, make_engine
+    from rlvr.tasks import defaults as task_defaults
 
     model, tokenizer = load_model_and_tokenizer(model_path, config.model.dtype, config.run.device)
-    return HFRolloutEngine(model, tokenizer, config.rollout.batch_size)
+    if task is not None:
+        task_defaults.apply_token_budget(config, task, tokenizer, log=lambda msg: None)
+    note = generation_config_note(config, model)
+    if note:
+        log(note)
+    return make_engine(config, model, tokenizer, str(model_path))
 
 
 # --------------------------------------------------------------------------------- rlvr eval --k
@@ -120,20 +153,23 @@ def eval_k(args) -> int:
         raise ValueError(f"give one --label per --checkpoint ({len(args.checkpoint)}), got {len(args.label)}")
     resolved = [resolve_checkpoint(c, args.config) for c in args.checkpoint]
     config = load_config(resolved[0][1], args.overrides)
-    task = make_task(config.task.name, **config.task.options)
-    problems = task.problems("eval", config.eval.num_problems)
     out = Path(args.out or Path(config.run.output_dir) / f"eval_{config.task.name.replace(':', '_')}")
-    r = config.rollout
     summaries, folders = {}, {}
     for i, (target, (model_path, _)) in enumerate(zip(args.checkpoint, resolved)):
+        # each checkpoint renders the prompts with its own tokenizer and samples with rollout.engine
+        config = checkpoint_config(resolved[0][1], args.overrides, model_path, own=args.config is None)
+        task = make_task(config.task.name, **config.task.options)
+        problems = task.problems("eval", config.eval.num_problems)
+        engine = eval_engine(model_path, config, task)
+        r = config.rollout
         label = args.label[i] if args.label else _label(target, model_path)
         if label in summaries:
             label = f"{label} ({i})"
         folder = out / _slug(label, model_path)
         meta = {"checkpoint": str(Path(model_path).resolve()), "task": config.task.name,
-                "task_options": config.task.options}
+                "task_options": config.task.options, "engine": config.rollout.engine}
         status(f"[{label}] {model_path}: {len(problems)} problems x {n} samples -> {folder}")
-        rows = sample_eval_rows(_load(model_path, config), task, problems, folder, n, r.temperature, r.top_p,
+        rows = sample_eval_rows(engine, task, problems, folder, n, r.temperature, r.top_p,
                                 r.max_new_tokens, seed=config.run.seed + 1234,
                                 batch_problems=max(1, r.batch_size // n), meta=meta, progress=_progress(config))
         summaries[label] = summarize_samples(rows, ks, seed=config.run.seed)
@@ -195,9 +231,10 @@ def tts(args) -> int:
     if min(Ts) < 0 or args.N < 1 or args.K < 1:
         raise ValueError("--T must be >= 0, --N and --K >= 1")
     model_path, config_path = resolve_checkpoint(args.checkpoint, args.config)
-    config = load_config(config_path, args.overrides)
+    config = checkpoint_config(config_path, args.overrides, model_path, own=args.config is None)
     task = make_task(config.task.name, **config.task.options)
     problems = task.problems("eval", args.num_problems or config.eval.num_problems)
+    engine = eval_engine(model_path, config, task)
     r = config.rollout
     sampling = SamplingParams(temperature=r.temperature, top_p=r.top_p, max_new_tokens=r.max_new_tokens)
     ns = [args.N * (t + 1) for t in Ts]
@@ -210,7 +247,7 @@ def tts(args) -> int:
         else:
             strategies.append(BestOfN(ns))
     status(f"{model_path}: {len(problems)} held-out problems of {config.task.name}; strategies {', '.join(names)}")
-    points = [p.to_dict() for p in run_strategies(strategies, _load(model_path, config), task, problems,
+    points = [p.to_dict() for p in run_strategies(strategies, engine, task, problems,
                                                    sampling, seed=config.run.seed + 4321)]
     out = Path(args.out or Path(config.run.output_dir) / f"tts_{config.task.name.replace(':', '_')}")
     title = f"{config.task.name}: {len(problems)} problems, T={r.temperature:g}, N={args.N}, K={args.K}"

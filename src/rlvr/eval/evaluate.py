@@ -33,12 +33,19 @@ def evaluate(engine, task, problems: list, temperature: float, top_p: float, max
         "sampled_reward": float(s["reward"].mean()),
         "sampled_accuracy": float(s["correct"].mean()),
         "response_length": float(sampled.completion_mask.sum(-1).float().mean()),
+        # shares of completions that hit max_new_tokens before a stop token (finish reason "length")
+        "truncated_frac": _share_length(sampled.finish_reason),
+        "greedy_truncated_frac": _share_length(greedy.finish_reason),
     }
     for name in g:  # every other verifier component (multi-objective tasks): greedy_<c>, sampled_<c>
         if name not in ("reward", "correct") and name in s:
             out[f"greedy_{name}"] = float(g[name].nanmean())
             out[f"sampled_{name}"] = float(s[name].nanmean())
     return out
+
+
+def _share_length(finish: list[str]) -> float:
+    return sum(f == "length" for f in finish) / len(finish) if finish else 0.0
 
 
 # ------------------------------------------------------------------------------------------------
@@ -115,6 +122,7 @@ def _sample_batch(engine, task, batch: list, start: int, n: int, temperature: fl
         rows.append({
             "index": start + i, "prompt": problem.prompt, "answer": problem.answer,
             "greedy": greedy.texts[i], "greedy_correct": int(task.score(problem, greedy.texts[i])["correct"] > 0),
+            "greedy_finish": greedy.finish_reason[i], "finish": [sampled.finish_reason[j] for j in idx],
             "completions": texts, "answers": [task.extract_answer(t) for t in texts], "correct": correct,
             "cot": [int(c and bool(task.verify_chain(problem, t))) for c, t in zip(correct, texts)] if chain else None,
             "lengths": [lengths[j] for j in idx], "distinct_2": distinct_n([ids[j] for j in idx], 2),

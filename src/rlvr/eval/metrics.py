@@ -136,7 +136,9 @@ def summarize_samples(rows: Sequence[dict], ks: Sequence[int], seed: int = 0) ->
 
     Returns ``greedy_accuracy``; ``pass@k``, ``maj@k`` and (when rows have ``cot``) ``cot_pass@k``
     for each k; ``mean_accuracy`` (mean@k = c/n, the same for every k); ``response_length``;
-    ``distinct_answers`` and ``distinct_completions`` (per problem, out of n); ``distinct_2``.
+    ``distinct_answers`` and ``distinct_completions`` (per problem, out of n); ``distinct_2``; and,
+    when rows have ``finish`` (a finish reason per sample), ``truncated_frac``: the share of samples
+    that hit ``max_new_tokens`` before a stop token.
     """
     if not rows:
         raise ValueError("no samples to summarize")
@@ -159,4 +161,7 @@ def summarize_samples(rows: Sequence[dict], ks: Sequence[int], seed: int = 0) ->
                                                   for r in rows])
     out["distinct_completions"] = mean_over_problems([float(len(set(r["completions"]))) for r in rows])
     out["distinct_2"] = mean_over_problems([float(r["distinct_2"]) for r in rows])
+    if all("finish" in r for r in rows):  # rows written before finish reasons were recorded have none
+        out["truncated_frac"] = mean_over_problems([sum(f == "length" for f in r["finish"]) / len(r["finish"])
+                                                    for r in rows])
     return out

@@ -16,8 +16,10 @@ user reward functions by name.
 Prompt text. With a chat template (``chat_template``: None = when the tokenizer has one, True =
 required, False = never), the messages (``system_prompt`` first when given, then the user turn:
 the prompt, plus ``instruction`` after a blank line) are rendered with the tokenizer's
-``apply_chat_template(..., add_generation_prompt=True)``; a leading BOS token that the tokenizer adds
-again when it encodes the text is removed from the rendered text, so a prompt starts with one BOS.
+``apply_chat_template(..., add_generation_prompt=True, **chat_template_kwargs)``, where
+``chat_template_kwargs`` holds the template's own variables (e.g. Qwen3's ``{enable_thinking: false}``;
+giving it when no template is applied is an error); a leading BOS token that the tokenizer adds again
+when it encodes the text is removed from the rendered text, so a prompt starts with one BOS.
 The tokenizer is ``tokenizer`` (a model folder or hub id), which a config fills in with
 ``model.path`` (``builtin:tiny`` is the built-in character tokenizer, which has no template).
 Without a template the prompt is ``system_prompt``, a blank line, the prompt and the instruction.
@@ -39,11 +41,11 @@ import csv
 import json
 import math
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 from rlvr.tasks.base import Problem, check_split, guarded, hash_fraction, register_task, zero_rewards
 
-__all__ = ["DatasetTask", "load_rows", "render_prompt"]
+__all__ = ["DatasetTask", "check_chat_template_kwargs", "load_rows", "render_prompt"]
 
 _FORMATS = ("auto", "jsonl", "json", "csv", "parquet", "hf")
 
@@ -156,10 +158,36 @@ def _adds_bos(tokenizer) -> bool:
     return bool(ids) and ids[0] == bos
 
 
-def render_prompt(tokenizer, messages: list[dict]) -> str:
-    """``messages`` through the tokenizer's chat template with the generation prompt, as text; a
-    leading BOS that encoding adds again is dropped (so the encoded prompt holds one BOS)."""
-    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+#: apply_chat_template's arguments that :func:`render_prompt` sets itself (not template variables).
+_RENDER_ARGUMENTS = ("conversation", "tokenize", "add_generation_prompt", "continue_final_message",
+                     "return_dict")
+
+
+def check_chat_template_kwargs(value: Any) -> dict:
+    """``task.options.chat_template_kwargs`` as a dict of template variables (None: none).
+
+    Raises:
+        ValueError (one line, naming the option): not a mapping, a key that is not a name, or one of
+            the arguments :func:`render_prompt` sets itself.
+    """
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise ValueError(f"task dataset: task.options.chat_template_kwargs must be a mapping of chat template "
+                         f"variables, e.g. {{enable_thinking: false}}; got {type(value).__name__} {value!r}")
+    bad = [k for k in value if not isinstance(k, str) or not k.isidentifier() or k in _RENDER_ARGUMENTS]
+    if bad:
+        raise ValueError(f"task dataset: task.options.chat_template_kwargs key {bad[0]!r} is not a template "
+                         f"variable (keys are names; {', '.join(_RENDER_ARGUMENTS)} are set by rlvr)")
+    return dict(value)
+
+
+def render_prompt(tokenizer, messages: list[dict], chat_template_kwargs: Mapping[str, Any] | None = None) -> str:
+    """``messages`` through the tokenizer's chat template with the generation prompt, as text;
+    ``chat_template_kwargs`` are passed to the template as variables (e.g. ``enable_thinking=False``).
+    A leading BOS that encoding adds again is dropped (so the encoded prompt holds one BOS)."""
+    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True,
+                                         **(chat_template_kwargs or {}))
     bos = tokenizer.bos_token
     if bos and text.startswith(bos) and _adds_bos(tokenizer):
         text = text[len(bos):]
@@ -179,6 +207,9 @@ class DatasetTask:
         system_prompt: a system message put first (chat template) or first paragraph (no template).
         instruction: text appended to the user prompt after a blank line.
         chat_template: None (when the tokenizer has one), True (required) or False (plain text).
+        chat_template_kwargs: variables passed to the chat template, e.g. ``{enable_thinking: false}``
+            for Qwen3 (``apply_chat_template(..., **chat_template_kwargs)``); an error when no
+            template is applied.
         tokenizer: the tokenizer whose template is used (a config fills in ``model.path``).
         eval_fraction: share of distinct prompts sent to eval by the hash split.
         num_train, num_eval: keep at most this many problems of each split (None: all).
@@ -202,6 +233,7 @@ class DatasetTask:
         system_prompt: str | None = None,
         instruction: str = "",
         chat_template: bool | None = None,
+        chat_template_kwargs: dict | None = None,
         tokenizer: str | None = None,
         eval_fraction: float = 0.1,
         num_train: int | None = None,
@@ -226,6 +258,7 @@ class DatasetTask:
                 raise ValueError(f"task dataset: {name} must be a non-negative integer or null, got {value!r}")
         if chat_template not in (None, True, False):
             raise ValueError(f"task dataset: chat_template must be true, false or null (auto), got {chat_template!r}")
+        self.chat_template_kwargs = check_chat_template_kwargs(chat_template_kwargs)
         if not isinstance(correct_threshold, (int, float)) or isinstance(correct_threshold, bool) \
                 or not math.isfinite(correct_threshold):
             raise ValueError(f"task dataset: correct_threshold must be a finite number, got {correct_threshold!r}")
@@ -273,6 +306,13 @@ class DatasetTask:
             raise ValueError("task dataset: chat_template=true needs task.options.tokenizer (a config fills it "
                              "in from model.path)")
         self.uses_chat_template = self._tokenizer is not None
+        if self.chat_template_kwargs and not self.uses_chat_template:
+            why = ("chat_template is false" if chat_template is False else
+                   "task.options.tokenizer is not set" if tokenizer is None else
+                   f"the tokenizer {tokenizer!r} has no chat template")
+            raise ValueError(f"task dataset: task.options.chat_template_kwargs is set, but no chat template is "
+                             f"applied ({why}); remove chat_template_kwargs, or use a model whose tokenizer has "
+                             "a chat template")
         if not self.uses_chat_template and any(_is_messages(r.get(prompt_field)) for r in train_rows[:100]):
             raise ValueError(f"task dataset: the {prompt_field!r} column holds chat messages, but there is no chat "
                              f"template to render them (tokenizer {tokenizer!r}); use a model whose tokenizer "
@@ -337,7 +377,7 @@ class DatasetTask:
 
     def _prompt_text(self, raw: Any) -> str:
         if self._tokenizer is not None:
-            return render_prompt(self._tokenizer, self._messages(raw))
+            return render_prompt(self._tokenizer, self._messages(raw), self.chat_template_kwargs)
         text = f"{raw}\n\n{self.instruction}" if self.instruction else str(raw)
         return f"{self.system_prompt}\n\n{text}" if self.system_prompt else text
 

@@ -5,7 +5,11 @@ At config load (on the raw config dict, before validation):
 * :func:`switch_task`: an override that sets ``task.name`` to another task than the config file's
   does not inherit the file's task-specific settings: its ``task.options`` (the old task's options,
   e.g. arithmetic's ``ops``) and ``rollout.max_new_tokens`` (sized for the old task's answers) are
-  dropped, unless the overrides set them too; a ``warning:`` line says what was dropped.
+  dropped, unless the overrides set them too; a ``warning:`` line says what was dropped. Likewise an
+  override that sets ``model.path`` to another model than the file's drops the file's
+  ``rollout.max_new_tokens``: it counts tokens of the file's model (``builtin:tiny``: characters), not
+  of the new model's tokenizer, so it is derived again (:func:`apply_token_budget`); a model with the
+  same tokenization model (a saved copy of the built-in one) keeps it.
 * :func:`fill_task_defaults`: with ``model.path: builtin:tiny`` a reasoning-gym dataset that has a
   tiny preset gets ``preset: tiny`` (see :data:`rlvr.tasks.reasoning_gym.TINY_PRESETS`) unless the
   options name a preset; the ``dataset`` task gets ``tokenizer: <model.path>`` (its chat template).
@@ -32,6 +36,8 @@ __all__ = ["apply_token_budget", "fill_task_defaults", "start_report", "switch_t
 
 #: rollout fields sized for a task's answers, dropped with the task on a task switch
 TASK_TIED = (("rollout", "max_new_tokens"),)
+#: rollout fields counted in the tokens of the file's model, dropped with the model on a model switch
+MODEL_TIED = (("rollout", "max_new_tokens"),)
 #: share of zero-variance groups from which :func:`zero_variance_warning` speaks up
 ZERO_VARIANCE_SHARE = 0.9
 
@@ -64,13 +70,85 @@ def _override_task_name(overrides: list[str]) -> tuple[str | None, set[tuple[str
     return name, paths
 
 
+def _override_model_path(overrides: list[str]) -> str | None:
+    """The last model path the overrides set (``model.path=x`` or ``model={path: x}``), else None."""
+    from rlvr.config import parse_override
+
+    path = None
+    for item in overrides:
+        try:
+            keys, value = parse_override(item)
+        except Exception:  # noqa: BLE001 - apply_overrides reports a bad override in its own words
+            continue
+        if keys == ["model", "path"] and isinstance(value, str):
+            path = value
+        elif keys == ["model"] and isinstance(value, dict) and isinstance(value.get("path"), str):
+            path = value["path"]
+    return path
+
+
 def switch_task(data: dict, overrides: list[str] | None) -> dict:
-    """``data`` (a config file's dict) without the old task's settings when ``overrides`` switch the task."""
-    new_name, paths = _override_task_name(list(overrides or []))
+    """``data`` (a config file's dict) without the old task's settings when ``overrides`` switch the task,
+    and without the old model's token counts when they switch the model (see the module doc)."""
+    overrides = list(overrides or [])
+    data, task_message = _switch_task(data, overrides)
+    data, model_message = _switch_model(data, overrides)
+    for message in (task_message, model_message):
+        if message:
+            warn(message)
+    return data
+
+
+def _switch_model(data: dict, overrides: list[str]) -> tuple[dict, str | None]:
+    new_path = _override_model_path(overrides)
+    model = data.get("model") if isinstance(data.get("model"), dict) else {}
+    old_path = model.get("path", "builtin:tiny")
+    if new_path is None or new_path == old_path or same_vocabulary(old_path, new_path):
+        return data, None
+    _, paths = _override_task_name(overrides)
+    out = dict(data)
+    dropped = []
+    for section, field in MODEL_TIED:
+        sec = out.get(section)
+        if isinstance(sec, dict) and field in sec and (section, field) not in paths:
+            out[section] = {k: v for k, v in sec.items() if k != field}
+            dropped.append(f"{section}.{field} ({sec[field]})")
+    if not dropped:
+        return out, None
+    return out, (f"model.path={new_path} replaces the config's model '{old_path}', whose token counts are not "
+                 f"carried over: {'; '.join(dropped)}; now derived from the task's answers in the new model's "
+                 "tokens (set it on the command line to choose)")
+
+
+def _vocabulary(path: str) -> Any:
+    """The tokenization model (vocabulary, merges) of a model folder's ``tokenizer.json``, of the
+    built-in character tokenizer for ``builtin:tiny``, or None when unknown."""
+    import json
+    from pathlib import Path
+
+    if path == "builtin:tiny":
+        from rlvr.models.tiny import build_char_tokenizer
+
+        return json.loads(build_char_tokenizer().backend_tokenizer.to_str()).get("model")
+    try:
+        return json.loads((Path(path).expanduser() / "tokenizer.json").read_text()).get("model")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def same_vocabulary(old_path: str, new_path: str) -> bool:
+    """Whether both models count tokens alike (the same tokenization model), e.g. a saved copy of the
+    built-in model: then the file's token counts still hold."""
+    old = _vocabulary(old_path)
+    return old is not None and old == _vocabulary(new_path)
+
+
+def _switch_task(data: dict, overrides: list[str]) -> tuple[dict, str | None]:
+    new_name, paths = _override_task_name(overrides)
     task = data.get("task") if isinstance(data.get("task"), dict) else {}
     old_name = task.get("name", "arithmetic")
     if new_name is None or new_name == old_name:
-        return data
+        return data, None
     out = dict(data)
     dropped = []
     if "options" in task:
@@ -84,10 +162,10 @@ def switch_task(data: dict, overrides: list[str] | None) -> dict:
             out[section] = {k: v for k, v in sec.items() if k != field}
             if (section, field) not in paths:
                 dropped.append(f"{section}.{field} ({sec[field]}; now derived from the new task's answers)")
-    if dropped:
-        warn(f"task.name={new_name} replaces the config's task '{old_name}', whose settings are not carried "
-              f"over: {'; '.join(dropped)}; set task.options.<name>=... for the new task's options")
-    return out
+    if not dropped:
+        return out, None
+    return out, (f"task.name={new_name} replaces the config's task '{old_name}', whose settings are not carried "
+                 f"over: {'; '.join(dropped)}; set task.options.<name>=... for the new task's options")
 
 
 def fill_task_defaults(data: dict) -> dict:
@@ -174,8 +252,11 @@ def start_report(before: dict, num_problems: int, model_path: str) -> str:
             f"{100 * (rew or 0):.1f}% ({num_problems} problems)")
 
 
-def zero_variance_warning(rewards: Any, group: Any, share: float = ZERO_VARIANCE_SHARE) -> str | None:
-    """A one-line warning when at least ``share`` of the groups have one reward for all their members."""
+def zero_variance_warning(rewards: Any, group: Any, share: float = ZERO_VARIANCE_SHARE,
+                          builtin: bool = True) -> str | None:
+    """A one-line warning when at least ``share`` of the groups have one reward for all their members.
+    Its advice names the warm start (``sft.steps``) only for the built-in model (``builtin``), the one
+    model rlvr warm-starts; a user's model gets the other remedies."""
     import torch
 
     groups = torch.unique(group)
@@ -192,5 +273,7 @@ def zero_variance_warning(rewards: Any, group: Any, share: float = ZERO_VARIANCE
         return None
     return (f"{flat} of {len(groups)} groups of the first RL batch have zero reward variance ({wrong} all at "
             f"reward <= 0, {right} all above): a group-relative estimator learns nothing from them; the task "
-            "is too hard (or too easy) for the starting model: make it easier (task.options), warm-start "
-            "longer (sft.steps), raise rollout.max_new_tokens or rollout.group_size")
+            "is too hard (or too easy) for the starting model: make it easier (task.options), "
+            + ("warm-start longer (sft.steps), " if builtin else "check the prompt format (chat template, "
+               "task.options.system_prompt/instruction), ")
+            + "raise rollout.max_new_tokens or rollout.group_size")

@@ -1,7 +1,8 @@
 """Checkpoints: written atomically, found again on resume.
 
 A checkpoint is a folder ``checkpoints/step_000042/`` holding the model and tokenizer as a
-Hugging Face checkpoint (safetensors, loadable with ``from_pretrained``) and ``trainer_state.pt``
+Hugging Face checkpoint (safetensors, loadable with ``from_pretrained``; the tokenizer files are the
+user's, byte for byte: :func:`rlvr.models.load.save_tokenizer`) and ``trainer_state.pt``
 (optimizer, scheduler, RNG states, step, data position, policy version). It is written under a
 temporary name and renamed in one step, so a crash never leaves a half-written checkpoint; old
 ones are renamed before they are deleted, so a kill mid-delete leaves no half ``step_*`` either.
@@ -36,6 +37,8 @@ def save_checkpoint(run_dir: Path, step: int, model, tokenizer, state: dict, kee
 
     Older checkpoints beyond the newest ``keep`` are deleted only after the new one is in place.
     """
+    from rlvr.models.load import save_tokenizer
+
     run_dir = Path(run_dir)
     ckpt_root = run_dir / "checkpoints"
     final = ckpt_root / f"step_{step:06d}"
@@ -44,7 +47,7 @@ def save_checkpoint(run_dir: Path, step: int, model, tokenizer, state: dict, kee
         ckpt_root.mkdir(parents=True, exist_ok=True)
         _remove_leftovers(ckpt_root)  # temporary folders of an earlier crash
         model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
+        save_tokenizer(tokenizer, tmp)  # the user's tokenizer files, byte for byte (rlvr.models.load)
         if save_extra is not None:
             save_extra(tmp)
         with open(tmp / STATE_FILE, "wb") as f:  # a file object: write errors surface as OSError

@@ -41,7 +41,7 @@ from rlvr.train.logger import RunLogger
 from rlvr.train.trackers import open_trackers
 from rlvr.extras import require_extras
 from rlvr import threads
-from rlvr.rollout.factory import make_engine
+from rlvr.rollout.factory import generation_config_note, make_engine
 from rlvr.train.progress import StepProgress
 from rlvr.utils import atomic_write_text, seed_everything, storage_guard, write_run_meta
 
@@ -91,7 +91,7 @@ def train(config: Config | None = None, resume: str | Path | None = None, log=pr
     task = make_task(config.task.name, **config.task.options)
 
     # --- components
-    model_path = resolve_model_path(config, task, progress, log)
+    model_path = resolve_model_path(config, task, config.logging.progress, log)  # status lines when not a tty
     model, tokenizer = load_model_and_tokenizer(model_path, config.model.dtype, config.run.device)
     if config.model.lora.enabled:  # only the adapter trains; the reference is the base (rlvr.models.lora)
         from rlvr.models.lora import apply_lora
@@ -112,6 +112,8 @@ def train(config: Config | None = None, resume: str | Path | None = None, log=pr
     callbacks = build_callbacks(config)  # controllers, reference resets, diagnostics (rlvr.train.callbacks)
     r = config.rollout
     engine = make_engine(config, model, tokenizer, model_path)  # hf shares the learner's weights; vllm pulls them
+    if note := generation_config_note(config, model):  # what of the model's generation_config the engine ignores
+        log(note)
     sampler = PromptSampler(task.problems("train"), config.run.seed)
     source = make_source(config, build_producer(config, engine, task), model, tokenizer, task, sampler,
                          model_path=model_path)
@@ -179,13 +181,15 @@ def train(config: Config | None = None, resume: str | Path | None = None, log=pr
     sync = source.publish_weights(model, learner.policy_version, start)  # the workers' first weights
     callbacks.on_train_begin(learner)
     done = start
+    truncated, warned_truncation = [], False  # truncated_frac of recent steps (truncation_warning)
     try:
         for step in range(start, config.trainer.steps):
             t0 = time.perf_counter()
             experience = source.next_batch(learner.policy_version)
             waited = time.perf_counter() - t0
             staleness = learner.policy_version - experience.policy_version
-            if step == start and (flat := task_defaults.zero_variance_warning(experience.rewards, experience.group)):
+            if step == start and (flat := task_defaults.zero_variance_warning(experience.rewards, experience.group,
+                                                                              builtin=config.model.path == "builtin:tiny")):
                 task_defaults.warn(flat)
             metrics = learner.update(experience, step)
             metrics.update(callbacks.on_step_end(step, learner, experience, metrics))
@@ -194,6 +198,10 @@ def train(config: Config | None = None, resume: str | Path | None = None, log=pr
             record = {"step": step + 1, "policy_version": learner.policy_version, "staleness": staleness,
                       **rollout_metrics(experience), **metrics, **runtime_metrics(experience, waited, t0, sync)}
             sync = next_sync
+            truncated.append(record["truncated_frac"])
+            if not warned_truncation and (cut := truncation_warning(truncated, r.max_new_tokens, done + 1)):
+                task_defaults.warn(cut)
+                warned_truncation = True
             logger.log(record)
             bar.update(step + 1, record)
             done = step + 1
@@ -240,6 +248,28 @@ def train(config: Config | None = None, resume: str | Path | None = None, log=pr
     log(table)
     logger.close()
     return RunResult(run_dir=run_dir, before=before, after=after, steps=steps)
+
+
+#: truncation_warning: the steps it looks back over (at least the first), and the mean share of
+#: truncated completions over them that it warns at
+TRUNCATION_WINDOW, TRUNCATION_MIN_STEPS, TRUNCATION_SHARE = 5, 2, 0.5
+
+
+def truncation_warning(fractions: list[float], budget: int, step: int) -> str | None:
+    """A one-line warning when most completions of the last :data:`TRUNCATION_WINDOW` steps (at least
+    :data:`TRUNCATION_MIN_STEPS`) hit the
+    token budget (finish reason ``length``): they were cut before their stop token, so the verifier
+    scores unfinished text and the loss trains on it. None otherwise."""
+    recent = fractions[-TRUNCATION_WINDOW:]
+    if len(recent) < TRUNCATION_MIN_STEPS:
+        return None
+    share = sum(recent) / len(recent)
+    if share <= TRUNCATION_SHARE:
+        return None
+    return (f"step {step}: {100 * share:.0f}% of the completions of the last {len(recent)} step(s) hit "
+            f"rollout.max_new_tokens={budget} before a stop token (finish reason 'length', truncated_frac in "
+            "metrics.jsonl): the verifier scores cut-off text; raise rollout.max_new_tokens, or leave it unset "
+            "to derive it from the task's answers")
 
 
 def _warn_skipped(learner: Learner, config: Config, step: int, record: dict, log) -> bool:
@@ -319,7 +349,8 @@ def sample_rows(exp: Experience, n: int) -> list[dict]:
             continue
         seen.add(g)
         rows.append({"prompt": exp.problems[i].prompt, "answer": exp.problems[i].answer,
-                     "completion": exp.rollout.texts[i], "reward": float(exp.rewards[i])})
+                     "completion": exp.rollout.texts[i], "finish_reason": exp.rollout.finish_reason[i],
+                     "length": int(exp.rollout.completion_mask[i].sum()), "reward": float(exp.rewards[i])})
         if len(rows) == n:
             break
     return rows

@@ -25,6 +25,8 @@ from typing import Callable, TextIO
 
 __all__ = ["StepProgress", "default_every", "format_duration", "use_bar"]
 
+#: (record key, shown name) of the numbers a status line and the bar show, by default (RL)
+RL_FIELDS = (("reward_mean", "reward"), ("accuracy", "acc"))
 #: About this many status lines per run when the output is not a terminal.
 LINES_PER_RUN = 20
 
@@ -71,8 +73,9 @@ class StepProgress:
 
     def __init__(self, total: int, initial: int = 0, desc: str = "RL", enabled: bool = True,
                  every: int | None = None, stream: TextIO | None = None,
-                 clock: Callable[[], float] = time.monotonic):
+                 clock: Callable[[], float] = time.monotonic, fields: tuple = RL_FIELDS):
         self.total, self.initial, self.desc = int(total), int(initial), desc
+        self.fields = tuple(fields)  # (record key, shown name) pairs
         self.stream = sys.stderr if stream is None else stream
         self.every = max(1, int(every)) if every else default_every(self.total)
         self._clock = clock
@@ -95,7 +98,7 @@ class StepProgress:
         if self.mode == "bar":
             self._bar.update(max(0, step - self._bar.n))
             postfix = {}
-            for key, name in (("reward_mean", "reward"), ("accuracy", "acc")):
+            for key, name in self.fields:
                 if _is_number(record.get(key)):
                     postfix[name] = f"{record[key]:.3f}"
             if postfix:
@@ -106,7 +109,7 @@ class StepProgress:
     def line(self, step: int, record: dict) -> str:
         """The status line for ``step`` (no newline)."""
         parts = [f"[{self.desc}] step {step}/{self.total}"]
-        for key, name in (("reward_mean", "reward"), ("accuracy", "acc")):
+        for key, name in self.fields:
             if _is_number(record.get(key)):
                 parts.append(f"{name} {record[key]:.3f}")
         done = step - self.initial

@@ -38,10 +38,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
-
 from rlvr.models.logprobs import completion_logits, token_logprobs
 from rlvr.train.learner import make_optimizer
+from rlvr.train.progress import StepProgress
+
+#: What the warm start's progress shows: the training loss and the last validation check.
+SFT_FIELDS = (("loss", "loss"), ("val", "val"))
 
 #: The record of a warm-start build, beside its cached checkpoint.
 RECORD_FILE = "warm_start.json"
@@ -66,10 +68,26 @@ def warm_start_key(task_name: str, task_options: dict, sft: dict, arch: dict) ->
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def encode_sft_batch(tokenizer, problems: list, targets: list[str]):
-    """Left-padded prompts and right-padded targets (EOS appended), as the rollout engine lays them out."""
+def completion_end_id(tokenizer, task) -> int:
+    """The token a reference completion ends with: the chat template's end of turn when the task
+    renders its prompts with the template (``<|im_end|>`` for ChatML, even where ``eos_token`` is
+    ``<|endoftext|>``), else the tokenizer's EOS. Either is a stop token of the model
+    (:mod:`rlvr.rollout.stops`), so a completion learned this way ends where the sampler stops it."""
+    from rlvr.rollout.stops import end_of_turn_token_id
+
+    if getattr(task, "uses_chat_template", False):
+        eot = end_of_turn_token_id(tokenizer)
+        if eot is not None:
+            return eot
+    return tokenizer.eos_token_id
+
+
+def encode_sft_batch(tokenizer, problems: list, targets: list[str], end_id: int | None = None):
+    """Left-padded prompts and right-padded targets (``end_id`` appended, default EOS), as the rollout
+    engine lays them out."""
+    end_id = tokenizer.eos_token_id if end_id is None else end_id
     enc = tokenizer([p.prompt for p in problems], return_tensors="pt", padding=True, padding_side="left")
-    tgt = [tokenizer(t, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id] for t in targets]
+    tgt = [tokenizer(t, add_special_tokens=False)["input_ids"] + [end_id] for t in targets]
     T = max(len(t) for t in tgt)
     ids = torch.full((len(tgt), T), tokenizer.pad_token_id)
     mask = torch.zeros((len(tgt), T), dtype=torch.long)
@@ -164,10 +182,12 @@ def reference_probability(model, tokenizer, task, problems: list, batch_size: in
     was_training = model.training
     model.eval()
     total = 0.0
+    end_id = completion_end_id(tokenizer, task)
     with torch.no_grad():
         for i in range(0, len(problems), batch_size):
             chunk = problems[i:i + batch_size]
-            p_ids, p_mask, c_ids, c_mask = encode_sft_batch(tokenizer, chunk, [task.format_sft_target(p) for p in chunk])
+            p_ids, p_mask, c_ids, c_mask = encode_sft_batch(tokenizer, chunk, [task.format_sft_target(p) for p in chunk],
+                                                            end_id)
             logp = token_logprobs(completion_logits(model, p_ids, p_mask, c_ids, c_mask), c_ids)
             total += torch.exp((logp * c_mask).sum(-1)).sum().item()
     model.train(was_training)
@@ -211,7 +231,8 @@ def train_sft(model, tokenizer, task, steps: int, lr: float, batch_size: int, wa
 
     ``validate()`` (an accuracy in [0, 1]) is called every ``eval_every`` steps; with
     ``target_accuracy`` set, training stops at the first check that reaches it, else after ``steps``
-    steps (the cap), where one last check is made if none fell there.
+    steps (the cap), where one last check is made if none fell there. ``progress``: a bar on a
+    terminal, a status line every few steps otherwise (:class:`~rlvr.train.progress.StepProgress`).
     """
     if target_accuracy is not None and (validate is None or eval_every < 1):
         raise ValueError("target_accuracy needs validate and eval_every >= 1")
@@ -228,11 +249,13 @@ def train_sft(model, tokenizer, task, steps: int, lr: float, batch_size: int, wa
         model.train()
         return acc
 
-    bar = tqdm(range(steps), desc="warm start (SFT)", disable=not progress, dynamic_ncols=True)
-    for _ in bar:
+    # a bar on a terminal, a status line every few steps in a log (make run > log), nothing when off
+    bar = StepProgress(total=steps, desc="warm start (SFT)", enabled=progress, fields=SFT_FIELDS)
+    end_id = completion_end_id(tokenizer, task)
+    for _ in range(steps):
         idx = torch.randint(len(problems), (batch_size,), generator=g).tolist()
         batch, targets = sft_batch(task, [problems[i] for i in idx], aggregation_ratio, aggregation_k, rng)
-        p_ids, p_mask, c_ids, c_mask = encode_sft_batch(tokenizer, batch, targets)
+        p_ids, p_mask, c_ids, c_mask = encode_sft_batch(tokenizer, batch, targets, end_id)
         logp = token_logprobs(completion_logits(model, p_ids, p_mask, c_ids, c_mask), c_ids)
         loss = -(logp * c_mask).sum() / c_mask.sum()
         optimizer.zero_grad(set_to_none=True)
@@ -245,10 +268,7 @@ def train_sft(model, tokenizer, task, steps: int, lr: float, batch_size: int, wa
         if validate is not None and eval_every > 0 and result.steps % eval_every == 0:
             acc = check(result.steps)
             stop = target_accuracy is not None and acc >= target_accuracy
-        postfix = {"loss": f"{result.losses[-1]:.3f}"}
-        if result.checks:
-            postfix["val_acc"] = f"{result.val_accuracy:.3f}"
-        bar.set_postfix(postfix)
+        bar.update(result.steps, {"loss": result.losses[-1], "val": result.val_accuracy})
         if stop:
             result.reached_target = True
             break
@@ -353,3 +373,62 @@ def warm_start(task, task_name: str, task_options: dict, sft_cfg, progress: bool
     except OSError:  # another process finished first: keep theirs
         shutil.rmtree(tmp, ignore_errors=True)
     return path
+
+
+def sft_model(model_path: str | Path, task, sft_cfg, to: str | Path, dtype: str = "float32",
+              progress: bool = True, log=print) -> Path:
+    """Supervised training of a user's model (``model.path``) on the task's reference completions,
+    saved as a plain Hugging Face folder ``to`` (``rlvr sft --to DIR`` with ``model.path`` set).
+
+    The same rule as the built-in model's warm start (``sft`` section: steps, lr, batch size, and the
+    validation target when ``sft.target_accuracy`` is set), on the model's own tokenizer: prompts as
+    the task renders them (its chat template), each target ending with the template's end of turn
+    (:func:`completion_end_id`). Nothing is cached: the folder is the result; the user's tokenizer files
+    are copied as they were. Written under a temporary name and renamed when complete.
+    """
+    from rlvr.models.load import load_model_and_tokenizer, save_tokenizer
+
+    to = Path(to)
+    if to.exists() and (not to.is_dir() or any(to.iterdir())):
+        raise ValueError(f"--to {to}: exists and is not an empty folder; choose a new one")
+    model, tokenizer = load_model_and_tokenizer(model_path, dtype)
+    target = sft_cfg.target_accuracy
+    rule = (f"until validation {sft_cfg.target_metric} >= {target:g} (checked every {sft_cfg.eval_every} steps, "
+            f"at most {sft_cfg.steps} steps)" if target is not None else f"{sft_cfg.steps} steps")
+    end = tokenizer.convert_ids_to_tokens(completion_end_id(tokenizer, task))
+    log(f"sft: supervised training of {model_path} ({rule}; targets end with {end}) -> {to}")
+    val, problems, validate = [], None, None
+    if target is not None:
+        val, problems = validation_split(task, sft_cfg.val_problems)
+        metric = VALIDATION_METRICS[sft_cfg.target_metric]
+
+        def validate() -> float:
+            return metric(model, tokenizer, task, val)
+    started = time.perf_counter()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(sft_cfg.seed)
+        result = train_sft(model, tokenizer, task, sft_cfg.steps, sft_cfg.lr, sft_cfg.batch_size,
+                           sft_cfg.warmup_steps, seed=sft_cfg.seed, progress=progress,
+                           aggregation_ratio=sft_cfg.aggregation_ratio, aggregation_k=sft_cfg.aggregation_k,
+                           problems=problems, validate=validate,
+                           eval_every=sft_cfg.eval_every if target is not None else 0, target_accuracy=target)
+    if result.val_accuracy is not None:
+        log(f"sft: validation {sft_cfg.target_metric} {result.val_accuracy:.3f} after {result.steps} steps "
+            f"({len(val)} validation problems)")
+    to.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=to.parent, prefix=f".tmp-{to.name}-"))
+    try:
+        model.save_pretrained(tmp)
+        save_tokenizer(tokenizer, tmp)  # the user's tokenizer files, as they were
+        record = {"model": str(model_path), "steps": result.steps, "val_accuracy": result.val_accuracy,
+                  "checks": result.checks, "sft": sft_cfg.model_dump(mode="json"),
+                  "seconds": round(time.perf_counter() - started, 1), "built_with": _build_environment()}
+        (tmp / RECORD_FILE).write_text(json.dumps(record, indent=1, sort_keys=True) + "\n")
+        if to.exists():
+            to.rmdir()
+        os.replace(tmp, to)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return to
+
