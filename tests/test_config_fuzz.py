@@ -58,6 +58,10 @@ ACCEPTED: dict[tuple[str, str], str] = {
     ("runtime.ray_address", "path"): "a Ray address is free-form; ray.init checks it",
     ("runtime.ray_address", "empty"): "owned by the runtime section; an empty address is passed to ray.init as is",
     ("logging.project", "unknown"): "any plain name is a valid tracker project name",
+    ("rollout.stop", "path"): "a stop string is any text ('../x' may end a completion)",
+    ("rollout.stop", "unknown"): "a stop string is any text, not a name from a set",
+    ("rollout.stop_token_ids", "type"): "a list of ids: '[5]' is a valid value (the tokenizer's vocabulary is only "
+                                        "known when the model loads: StopConditions.resolve checks the range)",
     ("model.lora.target_modules", "unknown"): "module names are the model's; peft names the missing ones "
                                               "(with this model's linear layers) when the adapter is built",
 }

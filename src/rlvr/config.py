@@ -249,9 +249,16 @@ class RolloutSection(_Section):
     stop: list[str] = Field(default_factory=list, description="strings that end a completion (the token "
                             "completing one is kept; the text is cut where it starts), besides the model's "
                             "own stop tokens (rlvr.rollout.stops)")
-    stop_token_ids: list[int] = Field(default_factory=list, description="token ids that end a completion "
-                                      "(kept as its last token), besides the tokenizer's EOS, the generation "
-                                      "config's eos_token_id and the chat template's end of turn")
+    stop_token_ids: list[Annotated[int, Field(strict=True, ge=0)]] = Field(
+        default_factory=list, description="token ids that end a completion (kept as its last token), besides "
+        "the tokenizer's EOS, the generation config's eos_token_id and the chat template's end of turn")
+
+    @field_validator("stop")
+    @classmethod
+    def _no_empty_stop(cls, v: list) -> list:
+        if any(s == "" for s in v):
+            raise ValueError("holds an empty string, which would end every completion at once; remove it")
+        return v
     group_size: int = Field(8, ge=1, description="G: completions per prompt")
     prompts_per_step: int = Field(32, ge=1)
     batch_size: int = Field(512, ge=1, description="sequences per generate call")
