@@ -27,7 +27,7 @@ import torch
 
 from rlvr.config import Config, dump_config, load_config
 from rlvr.eval.evaluate import evaluate
-from rlvr.models.load import load_model_and_tokenizer, resolve_model_path
+from rlvr.models.load import BUILTIN_TINY, load_model_and_tokenizer, resolve_model_path
 from rlvr.rollout.hf import HFRolloutEngine
 from rlvr.tasks import defaults as task_defaults, make_task
 from rlvr.train.checkpoint import latest_checkpoint, load_trainer_state, remove_leftovers, save_checkpoint
@@ -189,7 +189,7 @@ def train(config: Config | None = None, resume: str | Path | None = None, log=pr
             waited = time.perf_counter() - t0
             staleness = learner.policy_version - experience.policy_version
             if step == start and (flat := task_defaults.zero_variance_warning(experience.rewards, experience.group,
-                                                                              builtin=config.model.path == "builtin:tiny")):
+                                                                              builtin=config.model.path == BUILTIN_TINY)):
                 task_defaults.warn(flat)
             metrics = learner.update(experience, step)
             metrics.update(callbacks.on_step_end(step, learner, experience, metrics))

@@ -314,6 +314,34 @@ def _build_environment() -> dict:
             "machine": platform.machine(), "python": platform.python_version()}
 
 
+def stop_rule(sft_cfg) -> str:
+    """The ``sft`` section's stopping rule in words, for a status line."""
+    target = sft_cfg.target_accuracy
+    return (f"until validation {sft_cfg.target_metric} >= {target:g} (checked every {sft_cfg.eval_every} steps, "
+            f"at most {sft_cfg.steps} steps)" if target is not None else f"{sft_cfg.steps} steps")
+
+
+def train_by_rule(model, tokenizer, task, sft_cfg, progress: bool = True) -> tuple[SFTResult, list]:
+    """:func:`train_sft` under the ``sft`` section's rule (a validation target, else fixed steps), seeded
+    by ``sft.seed`` without touching the caller's RNG; returns the result and the validation problems."""
+    target = sft_cfg.target_accuracy
+    val, problems, validate = [], None, None
+    if target is not None:
+        val, problems = validation_split(task, sft_cfg.val_problems)
+        metric = VALIDATION_METRICS[sft_cfg.target_metric]
+
+        def validate() -> float:
+            return metric(model, tokenizer, task, val)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(sft_cfg.seed)
+        result = train_sft(model, tokenizer, task, sft_cfg.steps, sft_cfg.lr, sft_cfg.batch_size,
+                           sft_cfg.warmup_steps, seed=sft_cfg.seed, progress=progress,
+                           aggregation_ratio=sft_cfg.aggregation_ratio, aggregation_k=sft_cfg.aggregation_k,
+                           problems=problems, validate=validate,
+                           eval_every=sft_cfg.eval_every if target is not None else 0, target_accuracy=target)
+    return result, val
+
+
 def warm_start(task, task_name: str, task_options: dict, sft_cfg, progress: bool = True,
                log=print) -> Path:
     """The cached warm-start checkpoint for this task and SFT config, built if missing."""
@@ -325,29 +353,12 @@ def warm_start(task, task_name: str, task_options: dict, sft_cfg, progress: bool
     if (path / "config.json").exists():
         log(f"warm start: using cached checkpoint {path}")
         return path
-    target = sft_cfg.target_accuracy
-    rule = (f"until validation {sft_cfg.target_metric} >= {target:g} (checked every {sft_cfg.eval_every} steps, "
-            f"at most {sft_cfg.steps} steps)" if target is not None else f"{sft_cfg.steps} steps")
-    log(f"warm start: supervised training of the built-in tiny model ({rule}) -> {path}")
+    log(f"warm start: supervised training of the built-in tiny model ({stop_rule(sft_cfg)}) -> {path}")
     tokenizer = build_char_tokenizer()
     model = build_tiny_model(tokenizer, seed=sft_cfg.seed)
-    val, problems, validate = [], None, None
-    if target is not None:
-        val, problems = validation_split(task, sft_cfg.val_problems)
-
-        metric = VALIDATION_METRICS[sft_cfg.target_metric]
-
-        def validate() -> float:
-            return metric(model, tokenizer, task, val)
     started = time.perf_counter()
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(sft_cfg.seed)
-        result = train_sft(model, tokenizer, task, sft_cfg.steps, sft_cfg.lr, sft_cfg.batch_size,
-                           sft_cfg.warmup_steps, seed=sft_cfg.seed, progress=progress,
-                           aggregation_ratio=sft_cfg.aggregation_ratio, aggregation_k=sft_cfg.aggregation_k,
-                           problems=problems, validate=validate,
-                           eval_every=sft_cfg.eval_every if target is not None else 0,
-                           target_accuracy=target)
+    result, val = train_by_rule(model, tokenizer, task, sft_cfg, progress)
+    target = sft_cfg.target_accuracy
     record = {
         "key": key, "task": task_name, "task_options": task_options, "sft": key_fields,
         "rule": STOP_RULE if target is not None else "fixed-steps",
@@ -392,26 +403,10 @@ def sft_model(model_path: str | Path, task, sft_cfg, to: str | Path, dtype: str 
     if to.exists() and (not to.is_dir() or any(to.iterdir())):
         raise ValueError(f"--to {to}: exists and is not an empty folder; choose a new one")
     model, tokenizer = load_model_and_tokenizer(model_path, dtype)
-    target = sft_cfg.target_accuracy
-    rule = (f"until validation {sft_cfg.target_metric} >= {target:g} (checked every {sft_cfg.eval_every} steps, "
-            f"at most {sft_cfg.steps} steps)" if target is not None else f"{sft_cfg.steps} steps")
     end = tokenizer.convert_ids_to_tokens(completion_end_id(tokenizer, task))
-    log(f"sft: supervised training of {model_path} ({rule}; targets end with {end}) -> {to}")
-    val, problems, validate = [], None, None
-    if target is not None:
-        val, problems = validation_split(task, sft_cfg.val_problems)
-        metric = VALIDATION_METRICS[sft_cfg.target_metric]
-
-        def validate() -> float:
-            return metric(model, tokenizer, task, val)
+    log(f"sft: supervised training of {model_path} ({stop_rule(sft_cfg)}; targets end with {end}) -> {to}")
     started = time.perf_counter()
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(sft_cfg.seed)
-        result = train_sft(model, tokenizer, task, sft_cfg.steps, sft_cfg.lr, sft_cfg.batch_size,
-                           sft_cfg.warmup_steps, seed=sft_cfg.seed, progress=progress,
-                           aggregation_ratio=sft_cfg.aggregation_ratio, aggregation_k=sft_cfg.aggregation_k,
-                           problems=problems, validate=validate,
-                           eval_every=sft_cfg.eval_every if target is not None else 0, target_accuracy=target)
+    result, val = train_by_rule(model, tokenizer, task, sft_cfg, progress)
     if result.val_accuracy is not None:
         log(f"sft: validation {sft_cfg.target_metric} {result.val_accuracy:.3f} after {result.steps} steps "
             f"({len(val)} validation problems)")
