@@ -39,6 +39,12 @@ CHATML_TEMPLATE = (
 
 SPECIALS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
 
+#: eos convention -> (the tokenizer's eos_token, the ids' tokens in generation_config.eos_token_id)
+CONVENTIONS = {
+    "instruct": ("<|im_end|>", ("<|im_end|>",)),
+    "base": ("<|endoftext|>", ("<|endoftext|>", "<|im_end|>")),
+}
+
 #: name -> (model_type, eos convention)
 STAND_INS = {
     "qwen3_instruct": ("qwen3", "instruct"),
@@ -46,6 +52,35 @@ STAND_INS = {
     "qwen2_instruct": ("qwen2", "instruct"),
     "qwen2_base": ("qwen2", "base"),
 }
+
+
+def _qwen3(common: dict, shape: dict):
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    return Qwen3ForCausalLM, Qwen3Config(tie_word_embeddings=True, attention_bias=False, **common, **shape)
+
+
+def _qwen2(common: dict, shape: dict):
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    shape = {k: v for k, v in shape.items() if k != "head_dim"}
+    config = Qwen2Config(tie_word_embeddings=False, **common, **shape)
+    config.head_dim = shape["hidden_size"] // shape["num_attention_heads"]
+    return Qwen2ForCausalLM, config
+
+
+def _random_biases(model) -> None:
+    """Qwen2's q/k/v biases start at zero in HF's init: make them matter."""
+    import torch
+
+    with torch.no_grad():
+        for layer in model.model.layers:
+            for proj in (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj):
+                proj.bias.normal_(0.0, 0.02)
+
+
+#: model_type -> (builder of (model class, config), what to do to the fresh weights)
+ARCHITECTURES = {"qwen3": (_qwen3, None), "qwen2": (_qwen2, _random_biases)}
 
 #: small enough for a CPU test, shaped like the real thing (GQA: 4 query heads share 2 key/value heads)
 ARCH = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
@@ -94,35 +129,24 @@ def build_bpe_tokenizer(vocab_size: int = 1200, eos: str = "<|im_end|>", seed: i
 def build_stand_in(name: str = "qwen3_instruct", seed: int = 0, **arch):
     """(model, tokenizer) of the stand-in ``name`` (a key of :data:`STAND_INS`), random weights."""
     import torch
-    from transformers import GenerationConfig, Qwen2Config, Qwen2ForCausalLM, Qwen3Config, Qwen3ForCausalLM
+    from transformers import GenerationConfig
 
     if name not in STAND_INS:
         raise ValueError(f"unknown stand-in {name!r}; choose one of {', '.join(STAND_INS)}")
     model_type, convention = STAND_INS[name]
-    tokenizer = build_bpe_tokenizer(eos="<|im_end|>" if convention == "instruct" else "<|endoftext|>", seed=seed)
-    im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
-    eot = tokenizer.convert_tokens_to_ids("<|endoftext|>")
-    shape = {**ARCH, **arch}
-    common = dict(vocab_size=len(tokenizer), eos_token_id=tokenizer.eos_token_id, pad_token_id=eot,
-                  bos_token_id=None, **shape)
-    if model_type == "qwen3":
-        config = Qwen3Config(tie_word_embeddings=True, attention_bias=False, **common)
-        cls = Qwen3ForCausalLM
-    else:
-        shape.pop("head_dim", None)
-        config = Qwen2Config(tie_word_embeddings=False, **{**common, **{k: v for k, v in shape.items()}})
-        config.head_dim = shape["hidden_size"] // shape["num_attention_heads"]
-        cls = Qwen2ForCausalLM
+    eos, eos_tokens = CONVENTIONS[convention]
+    tokenizer = build_bpe_tokenizer(eos=eos, seed=seed)
+    pad = tokenizer.convert_tokens_to_ids("<|endoftext|>")
+    common = dict(vocab_size=len(tokenizer), eos_token_id=tokenizer.eos_token_id, pad_token_id=pad, bos_token_id=None)
+    build, adjust = ARCHITECTURES[model_type]
+    cls, config = build(common, {**ARCH, **arch})
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = cls(config)
-        if model_type == "qwen2":  # attention biases start at zero in HF's init: make them matter
-            with torch.no_grad():
-                for layer in model.model.layers:
-                    for proj in (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj):
-                        proj.bias.normal_(0.0, 0.02)
-    eos_ids = [im_end] if convention == "instruct" else [eot, im_end]
-    model.generation_config = GenerationConfig(eos_token_id=eos_ids, pad_token_id=eot, bos_token_id=None)
+        if adjust is not None:
+            adjust(model)
+    model.generation_config = GenerationConfig(eos_token_id=[tokenizer.convert_tokens_to_ids(t) for t in eos_tokens],
+                                               pad_token_id=pad, bos_token_id=None)
     return model, tokenizer
 
 
