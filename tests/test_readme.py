@@ -1,9 +1,11 @@
-"""Every shell command in README.md's code blocks is run (with small step counts), so the front page cannot rot.
+"""Every shell command in README.md's and the documentation's code blocks is run (with small step counts),
+so neither the front page nor docs/ can rot.
 
-The commands are read from README's fenced ``bash``/``sh``/``shell``/``console`` blocks (comments
-stripped, ``\\`` continuations joined) and run in order, in one scratch folder that links the
-repository's ``configs/``, ``studies/``, ``examples/`` ... so relative paths mean what they mean
-from a clone. How each kind is run:
+The commands are read from the fenced ``bash``/``sh``/``shell``/``console`` blocks of README.md and of
+every page under ``docs/`` (:data:`DOC_FILES`; comments stripped, ``\\`` continuations joined) and run
+in that order, README first, each command once (a command that several pages show is run where it
+first appears), in one scratch folder that links the repository's ``configs/``, ``studies/``,
+``examples/`` ... so relative paths mean what they mean from a clone. How each kind is run:
 
 * ``rlvr train`` / ``sft`` / ``eval`` / ``tts``: in-process through ``rlvr.cli.main`` with the
   command's own arguments, plus overrides that make it small (:data:`SMALL`: 2 RL steps, a 10-step
@@ -12,20 +14,25 @@ from a clone. How each kind is run:
 * ``rlvr compare STUDY``: ``--dry-run`` is run as it is (it validates every arm x seed). A real
   study is run on a copy of the study file with the small overrides added to its base; only the
   arms and seeds the command selects (the full study, 13 arms x 3 seeds, is only validated with
-  ``--dry-run``: it takes an hour).
+  ``--dry-run``: it takes an hour; commands that would run a whole study differ only in how, so
+  they are validated once per study and backend).
+* ``rlvr sandbox bench``: run with at most :data:`BENCH_PROGRAMS` programs.
 * other ``rlvr`` subcommands (``kl-table``, ``export``, ...): run as they are.
 * ``make run`` / ``make test``: parsed, not run: ``make run`` is turned into the ``rlvr train``
   command of the Makefile's ``run:`` recipe (its CONFIG and the command's ARGS) and run small;
   ``make test`` must run pytest on ``tests/`` (running it from inside the test suite would recurse;
   CI runs it). The install step of both (pip) is what ``make test`` itself exercises.
 * ``pip install ...``: the extras it names must exist in pyproject.toml (not installed).
+* A block right after a line ``<!-- not run: REASON -->`` is not run (e.g. it needs the network);
+  the reason must be given.
 
-Placeholders: ``/path/to/...`` is a saved copy of the built-in model; a user's own file that README
-names (:data:`STAND_INS`: ``problems.jsonl``, ``prog.py``, ``in.txt``) is a small stand-in written
-into the scratch folder; ``~/.cache/rlvr`` is the
-test's private cache and ``<key>`` the warm start that ``rlvr sft`` built; a ``runs/<name>`` that
-no earlier command made is first trained from ``configs/<name>.yaml`` (small). A command of any
-other kind fails this test: add a rule here when README gains one.
+Placeholders: ``/path/to/...`` is a saved copy of the built-in model; a user's own file that the
+pages name (:data:`STAND_INS`: ``problems.jsonl``, ``prog.py``, ``in.txt``) is a small stand-in
+written into the scratch folder; ``~/.cache/rlvr`` is the test's private cache and ``<key>`` the
+warm start that ``rlvr sft`` built; a ``runs/<name>`` (given to ``--checkpoint``, ``--resume`` or
+``rlvr export``) that no earlier command made is first trained from ``configs/<name>.yaml``
+(small), and a ``runs/<name>/checkpoints/step_N`` that the small run did not reach is its latest
+checkpoint. A command of any other kind fails this test: add a rule here when a page gains one.
 """
 
 from __future__ import annotations
@@ -43,6 +50,8 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
+#: The pages whose shell blocks are run: README first, then the documentation.
+DOC_FILES = [README, *sorted((ROOT / "docs").rglob("*.md"))]
 LINKED = ("configs", "studies", "examples", "docs", "benchmarks", "Makefile", "pyproject.toml", "src", "tests")
 
 #: What makes a command small. Step counts always win over the command's; the rest only fill in.
@@ -50,6 +59,8 @@ FORCED = ["trainer.steps=2", "sft.steps=10"]
 SMALL = ["sft.batch_size=16", "sft.warmup_steps=2", "trainer.warmup_steps=0", "rollout.prompts_per_step=4", "rollout.group_size=4",
          "trainer.num_minibatches=1", "eval.num_problems=4", "eval.samples_per_problem=2",
          "logging.progress=false", "logging.plots=false", "logging.checkpoint_every=1"]
+#: ``rlvr sandbox bench`` judges at most this many programs per slot count.
+BENCH_PROGRAMS = 10
 
 
 #: Files README's examples treat as the user's own, written as small stand-ins in the scratch folder.
@@ -62,11 +73,20 @@ STAND_INS = {
 }
 
 
+NOT_RUN = re.compile(r"^<!--\s*not run:(?P<why>[^>]*)-->[ \t]*\n")
+BLOCK = re.compile(r"(?P<mark>^<!--\s*not run:[^>]*-->[ \t]*\n)?^```(?:bash|sh|shell|console)[ \t]*\n(?P<body>.*?)^```",
+                   flags=re.M | re.S)
+
+
 def readme_commands(text: str) -> list[str]:
-    """Shell commands of README's shell code blocks, one string each (continuations joined)."""
+    """Shell commands of a page's shell code blocks, one string each (continuations joined).
+
+    Blocks marked ``<!-- not run: ... -->`` are left out."""
     commands = []
-    for block in re.findall(r"^```(?:bash|sh|shell|console)\s*\n(.*?)^```", text, flags=re.M | re.S):
-        joined = re.sub(r"\\\n\s*", " ", block)
+    for m in BLOCK.finditer(text):
+        if m.group("mark"):
+            continue
+        joined = re.sub(r"\\\n\s*", " ", m.group("body"))
         for line in joined.splitlines():
             line = line.strip().removeprefix("$ ").strip()
             if not line or line.startswith("#"):
@@ -77,11 +97,41 @@ def readme_commands(text: str) -> list[str]:
     return commands
 
 
-COMMANDS = readme_commands(README.read_text())
+def _dedup_key(command: str) -> str:
+    """Commands with one key are checked once: identical ones, and whole-study ``rlvr compare`` runs
+    (only validated, per study and backend)."""
+    tokens = shlex.split(command)
+    if tokens[:2] == ["rlvr", "compare"] and len(tokens) > 2 and "--arms" not in tokens and "--seeds" not in tokens:
+        backend = tokens[tokens.index("--backend") + 1] if "--backend" in tokens[:-1] else "local"
+        return f"rlvr compare {tokens[2]} --dry-run --backend {backend}"
+    return command
+
+
+def _collect() -> list[tuple[str, str]]:
+    """(page, command) for every command of :data:`DOC_FILES`, each key once, in order."""
+    seen, out = set(), []
+    for path in DOC_FILES:
+        for command in readme_commands(path.read_text()):
+            key = _dedup_key(command)
+            if key not in seen:
+                seen.add(key)
+                out.append((str(path.relative_to(ROOT)), command))
+    return out
+
+
+PAGE_COMMANDS = _collect()
+COMMANDS = [c for _, c in PAGE_COMMANDS]
+README_COMMANDS = readme_commands(README.read_text())
 
 
 def test_readme_has_commands():
-    assert any(c.startswith("rlvr train") for c in COMMANDS) and any(c.startswith("make run") for c in COMMANDS)
+    assert any(c.startswith("rlvr train") for c in README_COMMANDS) and any(c.startswith("make run") for c in README_COMMANDS)
+
+
+def test_blocks_not_run_say_why():
+    for path in DOC_FILES:
+        for m in NOT_RUN.finditer(path.read_text()):
+            assert m.group("why").strip(), f"{path.relative_to(ROOT)}: a '<!-- not run: -->' mark without a reason"
 
 
 # --------------------------------------------------------------------------- the workspace
@@ -113,10 +163,15 @@ class Workspace:
                 t = self.warm_start_path()
             out.append(t)
         for i, t in enumerate(out):  # a run folder that no earlier command made: train it first
-            if i and out[i - 1] in ("--checkpoint", "--resume") and t.startswith("runs/") and not Path(t).exists():
-                name = Path(t).parts[1]
-                assert (Path("configs") / f"{name}.yaml").exists(), f"README uses {t}, but nothing makes it"
-                self.run_cli(["train", "--config", f"configs/{name}.yaml", f"run.name={name}", *SMALL, *FORCED])
+            run_arg = i and (out[i - 1] in ("--checkpoint", "--resume") or (out[i - 1] == "export" and i == 1))
+            if run_arg and t.startswith("runs/") and not Path(t).exists():
+                run = Path(*Path(t).parts[:2])
+                if not run.exists():
+                    name = run.name
+                    assert (Path("configs") / f"{name}.yaml").exists(), f"a page uses {t}, but nothing makes it"
+                    self.run_cli(["train", "--config", f"configs/{name}.yaml", f"run.name={name}", *SMALL, *FORCED])
+                if re.fullmatch(r"runs/[^/]+/checkpoints/step_\d+", t) and not Path(t).exists():
+                    out[i] = str(max((run / "checkpoints").glob("step_*")))  # the small run stopped earlier
         return out
 
     def saved_model(self) -> str:
@@ -225,9 +280,19 @@ def run_pip(tokens: list[str]) -> None:
                 assert extra.strip() in extras, f"README installs the extra {extra.strip()!r}, which pyproject lacks"
 
 
+def _bench_small(argv: list[str]) -> list[str]:
+    argv = list(argv)
+    if "--programs" in argv[:-1]:
+        i = argv.index("--programs") + 1
+        argv[i] = str(min(int(argv[i]), BENCH_PROGRAMS))
+    else:
+        argv += ["--programs", str(BENCH_PROGRAMS)]
+    return argv
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("command", COMMANDS, ids=[c[:80] for c in COMMANDS])
-def test_readme_command(workspace, command):
+@pytest.mark.parametrize("page,command", PAGE_COMMANDS, ids=[f"{p}: {c[:70]}" for p, c in PAGE_COMMANDS])
+def test_readme_command(workspace, page, command):
     tokens = shlex.split(command)
     if tokens[0] == "make":
         run_make(workspace, tokens)
@@ -240,16 +305,18 @@ def test_readme_command(workspace, command):
             run_compare(workspace, argv[argv.index(sub):])
         elif sub in ("train", "sft", "eval", "tts"):
             workspace.run_cli(_small(argv, sub))
+        elif argv[:2] == ["sandbox", "bench"]:
+            workspace.run_cli(_bench_small(argv))
         else:
             workspace.run_cli(argv)
     else:
-        pytest.fail(f"README command not covered by tests/test_readme.py (add a rule): {command}")
+        pytest.fail(f"{page}: command not covered by tests/test_readme.py (add a rule): {command}")
 
 
 def test_every_command_kind_has_a_rule():
-    """Cheap and never skipped: every README command is one this file knows how to check."""
-    for command in COMMANDS:
+    """Cheap and never skipped: every command of README and docs/ is one this file knows how to check."""
+    for page, command in PAGE_COMMANDS:
         tokens = shlex.split(command)
-        assert tokens[0] in ("rlvr", "make", "pip", "python"), f"no rule for README command: {command}"
+        assert tokens[0] in ("rlvr", "make", "pip", "python"), f"{page}: no rule for command: {command}"
         if tokens[0] == "make":
-            assert tokens[1] in ("run", "test"), f"no rule for README command: {command}"
+            assert tokens[1] in ("run", "test"), f"{page}: no rule for command: {command}"
