@@ -28,8 +28,8 @@ from rlvr.models.tiny import save_tiny  # noqa: E402
 from rlvr.rollout.base import SamplingParams  # noqa: E402
 from rlvr.rollout.hf import HFRolloutEngine  # noqa: E402
 from rlvr.tasks import make_task  # noqa: E402
-from rlvr.train.experience import PromptSampler  # noqa: E402
-from rlvr.train.producer import PromptDraws, RolloutProducer  # noqa: E402
+from rlvr.experience.batch import PromptSampler  # noqa: E402
+from rlvr.experience.producer import PromptDraws, RolloutProducer  # noqa: E402
 from rlvr.train.learner import Learner  # noqa: E402
 
 

@@ -454,7 +454,7 @@ def rlvr_worker(spec: dict) -> dict:
 
     from rlvr.train import loop
     from rlvr.train.learner import Learner
-    from rlvr.train.logger import RunLogger
+    from rlvr.records.logger import RunLogger
 
     config = _load(spec)
     clock = _Clock()
@@ -528,10 +528,12 @@ def trl_worker(spec: dict) -> dict:
     from trl import GRPOConfig, GRPOTrainer
 
     from rlvr.eval.evaluate import evaluate
-    from rlvr.models.load import load_model_and_tokenizer, resolve_model_path
+    from rlvr.models.load import load_model_and_tokenizer
+    from rlvr.warmstart.sft import resolve_model_path
     from rlvr.rollout.hf import HFRolloutEngine
     from rlvr.tasks import defaults as task_defaults, make_task
-    from rlvr.train.experience import PromptSampler, score
+    from rlvr.experience.batch import PromptSampler
+    from rlvr.tasks.base import score
 
     warnings.filterwarnings("ignore")
     hf_logging.set_verbosity_error()
@@ -631,7 +633,7 @@ def trl_worker(spec: dict) -> dict:
 
 def warm_worker(spec: dict) -> dict:
     """Build (or find) the cached warm start both sides load: ``rlvr sft``'s own code path."""
-    from rlvr.models.load import resolve_model_path
+    from rlvr.warmstart.sft import resolve_model_path
     from rlvr.tasks import make_task
 
     config = _load(spec)

@@ -42,7 +42,7 @@ def test_env_json_matches_the_running_packages(capsys, monkeypatch, tmp_path):
 
 
 def test_rlvr_cache_root_is_the_trainers(monkeypatch, tmp_path):
-    from rlvr.train.sft import cache_root
+    from rlvr.warmstart.sft import cache_root
 
     assert envinfo._rlvr_cache_root() == cache_root()
     monkeypatch.setenv("RLVR_CACHE", str(tmp_path))

@@ -70,7 +70,7 @@ def test_run_threads_is_validated():
 
 
 def test_thread_split_uses_run_threads():
-    from rlvr.train.async_source import thread_split
+    from rlvr.experience.workers import thread_split
 
     rt = load_config(None, ["runtime.mode=async", "runtime.num_rollout_workers=1"]).runtime
     assert thread_split(rt, 4) == (2, 2)

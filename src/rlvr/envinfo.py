@@ -233,7 +233,7 @@ def _cache(path: Path | str) -> dict:
 
 
 def _rlvr_cache_root() -> Path:
-    # the same rule as rlvr.train.sft.cache_root (which imports the trainer: too slow just for a path)
+    # the same rule as rlvr.warmstart.sft.cache_root (which imports the trainer: too slow just for a path)
     return Path(os.environ.get("RLVR_CACHE", Path.home() / ".cache" / "rlvr"))
 
 

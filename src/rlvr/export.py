@@ -23,7 +23,7 @@ from rlvr.models.lora import ADAPTER_CONFIG, ADAPTER_WEIGHTS, is_adapter_checkpo
 
 def resolve_source(source: str | Path) -> Path:
     """A run folder (its latest checkpoint) or a checkpoint folder."""
-    from rlvr.train.checkpoint import latest_checkpoint
+    from rlvr.records.checkpoint import latest_checkpoint
 
     path = Path(source).expanduser()
     if not path.is_dir():

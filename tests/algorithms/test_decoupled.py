@@ -316,7 +316,7 @@ def tiny_experience(tmp_path_factory):
     from rlvr.models.tiny import save_tiny
     from rlvr.rollout.base import SamplingParams
     from rlvr.rollout.hf import HFRolloutEngine
-    from rlvr.train.experience import Experience
+    from rlvr.experience.batch import Experience
 
     model, tok = load_model_and_tokenizer(save_tiny(tmp_path_factory.mktemp("m") / "tiny", seed=2))
     torch.manual_seed(0)

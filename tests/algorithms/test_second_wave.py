@@ -178,7 +178,7 @@ def test_multiplier_grad_matches_autograd(kind):
 
 def test_lagrange_controller_hand_sequence_and_checkpoint():
     from rlvr.config import ConstraintSpec
-    from rlvr.train.controllers import LagrangeConstraints
+    from rlvr.control.controllers import LagrangeConstraints
 
     spec = ConstraintSpec(threshold=0.8, lr=0.5, momentum=0.5)
     c = LagrangeConstraints({"fmt": spec})
@@ -209,7 +209,7 @@ def test_adaptive_kl_hand_sequence():
 
 
 def test_adaptive_entropy_hand_sequence_and_callback_state():
-    from rlvr.train.callbacks import AdaptiveEntropyControl
+    from rlvr.control.callbacks import AdaptiveEntropyControl
 
     class L:
         entropy_coef = 0.0

@@ -108,7 +108,7 @@ def test_arm_controller_confidences_equal_an_unpadded_forward():
     """The controller's one padded forward gives, per row, the log-probs of the prompt tokens (from the
     second on) and of the completion tokens that an unpadded forward of that row alone gives."""
     from rlvr.models.tiny import build_char_tokenizer, build_tiny_model
-    from rlvr.train.controllers import AdvantageReweighting
+    from rlvr.control.controllers import AdvantageReweighting
 
     tok = build_char_tokenizer()
     model = build_tiny_model(tok, seed=0, hidden_size=32, intermediate_size=64, num_hidden_layers=2,

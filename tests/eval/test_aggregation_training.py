@@ -8,8 +8,8 @@ import pytest
 from eval_stubs import StubEngine, StubTask, candidates_of
 from rlvr.config import ConfigError, load_config
 from rlvr.rollout.base import SamplingParams
-from rlvr.train.experience import PromptSampler
-from rlvr.train.producer import AggregationPlan, PromptDraws, RolloutProducer, aggregation_count
+from rlvr.experience.batch import PromptSampler
+from rlvr.experience.producer import AggregationPlan, PromptDraws, RolloutProducer, aggregation_count
 
 
 def _producer(ratio, k=2, prompts_per_step=4, G=3):
@@ -70,7 +70,7 @@ def test_aggregation_config_errors_name_the_field():
 
 def test_warm_start_mixes_aggregation_examples_and_keeps_old_cache_keys():
     from rlvr.tasks import make_task
-    from rlvr.train.sft import sft_batch, sft_key_fields
+    from rlvr.warmstart.sft import sft_batch, sft_key_fields
 
     task = make_task("arithmetic_chain", num_train=50, num_eval=10)
     batch = task.problems("train", 40)

@@ -10,7 +10,7 @@ import pytest  # noqa: E402
 
 from rlvr.compare.stats import moving_average  # noqa: E402
 from rlvr.eval.report import RAW_ALPHA, plot_pass_at_k, plot_series, plot_tts  # noqa: E402
-from rlvr.train.logger import RunLogger  # noqa: E402
+from rlvr.records.logger import RunLogger  # noqa: E402
 
 
 def _by_gid(ax):

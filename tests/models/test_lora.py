@@ -24,9 +24,9 @@ from rlvr.models.tiny import save_tiny  # noqa: E402
 from rlvr.rollout.base import SamplingParams  # noqa: E402
 from rlvr.rollout.hf import HFRolloutEngine  # noqa: E402
 from rlvr.tasks import make_task  # noqa: E402
-from rlvr.train.experience import PromptSampler  # noqa: E402
+from rlvr.experience.batch import PromptSampler  # noqa: E402
 from rlvr.train.learner import Learner  # noqa: E402
-from rlvr.train.producer import PromptDraws, RolloutProducer  # noqa: E402
+from rlvr.experience.producer import PromptDraws, RolloutProducer  # noqa: E402
 
 LORA = ["model.lora.enabled=true", "model.lora.r=4", "model.lora.alpha=8"]
 

@@ -122,7 +122,7 @@ def test_learner_with_a_critic_trains_the_same_with_and_without_sharing(fast_con
     from rlvr.models.load import load_model_and_tokenizer
     from rlvr.models.tiny import save_tiny
     from rlvr.train.critic import Critics
-    from rlvr.train.experience import Experience
+    from rlvr.experience.batch import Experience
     from rlvr.train.learner import Learner
 
     path = save_tiny(tmp_path / "tiny", seed=5, **ARCH)

@@ -18,7 +18,7 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 from rlvr.models.load import TOKENIZER_FILES, load_model_and_tokenizer, load_tokenizer, set_runtime  # noqa: E402
-from rlvr.train.checkpoint import save_checkpoint  # noqa: E402
+from rlvr.records.checkpoint import save_checkpoint  # noqa: E402
 
 TEXT = "123 + 456"
 SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]

@@ -83,7 +83,7 @@ def test_readme_bring_your_own_model_on_a_real_architecture(stand_in, tmp_path, 
                 "eval.num_problems=6", "eval.samples_per_problem=2", "logging.progress=false"], capsys)
     result = json.loads(out.out)
     assert result["engine"] == "lean" and 0.0 <= result["truncated_frac"] <= 1.0
-    from rlvr.eval.cli_eval import checkpoint_config
+    from rlvr.cli.eval import checkpoint_config
     from rlvr.tasks import make_task
 
     cfg = checkpoint_config("configs/grpo_dataset_lora_tiny.yaml", [], my_model_rl)

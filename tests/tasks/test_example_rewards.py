@@ -103,7 +103,7 @@ def write_rows(tmp_path, chat: bool) -> Path:
 @pytest.mark.parametrize("chat", [False, True], ids=["plain_prompts", "conversational_prompts"])
 def test_scored_through_the_dataset_task(tmp_path, in_repo, stand_in, chat):
     from rlvr.tasks import make_task
-    from rlvr.train.experience import score
+    from rlvr.tasks.base import score
 
     task = make_task("dataset", path=str(write_rows(tmp_path, chat)), tokenizer=str(stand_in),
                      reward_functions=SPECS, eval_fraction=0.0)

@@ -173,7 +173,7 @@ def test_a_function_failing_on_every_sample_stops_the_run(user_file, name, why):
 
 
 def test_dataset_task_with_reward_functions(user_file, data):
-    from rlvr.train.experience import score
+    from rlvr.tasks.base import score
 
     task = DatasetTask(path=str(data), eval_fraction=0.0, reward_functions=[
         f"{user_file}:accuracy", {"function": f"{user_file}:only_even", "weight": 0.5}, f"{user_file}:counted"],

@@ -15,9 +15,9 @@ from rlvr.models.tiny import save_tiny
 from rlvr.rollout.base import SamplingParams
 from rlvr.rollout.hf import HFRolloutEngine
 from rlvr.tasks import make_task
-from rlvr.train.experience import PromptSampler
+from rlvr.experience.batch import PromptSampler
 from rlvr.train.learner import Learner
-from rlvr.train.producer import PromptDraws, RolloutProducer
+from rlvr.experience.producer import PromptDraws, RolloutProducer
 
 
 @pytest.fixture(scope="module")

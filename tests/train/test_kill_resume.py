@@ -82,7 +82,7 @@ def test_what_a_kill_leaves_among_checkpoints_is_cleared_before_a_resume_picks_o
     import torch
 
     from rlvr.models.tiny import build_char_tokenizer, build_tiny_model
-    from rlvr.train.checkpoint import latest_checkpoint, remove_leftovers, save_checkpoint
+    from rlvr.records.checkpoint import latest_checkpoint, remove_leftovers, save_checkpoint
 
     tok = build_char_tokenizer()
     model = build_tiny_model(tok, seed=0, hidden_size=16, intermediate_size=32, num_hidden_layers=1,

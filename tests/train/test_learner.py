@@ -8,8 +8,8 @@ from rlvr.models.tiny import save_tiny
 from rlvr.rollout.base import SamplingParams
 from rlvr.rollout.hf import HFRolloutEngine
 from rlvr.tasks import make_task
-from rlvr.train.experience import PromptSampler
-from rlvr.train.producer import PromptDraws, RolloutProducer
+from rlvr.experience.batch import PromptSampler
+from rlvr.experience.producer import PromptDraws, RolloutProducer
 from rlvr.train.learner import Learner, _outcome_on_last_token
 
 
@@ -56,7 +56,7 @@ def test_outcome_reward_sits_on_the_last_valid_token():
 def test_lr_schedules_warm_up_then_hold_or_decay():
     import math
 
-    from rlvr.train.learner import lr_factor
+    from rlvr.optim import lr_factor
 
     for schedule in ("constant", "linear", "cosine"):
         assert [lr_factor(s, 4, schedule, 20, 0.1) for s in range(3)] == [0.25, 0.5, 0.75]

@@ -61,8 +61,8 @@ def setup(tmp_path_factory):
     from rlvr.rollout.base import SamplingParams
     from rlvr.rollout.hf import HFRolloutEngine
     from rlvr.tasks import make_task
-    from rlvr.train.experience import PromptSampler
-    from rlvr.train.producer import PromptDraws, RolloutProducer
+    from rlvr.experience.batch import PromptSampler
+    from rlvr.experience.producer import PromptDraws, RolloutProducer
 
     model, tok = load_model_and_tokenizer(save_tiny(tmp_path_factory.mktemp("m") / "tiny", seed=2))
     assert generation_truncation(model.generation_config) is None  # the built-in model samples plainly

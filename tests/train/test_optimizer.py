@@ -6,7 +6,8 @@ import copy
 import pytest
 import torch
 
-from rlvr.train.learner import adamw_kwargs, make_optimizer, micro_batches, sort_groups_by_length
+from rlvr.optim import adamw_kwargs, make_optimizer
+from rlvr.train.batches import micro_batches, sort_groups_by_length
 
 
 def _steps(model, impl, n=5, seed=0):
@@ -68,7 +69,7 @@ def test_sorted_micro_batches_give_the_unsorted_update(fast_config, shared, tmp_
     from rlvr.models.load import load_model_and_tokenizer
     from rlvr.models.tiny import save_tiny
     from rlvr.rollout.base import Rollout
-    from rlvr.train.experience import Experience
+    from rlvr.experience.batch import Experience
     from rlvr.train.learner import Learner
 
     base, tok = load_model_and_tokenizer(save_tiny(tmp_path / "tiny", seed=1, hidden_size=64, intermediate_size=128,

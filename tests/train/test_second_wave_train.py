@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from rlvr.config import ConfigError, load_config
-from rlvr.train.producer import PositiveNegativePairing, pair_roles
+from rlvr.experience.producer import PositiveNegativePairing, pair_roles
 
 EASY = ["task.options={max_digits: 1, ops: '+', num_eval: 20}", "sft.steps=150", "sft.batch_size=32",
         "sft.lr=3.0e-3"]
@@ -41,7 +41,7 @@ class _FakeRollout:
 
 
 def test_pairing_collects_hard_easy_pairs():
-    from rlvr.train.experience import Experience
+    from rlvr.experience.batch import Experience
     from rlvr.rollout.base import Rollout
 
     rates = iter([[0.0, 0.25, 1.0, 0.5], [0.75, 0.25, 0.75, 0.0]])  # per round, per group (G = 4)

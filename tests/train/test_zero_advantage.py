@@ -94,7 +94,7 @@ def _tiny(tmp_path):
 
 def _experience(tok, rewards, G=4):
     from rlvr.rollout.base import Rollout
-    from rlvr.train.experience import Experience
+    from rlvr.experience.batch import Experience
 
     g = torch.Generator().manual_seed(0)
     n = len(rewards) // G

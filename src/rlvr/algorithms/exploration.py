@@ -10,8 +10,8 @@ loss of ANY policy loss (through its ``weights`` argument, like mismatch weights
   rule", Wang et al. 2025, arXiv 2506.01939; TRL ``top_entropy_quantile``).
 * ``steer``: STEER token re-weighting (arXiv 2510.10150, spec 12.1; authors' ``compute_token_weights``).
 
-Controllers and bonuses (pure update rules; the stateful wrappers are in ``rlvr.train.controllers``
-and ``rlvr.train.callbacks``): :func:`adaptive_kl_update` (Ziegler et al. 2019, arXiv 1909.08593
+Controllers and bonuses (pure update rules; the stateful wrappers are in ``rlvr.control.controllers``
+and ``rlvr.control.callbacks``): :func:`adaptive_kl_update` (Ziegler et al. 2019, arXiv 1909.08593
 eq. 2; verl ``AdaptiveKLController``), :func:`adaptive_entropy_update` (Skywork-OR1, arXiv
 2505.22312, as TRL ``use_adaptive_entropy``), :func:`imentor_bonus` (i-MENTOR, arXiv 2505.17621,
 spec 12.3), :func:`arm_advantages` / :func:`low_prob_confidence` (ARM / ProGRPO, arXiv 2602.05281,

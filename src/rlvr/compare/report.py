@@ -262,7 +262,7 @@ def curve_figure(study: Study, runs: list[RunSummary], metric: str):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from rlvr.eval.report import is_eval_metric, plot_series
+    from rlvr.records.plots import is_eval_metric, plot_series
 
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     styles = ["-", "--", ":", "-."]
@@ -344,7 +344,7 @@ def plot_study(study: Study, runs: list[RunSummary], results: list[ArmResult], o
     """One figure per curve metric (all arms, mean line with a seed band) and one of the final
     metrics with their intervals. Returns the plots written (one that cannot be written, e.g.
     on a full disk, is left out with a warning)."""
-    from rlvr.eval.report import save_figure
+    from rlvr.records.plots import save_figure
 
     figures = [(f"curve_{metric.replace('/', '_')}.png", lambda m=metric: curve_figure(study, runs, m))
                for metric in study.spec.curves]

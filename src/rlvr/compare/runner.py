@@ -110,7 +110,8 @@ def _diff(a: dict, b: dict, prefix: str = "") -> str:
 def prepare_warm_starts(runs: list[RunSpec], log=print) -> None:
     """Build each distinct cached warm start once, here, before the workers start (otherwise every
     worker would build the same one at the same time)."""
-    from rlvr.models.load import BUILTIN_TINY, resolve_model_path
+    from rlvr.models.load import BUILTIN_TINY
+    from rlvr.warmstart.sft import resolve_model_path
     from rlvr.tasks import make_task
 
     seen = set()

@@ -13,6 +13,8 @@ import math
 from dataclasses import dataclass
 from typing import Sequence
 
+from rlvr.records.plots import moving_average  # re-exported: the curve smoothing every plot uses
+
 __all__ = ["mean", "std", "t_cdf", "t_ppf", "Interval", "t_interval", "welch_interval", "paired_interval", "verdict",
            "auc", "final_mean", "moving_average", "CurveBand", "curve_band"]
 
@@ -211,19 +213,6 @@ def final_mean(values: Sequence[float], frac: float = 0.1) -> float:
         return math.nan
     k = max(1, math.ceil(frac * len(values)))
     return mean(list(values)[-k:])
-
-
-def moving_average(values: Sequence[float], window: int) -> list[float]:
-    """Trailing moving average: point i is the mean of values[max(0, i - window + 1) .. i]."""
-    if window < 1:
-        raise ValueError(f"window must be >= 1, got {window}")
-    out, acc = [], 0.0
-    for i, v in enumerate(values):
-        acc += v
-        if i >= window:
-            acc -= values[i - window]
-        out.append(acc / min(i + 1, window))
-    return out
 
 
 @dataclass(frozen=True)

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import os
 
-import torch
-
 from rlvr.rollout.base import SamplingParams
-from rlvr.train.experience import score
+from rlvr.tasks.base import score
 
 
 def evaluate(engine, task, problems: list, temperature: float, top_p: float, max_new_tokens: int,

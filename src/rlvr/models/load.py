@@ -166,27 +166,3 @@ def save_tokenizer(tokenizer, folder: str | Path) -> None:
         for name, value in user.items():
             setattr(tokenizer, name, value)
     tokenizer.save_pretrained(folder)
-
-
-def warm_start_record(model_path: str | Path) -> dict | None:
-    """What the cached warm start at ``model_path`` reached (rule, steps taken, validation accuracy),
-    or None for any other checkpoint: :func:`rlvr.train.sft.warm_start_record`, for run metadata."""
-    from rlvr.train.sft import warm_start_record as read
-
-    return read(model_path)
-
-
-def resolve_model_path(config, task, progress: bool = True, log=print) -> str:
-    """The checkpoint a run starts from: the cached warm start for ``builtin:tiny``, else ``model.path``."""
-    if config.model.path != BUILTIN_TINY:
-        return config.model.path
-    from rlvr.train.sft import cache_root, warm_start
-
-    if config.model.warm_start:
-        return str(warm_start(task, config.task.name, config.task.options, config.sft, progress, log))
-    from rlvr.models.tiny import save_tiny
-
-    path = cache_root() / "tiny-untrained"
-    if not (path / "config.json").exists():
-        save_tiny(path, seed=config.sft.seed)
-    return str(path)

@@ -17,20 +17,11 @@ from __future__ import annotations
 
 import torch
 
+from rlvr.models.forward import plain_outputs, sequence_inputs  # noqa: F401 (sequence_inputs: re-exported)
+from rlvr.models.prefix import shared_prefix_outputs
+
 #: Elements per chunk of :func:`logprob_stats` (4M fp32 values = 16 MiB per temporary).
 CHUNK_ELEMENTS = 1 << 22
-
-
-def sequence_inputs(prompt_ids, prompt_mask, completion_ids, completion_mask):
-    """Concatenate left-padded prompts and right-padded completions into one forward batch.
-
-    Position ids count only real tokens (as ``generate`` does with left padding), so a forward
-    pass sees exactly what the sampler saw.
-    """
-    input_ids = torch.cat([prompt_ids, completion_ids], dim=1)
-    attention_mask = torch.cat([prompt_mask, completion_mask], dim=1)
-    position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
-    return input_ids, attention_mask, position_ids
 
 
 def completion_logits(model, prompt_ids, prompt_mask, completion_ids, completion_mask,
@@ -79,21 +70,10 @@ def completion_outputs(model, prompt_ids, prompt_mask, completion_ids, completio
     Otherwise one plain forward; a causal LM that takes ``logits_to_keep`` applies its head only at
     the ``T`` positions that predict completion tokens instead of all ``P + T``.
     """
-    from rlvr.models.prefix import accepts, shared_prefix_outputs
-
     if shared_prefix:
         return shared_prefix_outputs(model, prompt_ids, prompt_mask, completion_ids, completion_mask,
                                      pack_tokens=pack_tokens)
-    input_ids, attention_mask, position_ids = sequence_inputs(prompt_ids, prompt_mask, completion_ids,
-                                                              completion_mask)
-    P, T = prompt_ids.shape[1], completion_ids.shape[1]
-    if accepts(model, "logits_to_keep"):  # positions P-1 .. P+T-2: a contiguous [B, T, V], no slice backward
-        keep = torch.arange(P - 1, P + T - 1, device=input_ids.device)
-        out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                    use_cache=False, logits_to_keep=keep)
-        return out.logits
-    out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False)
-    return out.logits[:, P - 1:P + T - 1]
+    return plain_outputs(model, prompt_ids, prompt_mask, completion_ids, completion_mask)
 
 
 def _blocks(B: int, T: int, V: int, budget: int):

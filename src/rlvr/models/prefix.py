@@ -23,21 +23,7 @@ import inspect
 
 import torch
 
-from rlvr.models.logprobs import sequence_inputs
-
-
-def underlying_model(model):
-    """The transformers module under a PEFT wrapper (the model itself otherwise)."""
-    seen = 0
-    while hasattr(model, "get_base_model") and seen < 4:
-        try:
-            inner = model.get_base_model()
-        except Exception:  # noqa: BLE001 - not a PEFT wrapper after all
-            break
-        if inner is model:
-            break
-        model, seen = inner, seen + 1
-    return model
+from rlvr.models.forward import accepts, plain_outputs, sequence_inputs, underlying_model
 
 
 def cache_argument(model) -> str | None:
@@ -51,14 +37,6 @@ def cache_argument(model) -> str | None:
         if name in params:
             return name
     return None
-
-
-def accepts(model, name: str) -> bool:
-    """True when the forward of ``model`` (under any PEFT wrapper) names the argument ``name``."""
-    try:
-        return name in inspect.signature(underlying_model(model).forward).parameters
-    except (TypeError, ValueError):
-        return False
 
 
 def _new_cache(model):
@@ -154,8 +132,6 @@ def packed_prefix_outputs(model, prompt_ids, prompt_mask, completion_ids, comple
     positions (``logits_to_keep``), which are scattered back to ``[B, T, D]`` (zeros at padding).
     Same outputs as the plain forward to float reassociation (``tests/models/test_prefix.py``).
     """
-    from rlvr.models.logprobs import sequence_inputs
-
     B, P = prompt_ids.shape
     T = completion_ids.shape[1]
     dev = prompt_ids.device
@@ -201,12 +177,10 @@ def shared_prefix_outputs(model, prompt_ids, prompt_mask, completion_ids, comple
     the model takes a 4D mask, the same outputs come from :func:`packed_prefix_outputs` (one forward, no
     padding, no cache); a longer batch keeps this path (the packed attention is dense, ``L x L``).
     """
-    from rlvr.models.logprobs import completion_outputs
-
     B, P = prompt_ids.shape
     T = completion_ids.shape[1]
     if P < 2:
-        return completion_outputs(model, prompt_ids, prompt_mask, completion_ids, completion_mask)
+        return plain_outputs(model, prompt_ids, prompt_mask, completion_ids, completion_mask)
     if pack_tokens > 0 and packed_length(prompt_ids, prompt_mask, completion_mask) <= pack_tokens:
         return packed_prefix_outputs(model, prompt_ids, prompt_mask, completion_ids, completion_mask)
     first, inverse = prefix_groups(prompt_ids[:, :P - 1], prompt_mask[:, :P - 1])
@@ -259,7 +233,7 @@ class PrefixSharing:
         if self.setting == "always":
             import warnings
 
-            from rlvr.config import ConfigWarning
+            from rlvr.overrides import ConfigWarning
 
             warnings.warn(f"trainer.shared_prefix = always, but {line}; running the plain forward",
                           ConfigWarning, stacklevel=3)
@@ -312,15 +286,13 @@ class PrefixSharing:
                layout=None) -> str | None:
         """None when ``layout`` (the cache-gather shared forward by default) gives the plain forward's
         outputs on the first 16 rows; otherwise the reason."""
-        from rlvr.models.logprobs import completion_outputs
-
         layout = layout or shared_prefix_outputs
         was_training = model.training
         model.eval()
         try:
             n = min(prompt_ids.shape[0], 16)
             args = (prompt_ids[:n], prompt_mask[:n], completion_ids[:n], completion_mask[:n])
-            plain = completion_outputs(model, *args).float()
+            plain = plain_outputs(model, *args).float()
             shared = layout(model, *args).float()
         finally:
             model.train(was_training)

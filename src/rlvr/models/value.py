@@ -23,7 +23,7 @@ import torch
 from transformers import AutoConfig, AutoModelForTokenClassification
 
 from rlvr.models.load import quiet_transformers
-from rlvr.models.logprobs import sequence_inputs
+from rlvr.models.forward import sequence_inputs
 
 
 def build_value_model(path: str | Path, num_outputs: int = 1, num_layers: int | None = None,

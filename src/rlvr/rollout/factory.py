@@ -31,7 +31,7 @@ def _lean(config, model, tokenizer, model_path=None, dtype: str | None = None):
         return LeanRolloutEngine(model, tokenizer, batch_size=config.rollout.batch_size, dtype=dtype,
                                  stops=stops_for(config, model, tokenizer))
     except LeanUnsupported as err:
-        from rlvr.config import ConfigWarning
+        from rlvr.overrides import ConfigWarning
 
         warnings.warn(f"rollout.engine = 'lean' cannot drive this model ({err}); using the hf engine",
                       ConfigWarning, stacklevel=2)

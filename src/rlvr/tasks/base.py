@@ -31,7 +31,10 @@ import hashlib
 import inspect
 import math
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Protocol, TypeVar, runtime_checkable
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Protocol, TypeVar, runtime_checkable
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = [
     "MAX_ANSWER_CHARS",
@@ -341,3 +344,16 @@ def unit_float(value: Any) -> float:
     if not math.isfinite(number):
         return 0.0
     return min(1.0, max(0.0, number))
+
+
+def score(task, problems: list, texts: list[str]) -> dict[str, torch.Tensor]:
+    """Run the task's verifier on every completion; named rewards as float tensors ``[B]``.
+
+    A task with ``score_batch(problems, texts) -> list[dict]`` (e.g. one whose user reward functions
+    are called once per batch, TRL style) is scored by it; otherwise ``task.score`` per row."""
+    import torch  # tasks load without torch (config validation); scoring returns tensors
+
+    batch = getattr(task, "score_batch", None)
+    scores = batch(list(problems), list(texts)) if batch is not None else [task.score(p, t) for p, t in zip(problems, texts)]
+    names = scores[0].keys() if scores else ()
+    return {k: torch.tensor([s[k] for s in scores], dtype=torch.float32) for k in names}

@@ -44,14 +44,14 @@ ZERO_VARIANCE_SHARE = 0.9
 
 def warn(message: str) -> None:
     """A one-line ``warning:`` (a :class:`rlvr.config.ConfigWarning`; the CLI prints it in one line)."""
-    from rlvr.config import ConfigWarning
+    from rlvr.overrides import ConfigWarning
 
     warnings.warn(message, ConfigWarning, stacklevel=3)
 
 
 def _override_task_name(overrides: list[str]) -> tuple[str | None, set[tuple[str, ...]]]:
     """The last task name the overrides set (``task.name=x`` or ``task={name: x}``), and every key path set."""
-    from rlvr.config import parse_override
+    from rlvr.overrides import parse_override
 
     name, paths = None, set()
     for item in overrides:
@@ -72,7 +72,7 @@ def _override_task_name(overrides: list[str]) -> tuple[str | None, set[tuple[str
 
 def _override_model_path(overrides: list[str]) -> str | None:
     """The last model path the overrides set (``model.path=x`` or ``model={path: x}``), else None."""
-    from rlvr.config import parse_override
+    from rlvr.overrides import parse_override
 
     path = None
     for item in overrides:

@@ -22,6 +22,8 @@ import torch
 
 from rlvr import algorithms as A
 from rlvr.models.value import build_value_model, completion_values, load_value_model
+from rlvr.optim import make_optimizer
+from rlvr.train.batches import log_once, micro_batches, split_groups
 
 
 def shard_responses(group: torch.Tensor, num_shards: int,
@@ -55,7 +57,6 @@ class Critics:
     """M value models with their own optimizers (M = 1: PPO's critic)."""
 
     def __init__(self, models: list[torch.nn.Module], config):
-        from rlvr.train.learner import make_optimizer
 
         self.models = models
         self.config = config
@@ -64,9 +65,8 @@ class Critics:
                     for m in models]
         from rlvr.models.prefix import PrefixSharing
 
-        from rlvr.train.learner import _log_once
 
-        self.prefix = PrefixSharing(getattr(config.trainer, "shared_prefix", "never"), log=_log_once)
+        self.prefix = PrefixSharing(getattr(config.trainer, "shared_prefix", "never"), log=log_once)
         params = inspect.signature(A.VALUE_LOSSES[c.value_loss]).parameters
         self.support = {k: c.value_loss_params.get(k, params[k].default)
                         for k in ("v_min", "v_max") if k in params}
@@ -113,7 +113,6 @@ class Critics:
     def update(self, exp, returns: torch.Tensor, old_values: torch.Tensor, mask: torch.Tensor,
                generator: torch.Generator) -> dict[str, float]:
         """Fit critic m to ``returns`` on shard m (``ppo_epochs`` x ``num_minibatches`` steps)."""
-        from rlvr.train.learner import split_groups, micro_batches
 
         cfg, c = self.config, self.config.critic
         shards = shard_responses(exp.group, len(self.models), generator)

@@ -32,7 +32,7 @@ import copy
 import inspect
 import math
 import time
-from functools import lru_cache, partial
+from functools import lru_cache
 
 import torch
 
@@ -40,67 +40,14 @@ from rlvr import algorithms as A
 from rlvr.config import Config
 from rlvr.models.logprobs import completion_logits, completion_outputs, logprob_stats, trim_padding
 from rlvr.models.lora import is_peft_model, reference_weights
-from rlvr.train.experience import Experience
+from rlvr.experience.batch import Experience
+from rlvr.optim import make_optimizer
+from rlvr.train.batches import log_once, micro_batches, sort_groups_by_length, split_groups
 from rlvr.train.zero_advantage import rows_with_advantage
 
 #: Step metrics averaged over every minibatch: a minibatch whose rows all had zero advantage adds
 #: exactly 0 to these; the other loss metrics average over the minibatches that trained rows.
 OVER_ALL_MINIBATCHES = frozenset({"loss"})
-
-
-def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float, betas, warmup_steps: int,
-                   schedule: str = "constant", total_steps: int = 0, min_lr_ratio: float = 0.0,
-                   impl: str = "for-loop"):
-    """AdamW with linear warm-up, then a constant, linear or cosine learning rate.
-
-    ``total_steps`` (optimizer steps) is where a decaying schedule reaches ``min_lr_ratio * lr``.
-    ``impl`` (``trainer.adamw_impl``): see :func:`adamw_kwargs`.
-    """
-    params = [p for p in model.parameters() if p.requires_grad]  # LoRA: the adapter only
-    optimizer = torch.optim.AdamW(params, lr=lr, betas=tuple(betas), weight_decay=weight_decay,
-                                  **adamw_kwargs(params, impl))
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, partial(lr_factor, warmup=max(1, warmup_steps), schedule=schedule, total=total_steps,
-                           floor=min_lr_ratio))
-    return optimizer, scheduler
-
-
-def adamw_kwargs(params, impl: str = "auto") -> dict:
-    """``fused`` / ``foreach`` arguments of ``torch.optim.AdamW`` for ``impl``: ``fused`` (one kernel over
-    all parameters), ``foreach`` (multi-tensor ops), ``for-loop`` (torch's reference loop, one tensor at a
-    time) or ``auto``: fused where torch has the kernel for every parameter (floating point, on a device
-    torch's fused AdamW supports: CPU and CUDA in torch 2.13), else foreach. All three compute the same
-    update up to float reassociation (tests/train/test_optimizer.py)."""
-    if impl == "for-loop":
-        return {"foreach": False}
-    if impl == "foreach":
-        return {"foreach": True}
-    if impl == "fused" or impl == "auto":
-        try:
-            from torch.optim.optimizer import _get_fused_kernels_supported_devices
-
-            devices = set(_get_fused_kernels_supported_devices())
-        except ImportError:  # pragma: no cover - an old torch
-            devices = set()
-        ok = bool(params) and all(p.dtype.is_floating_point and p.device.type in devices for p in params)
-        if ok:
-            return {"fused": True}
-        if impl == "fused":
-            raise ValueError("trainer.adamw_impl = 'fused': this torch has no fused AdamW for these parameters "
-                             f"(devices with the kernel: {sorted(devices)}); use auto or foreach")
-        return {"foreach": True}
-    raise ValueError(f"unknown AdamW implementation {impl!r}")
-
-
-def lr_factor(step: int, warmup: int, schedule: str, total: int, floor: float) -> float:
-    """Learning-rate multiplier at optimizer step ``step`` (0-based)."""
-    if step + 1 < warmup:
-        return (step + 1) / warmup
-    if schedule == "constant" or total <= warmup:
-        return 1.0
-    progress = min(1.0, (step + 1 - warmup) / (total - warmup))
-    decay = 1.0 - progress if schedule == "linear" else 0.5 * (1.0 + math.cos(math.pi * progress))
-    return floor + (1.0 - floor) * decay
 
 
 class NonFiniteStepsError(ValueError):
@@ -128,7 +75,7 @@ class Learner:
             impl=t.adamw_impl)
         from rlvr.models.prefix import PrefixSharing
 
-        self.prefix = PrefixSharing(t.shared_prefix, log=_log_once,  # trainer.shared_prefix (rlvr.models.prefix)
+        self.prefix = PrefixSharing(t.shared_prefix, log=log_once,  # trainer.shared_prefix (rlvr.models.prefix)
                                     pack_tokens=t.pack_tokens)
         self.old_logp_reason = ""  # why the latest update reused or recomputed old_logp
         self.ref_model = None
@@ -137,13 +84,13 @@ class Learner:
             # LoRA: the reference is the policy's own base (adapter disabled), no second copy
             self.ref_model = model if is_peft_model(model) else copy.deepcopy(model).eval().requires_grad_(False)
         self.policy_version = 0
-        # second wave: coefficients that controllers move (rlvr.train.callbacks), clamps, controllers
+        # second wave: coefficients that controllers move (rlvr.control.callbacks), clamps, controllers
         self.kl_coef = config.kl.coef
         self.entropy_coef = config.trainer.entropy_coef  # the coefficient applied this step
         self.kl_hp = A.kl_params(config.kl.estimator, {"log_ratio_clamp": config.kl.log_ratio_clamp,
                                                        "value_clamp": config.kl.value_clamp})
         self.ref_reset_step = None  # the step of the last reference reset (ProRL), if any
-        from rlvr.train.controllers import build_controllers
+        from rlvr.control.controllers import build_controllers
 
         self.controllers = build_controllers(config, model.get_input_embeddings().num_embeddings)
         self.skipped_steps = 0  # optimizer steps skipped for a non-finite loss or gradient norm, in all
@@ -270,7 +217,7 @@ class Learner:
             ref_logp = self._logprobs(self.ref_model, exp) if self.ref_model is not None else None
 
         rewards = exp.rewards
-        for ctl in self.controllers.values():  # dynamic reward weights (rlvr.train.controllers)
+        for ctl in self.controllers.values():  # dynamic reward weights (rlvr.control.controllers)
             if hasattr(ctl, "rewards"):
                 rewards = ctl.rewards(rewards, exp, self)
         token_rewards = _outcome_on_last_token(rewards, mask)
@@ -308,8 +255,8 @@ class Learner:
                 n = mask.sum().clamp(min=1)
                 metrics["asyppo/adv_masked_frac"] = float(((1 - adv_mask) * mask).sum() / n)
                 metrics["asyppo/entropy_masked_frac"] = float(((1 - entropy_mask) * mask).sum() / n)
-        if self.controllers:  # Lagrange multipliers, exploration bonuses (rlvr.train.controllers)
-            from rlvr.train.controllers import AdvantageContext
+        if self.controllers:  # Lagrange multipliers, exploration bonuses (rlvr.control.controllers)
+            from rlvr.control.controllers import AdvantageContext
 
             ctx = AdvantageContext(mask, lambda r: self.advantage_of(exp, r, mask), step)
             for ctl in self.controllers.values():
@@ -572,46 +519,6 @@ def mismatch_weights(cfg, old_logp, rollout_logp, mask):
     ``MISMATCH_CORRECTIONS`` (given the fields of ``cfg`` its signature names), or None."""
     params = A.mismatch_params(cfg.method, cfg.model_dump(exclude={"method"}))
     return A.mismatch_weights(cfg.method, old_logp, rollout_logp, mask, **params)
-
-
-def split_groups(group: torch.Tensor, n: int, generator: torch.Generator) -> list[list[torch.Tensor]]:
-    """Shuffle the groups and deal them into ``n`` minibatches (lists of row-index tensors)."""
-    ids = torch.unique(group)
-    order = ids[torch.randperm(len(ids), generator=generator)]
-    rows = [torch.nonzero(group == g).flatten() for g in order]
-    n = min(n, len(rows))
-    return [rows[i::n] for i in range(n)] if n > 1 else [rows]
-
-
-def micro_batches(groups: list[torch.Tensor], size: int):
-    """Row indices in chunks of whole groups, each at most ``size`` rows (or one group if larger)."""
-    chunk, count = [], 0
-    for rows in groups:
-        if chunk and count + len(rows) > size:
-            yield torch.cat(chunk)
-            chunk, count = [], 0
-        chunk.append(rows)
-        count += len(rows)
-    if chunk:
-        yield torch.cat(chunk)
-
-
-def sort_groups_by_length(groups: list[torch.Tensor], prompt_mask: torch.Tensor,
-                          completion_mask: torch.Tensor) -> list[torch.Tensor]:
-    """The groups ordered by their longest row (real prompt + completion tokens), a stable sort, so
-    that consecutive micro-batches hold rows of similar length and :func:`trim_padding` cuts more.
-    Only the order of the micro-batches' gradient sums changes (float reassociation)."""
-    lengths = prompt_mask.sum(-1) + completion_mask.sum(-1)
-    keys = [int(lengths[g].max()) if len(g) else 0 for g in groups]
-    order = sorted(range(len(groups)), key=lambda i: keys[i])
-    return [groups[i] for i in order]
-
-
-def _log_once(message: str) -> None:
-    """A one-time note (e.g. why the shared-prefix forward is off for a model) on the ``rlvr`` logger."""
-    import logging
-
-    logging.getLogger("rlvr").warning(message)
 
 
 def _acc(sums: dict, key: str, value: float) -> None:

@@ -12,7 +12,7 @@
 The source decides how batches are made (``runtime`` section): in place, by an engine sharing
 the learner's weights (sync, :class:`OnPolicyQueue`), or by rollout workers running beside the
 learner with their own weights, in threads or Ray actors, at most ``runtime.max_staleness``
-policy versions behind (:class:`rlvr.train.async_source.AsyncSource`).
+policy versions behind (:class:`rlvr.experience.async_source.AsyncSource`).
 """
 
 from __future__ import annotations
@@ -25,25 +25,26 @@ from pathlib import Path
 
 import torch
 
-from rlvr.config import Config, dump_config, load_config
-from rlvr.eval.evaluate import evaluate
-from rlvr.models.load import BUILTIN_TINY, load_model_and_tokenizer, resolve_model_path
-from rlvr.rollout.hf import HFRolloutEngine
-from rlvr.tasks import defaults as task_defaults, make_task
-from rlvr.train.checkpoint import latest_checkpoint, load_trainer_state, remove_leftovers, save_checkpoint
-from rlvr.train.async_source import make_source, thread_split
-from rlvr.train.experience import Experience, PromptSampler
-from rlvr.train.producer import build_producer
-from rlvr.train.staleness import RolloutTimeout, RolloutWorkerError
-from rlvr.train.learner import Learner, NonFiniteStepsError
-from rlvr.train.callbacks import build_callbacks
-from rlvr.train.logger import RunLogger
-from rlvr.train.trackers import open_trackers
-from rlvr.extras import require_extras
 from rlvr import threads
+from rlvr.config import Config, dump_config, load_config
+from rlvr.control.callbacks import build_callbacks
+from rlvr.eval.evaluate import evaluate
+from rlvr.experience.sources import make_source
+from rlvr.experience.workers import thread_split
+from rlvr.experience.batch import Experience, PromptSampler
+from rlvr.experience.producer import build_producer
+from rlvr.experience.staleness import RolloutTimeout, RolloutWorkerError
+from rlvr.extras import require_extras
+from rlvr.models.load import BUILTIN_TINY, load_model_and_tokenizer
+from rlvr.records.checkpoint import latest_checkpoint, load_trainer_state, remove_leftovers, save_checkpoint
+from rlvr.records.logger import RunLogger
+from rlvr.records.progress import StepProgress
+from rlvr.records.trackers import open_trackers
 from rlvr.rollout.factory import generation_config_note, make_engine
-from rlvr.train.progress import StepProgress
+from rlvr.tasks import defaults as task_defaults, make_task
+from rlvr.train.learner import Learner, NonFiniteStepsError
 from rlvr.utils import atomic_write_text, seed_everything, storage_guard, write_run_meta
+from rlvr.warmstart.sft import resolve_model_path
 
 
 @dataclass
@@ -109,7 +110,7 @@ def train(config: Config | None = None, resume: str | Path | None = None, log=pr
             log("note: critic.num_critics = 1, so AsyPPO's disagreement masks are disabled (they need "
                 "M >= 2 critics); this run is PPO with GAE")
     learner = Learner(model, config, critics)
-    callbacks = build_callbacks(config)  # controllers, reference resets, diagnostics (rlvr.train.callbacks)
+    callbacks = build_callbacks(config)  # controllers, reference resets, diagnostics (rlvr.control.callbacks)
     r = config.rollout
     engine = make_engine(config, model, tokenizer, model_path)  # hf shares the learner's weights; vllm pulls them
     if note := generation_config_note(config, model):  # what of the model's generation_config the engine ignores
