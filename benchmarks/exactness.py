@@ -59,6 +59,12 @@ RECIPES: dict[str, tuple[str, list[str]]] = {
                        ARITH + ["kl.placement=reward", "kl.estimator=k1", "kl.coef=0.01"]),
     "gdpo_lagrangian": ("configs/lagrangian_arithmetic_concise_tiny.yaml", []),
     "prorl": ("configs/prorl_arithmetic_tiny.yaml", ARITH),
+    "token_weights_entropy": ("configs/grpo_arithmetic_tiny.yaml",
+                              ARITH + ["algorithm.token_weights={top_entropy: {quantile: 0.5}}",
+                                       "trainer.entropy_coef=0.01"]),
+    "arm_imentor": ("configs/grpo_arithmetic_tiny.yaml",
+                    ARITH + ["algorithm.arm.enabled=true", "algorithm.imentor.enabled=true"]),
+    "rover": ("configs/rover_arithmetic_tiny.yaml", ARITH),
 }
 
 #: metrics that measure wall-clock time or speed, not the computation

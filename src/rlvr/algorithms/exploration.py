@@ -50,7 +50,7 @@ def opsm(*, advantages, logp, old_logp, mask, entropy=None, rollout_logp=None, t
     return keep.to(logp.dtype)
 
 
-@register_token_weight("top_entropy", "high_entropy")
+@register_token_weight("top_entropy", "high_entropy", entropy_bonus=True)
 def top_entropy(*, advantages, logp, old_logp, mask, entropy, rollout_logp=None, quantile=0.2):
     """Keep the tokens whose entropy is at least the ``1 - quantile`` quantile of the valid tokens'
     entropies (TRL ``get_high_entropy_mask`` with ``top_entropy_quantile = quantile``; the 80/20 paper

@@ -16,7 +16,8 @@ An alias is simply a second key pointing at the same function.
 Some registries carry a flag per name, kept in a set next to the dict and set by a keyword of the
 decorator: ``register_policy_loss(name, ..., trust_region=True)`` adds the names to
 ``TRUST_REGION_LOSSES``, ``register_mismatch_correction(name, ..., bounded=True)`` to
-``BOUNDED_MISMATCH_CORRECTIONS`` (see :func:`rlvr.algorithms.off_policy_safe`).  Registering a
+``BOUNDED_MISMATCH_CORRECTIONS`` (see :func:`rlvr.algorithms.off_policy_safe`),
+``register_token_weight(name, ..., entropy_bonus=True)`` to ``ENTROPY_BONUS_TOKEN_WEIGHTS``.  Registering a
 name again without the flag removes it from the set.
 """
 
@@ -41,6 +42,10 @@ REWARD_COMBINERS: dict[str, Callable] = {}
 #: Per-token loss weights / masks applied to any policy loss (OPSM, top-entropy, STEER):
 #: ``fn(*, advantages, logp, old_logp, mask, entropy, rollout_logp, **hp) -> weights [B, T]`` (detached).
 TOKEN_WEIGHTS: dict[str, Callable] = {}
+
+#: Token weights that also select the tokens of the entropy bonus (TRL's 80/20 top-entropy mask: the bonus
+#: acts on the same tokens as the policy loss), set by ``register_token_weight(..., entropy_bonus=True)``.
+ENTROPY_BONUS_TOKEN_WEIGHTS: set[str] = set()
 
 #: Combiners whose output is already an advantage (group/batch normalised): the run uses the
 #: ``identity`` advantage estimator with them.
@@ -91,7 +96,7 @@ register_loss_aggregation = _make_register(LOSS_AGGREGATIONS)
 register_value_loss = _make_register(VALUE_LOSSES)
 register_mismatch_correction = _make_register(MISMATCH_CORRECTIONS, {"bounded": BOUNDED_MISMATCH_CORRECTIONS})
 register_reward_combiner = _make_register(REWARD_COMBINERS, {"advantage": ADVANTAGE_LEVEL_COMBINERS})
-register_token_weight = _make_register(TOKEN_WEIGHTS)
+register_token_weight = _make_register(TOKEN_WEIGHTS, {"entropy_bonus": ENTROPY_BONUS_TOKEN_WEIGHTS})
 
 register_advantage_estimator.__doc__ = "Decorator: ``@register_advantage_estimator(name, *aliases)``."
 register_policy_loss.__doc__ = (
@@ -102,6 +107,9 @@ register_policy_loss.__doc__ = (
 register_mismatch_correction.__doc__ = (
     "Decorator: ``@register_mismatch_correction(name, *aliases, bounded=False)``; ``bounded=True`` adds "
     "the names to ``BOUNDED_MISMATCH_CORRECTIONS`` (weights bounded whatever the policies).")
+register_token_weight.__doc__ = (
+    "Decorator: ``@register_token_weight(name, *aliases, entropy_bonus=False)``; ``entropy_bonus=True`` adds "
+    "the names to ``ENTROPY_BONUS_TOKEN_WEIGHTS`` (the weights also mask the entropy bonus).")
 register_kl_estimator.__doc__ = "Decorator: ``@register_kl_estimator(name, *aliases)``."
 register_loss_aggregation.__doc__ = "Decorator: ``@register_loss_aggregation(name, *aliases)``."
 register_value_loss.__doc__ = "Decorator: ``@register_value_loss(name, *aliases)``."

@@ -1,10 +1,11 @@
 """Stateful reward/advantage controllers of the learner: Lagrange multipliers, dynamic reward weights,
 the i-MENTOR exploration bonus, ARM / ProGRPO advantage re-weighting.
 
-A controller is a small object the learner calls inside :meth:`rlvr.train.learner.Learner.update`:
+A controller is a small object the learner calls inside :meth:`rlvr.train.learner.Learner.update`, in
+the stages it declares in ``stages`` (a subset of :data:`STAGES`, in the learner's order):
 
-* ``rewards(rewards, exp, learner) -> rewards`` -- before the advantage estimator (optional);
-* ``advantages(advantages, exp, ctx) -> advantages`` -- after it (optional); ``ctx.advantage_of(r)``
+* ``"rewards"``: ``rewards(rewards, exp, learner) -> rewards`` -- before the advantage estimator;
+* ``"advantages"``: ``advantages(advantages, exp, ctx) -> advantages`` -- after it; ``ctx.advantage_of(r)``
   gives the advantage the run's estimator assigns to any per-row reward ``r [B]``;
 * ``metrics() -> dict[str, float]`` -- logged every step;
 * ``state_dict()`` / ``load_state_dict()`` -- saved in every checkpoint (with the learner's state).
@@ -23,6 +24,31 @@ import torch
 from rlvr import algorithms as A
 
 
+#: The learner stages a controller may act in (rlvr.train.learner), in the order they run.
+STAGES = ("rewards", "advantages")
+
+
+class Controller:
+    """What every controller is: the stages it acts in, and a default (identity) for each."""
+
+    stages: tuple[str, ...] = ()
+
+    def rewards(self, rewards, exp, learner):
+        return rewards
+
+    def advantages(self, advantages, exp, ctx: "AdvantageContext"):
+        return advantages
+
+    def metrics(self) -> dict[str, float]:
+        return {}
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+
 @dataclass
 class AdvantageContext:
     mask: torch.Tensor
@@ -30,13 +56,15 @@ class AdvantageContext:
     step: int
 
 
-class LagrangeConstraints:
+class LagrangeConstraints(Controller):
     """Constrained RLHF (Moskovitz et al., ICLR 2024, arXiv 2310.04373; spec 11.5): one multiplier per
     constrained component, squashed (sigmoid by default), mixing the advantages as
     :func:`rlvr.algorithms.lagrangian_mixed_advantage` and learned by SGD with momentum on
     :func:`rlvr.algorithms.multiplier_loss` (dual ascent) once per step, after the mixing, from the
     batch means of the components. ``A_obj`` is the run's advantage of the training reward; ``A_j``
     the same estimator applied to component j alone."""
+
+    stages = ("advantages",)
 
     def __init__(self, specs: dict):
         self.names = list(specs)
@@ -96,7 +124,7 @@ class LagrangeConstraints:
         self.lam, self.velocity = state["lam"].clone(), state["velocity"].clone()
 
 
-class HypervolumeWeighting:
+class HypervolumeWeighting(Controller):
     """Hypervolume-guided weight adaptation (arXiv 2509.11452, spec 11.4a): the batch means of the
     weighted components are this step's point in objective space (the authors evaluate on a
     validation set; rlvr uses the training batch, which costs nothing); ``dHV`` against the buffer
@@ -104,6 +132,8 @@ class HypervolumeWeighting:
     when ``dHV > 0``; the NEXT step's training reward is multiplied by ``m = 0.5 + 1.5 tanh(dHV)``.
     (A scalar multiple of the reward cancels in std-normalised advantages such as GRPO's: pair it
     with dr_grpo / rloo-style estimators.)"""
+
+    stages = ("rewards",)
 
     def __init__(self, names):
         self.names = list(names)
@@ -135,7 +165,7 @@ class HypervolumeWeighting:
         self.buffer, self.m = [list(p) for p in state["buffer"]], float(state["m"])
 
 
-class GradientWeighting:
+class GradientWeighting(Controller):
     """Gradient-based weight optimisation (arXiv 2509.11452, spec 11.4b): each step, the policy
     gradient of the run's loss on the advantage of each component alone (``g_k``, over all actor
     parameters, on the whole batch) gives ``I_k = sum_j <g_k, g_j>``; ``w <- softmax(log w + lr I /
@@ -143,6 +173,8 @@ class GradientWeighting:
     with the updated weights (needs ``reward.combine=sum_then_normalize``). K extra backward passes
     per step. The authors restrict ``g`` to a layer subset (e.g. 10-25 of 36); rlvr uses every
     parameter (the tiny model has 2 layers)."""
+
+    stages = ("rewards",)
 
     def __init__(self, weights: dict, reg: float):
         self.names = list(weights)
@@ -174,7 +206,7 @@ class GradientWeighting:
         self.w = state["w"].clone()
 
 
-class IMentor:
+class IMentor(Controller):
     """i-MENTOR (arXiv 2505.17621, spec 12.3; authors' ``main_iMENTOR.py`` / ``core_algos.py``): random
     network distillation over whole trajectories. Token ids of prompt+response (0 at padding, cut or
     padded to ``max_len``) -> a frozen random embedding (``embed_dim`` per token), flattened and
@@ -183,6 +215,8 @@ class IMentor:
     per RL step; the bonus :func:`rlvr.algorithms.imentor_bonus` with scale ``s0 / s1`` (``s1 += s2``
     after every step) is added to the advantage of every valid token. Choice: the embedding is shared
     and frozen (the release gives each network its own)."""
+
+    stages = ("advantages",)
 
     def __init__(self, cfg, vocab_size: int, seed: int = 0):
         self.cfg = cfg
@@ -243,13 +277,15 @@ class IMentor:
         self.s1 = float(state["s1"])
 
 
-class AdvantageReweighting:
+class AdvantageReweighting(Controller):
     """ARM / ProGRPO (arXiv 2602.05281, spec 12.2): ``A + alpha (c(q) - c(o|q))`` in groups with a non-zero
     reward (:func:`rlvr.algorithms.arm_advantages`), the confidences from
     :func:`rlvr.algorithms.low_prob_confidence` over the least likely ``quantile`` of the tokens. One
     extra no-grad forward of prompt + completion under the current (pre-update) policy gives both:
     ``c(q)`` on the prompt tokens (its first token is not predicted), ``c(o|q)`` on the completion
     tokens, at temperature 1 (a property of the model, not of the sampler). Stateless."""
+
+    stages = ("rewards", "advantages")
 
     def __init__(self, cfg):
         self.cfg = cfg
@@ -300,7 +336,7 @@ class AdvantageReweighting:
 
 
 def build_controllers(config, vocab_size: int) -> dict:
-    """The controllers a config asks for, by name (the order they run in)."""
+    """The controllers a config asks for, by name (the order they run in within a stage)."""
     rw = config.reward
     out = {}
     if rw.dynamic_weights == "hypervolume":
@@ -313,4 +349,8 @@ def build_controllers(config, vocab_size: int) -> dict:
         out["imentor"] = IMentor(config.algorithm.imentor, vocab_size, config.run.seed)
     if config.algorithm.arm.enabled:
         out["arm"] = AdvantageReweighting(config.algorithm.arm)
+    for name, ctl in out.items():
+        unknown = set(ctl.stages) - set(STAGES)
+        if unknown:
+            raise ValueError(f"controller {name!r} declares unknown stage(s) {sorted(unknown)}; stages: {STAGES}")
     return out

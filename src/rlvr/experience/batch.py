@@ -92,7 +92,8 @@ def select_rows(exp: Experience, idx: torch.Tensor) -> Experience:
         completion_mask=r.completion_mask[idx], rollout_logp=r.rollout_logp[idx],
         finish_reason=[r.finish_reason[i] for i in il], prompt_index=r.prompt_index[idx],
         texts=[r.texts[i] for i in il], policy_version=r.policy_version,
-        num_generated_tokens=int(r.completion_mask[idx].sum()), versions=r.versions[idx])
+        num_generated_tokens=int(r.completion_mask[idx].sum()), versions=r.versions[idx],
+        loss_mask=None if r.loss_mask is r.completion_mask else r.loss_mask[idx])
     extras = {k: (v[idx] if isinstance(v, torch.Tensor) and v.shape[:1] == exp.rewards.shape else v)
               for k, v in exp.extras.items()}
     return Experience(rollout=rollout, rewards=exp.rewards[idx],
@@ -131,7 +132,9 @@ def concat_experience(parts: list[Experience], pad_id: int) -> Experience:
         finish_reason=sum((r.finish_reason for r in rs), []),
         prompt_index=torch.cat([r.prompt_index for r in rs]), texts=sum((r.texts for r in rs), []),
         policy_version=min(r.policy_version for r in rs),
-        num_generated_tokens=sum(r.num_generated_tokens for r in rs), versions=torch.cat([r.versions for r in rs]))
+        num_generated_tokens=sum(r.num_generated_tokens for r in rs), versions=torch.cat([r.versions for r in rs]),
+        loss_mask=(None if all(r.loss_mask is r.completion_mask for r in rs)
+                   else _pad_cat([r.loss_mask for r in rs], 0, left=False)))
     keys = parts[0].reward_components.keys()
     extras = {k: torch.cat([p.extras[k] for p in parts]) for k, v in parts[0].extras.items()
               if isinstance(v, torch.Tensor)}

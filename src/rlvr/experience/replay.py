@@ -60,6 +60,10 @@ class Item:
 def split_experience(exp: Experience, index_of: dict[str, int]) -> list[tuple[int, tuple[int, ...], Item]]:
     """(problem index, prompt token ids, item) for every row of a scored batch."""
     r = exp.rollout
+    if r.loss_mask is not r.completion_mask and not torch.equal(r.loss_mask != 0, r.completion_mask != 0):
+        raise ValueError("replay keeps whole completions and would train the tokens an environment inserted "
+                         "(rollout.loss_mask differs from the completion mask): multi-turn rollouts cannot be "
+                         "replayed yet; set replay.enabled=false")
     out = []
     names = list(exp.reward_components)
     for i in range(exp.rewards.shape[0]):

@@ -27,6 +27,11 @@ class Rollout:
     ``rollout_logp`` holds the log-probabilities of the sampled tokens under the *sampling*
     distribution (temperature and top-p applied), as returned by the engine, so that
     train-inference mismatch is always measurable.
+
+    Two masks over the completion positions: ``completion_mask`` says which tokens are there (the
+    forward pass attends to them), ``loss_mask`` which of them the policy wrote and is trained on.
+    For a single-turn completion they are the same (``loss_mask`` defaults to ``completion_mask``);
+    a multi-turn rollout leaves the tokens an environment or tool inserted out of ``loss_mask``.
     """
 
     prompt_ids: torch.Tensor  # [B, P] left-padded
@@ -41,10 +46,28 @@ class Rollout:
     num_generated_tokens: int = 0
     extras: dict = field(default_factory=dict)
     versions: torch.Tensor | None = None  # [B] policy version that produced each sequence (per-token later)
+    loss_mask: torch.Tensor | None = None  # [B, T] tokens trained on (None: every completion token)
 
     def __post_init__(self):
         if self.versions is None:
             self.versions = torch.full((len(self.finish_reason),), int(self.policy_version), dtype=torch.long)
+        if self.loss_mask is None:
+            self.loss_mask = self.completion_mask
+        elif self.loss_mask is not self.completion_mask:
+            check_loss_mask(self.loss_mask, self.completion_mask)
+
+
+def check_loss_mask(loss_mask: torch.Tensor, completion_mask: torch.Tensor) -> None:
+    """A loss mask covers the completion's positions and trains only tokens that are there: a token
+    outside ``completion_mask`` (padding) in the loss would be a silent wrong gradient, so it raises."""
+    if loss_mask.shape != completion_mask.shape:
+        raise ValueError(f"rollout.loss_mask has shape {tuple(loss_mask.shape)}, the completion mask "
+                         f"{tuple(completion_mask.shape)}: one entry per completion position")
+    outside = (loss_mask != 0) & (completion_mask == 0)
+    if bool(outside.any()):
+        row = int(outside.any(-1).nonzero()[0])
+        raise ValueError(f"rollout.loss_mask trains {int(outside.sum())} padding position(s) (row {row}): "
+                         "a loss token must be a completion token (completion_mask = 1)")
 
 
 class RolloutEngine(Protocol):

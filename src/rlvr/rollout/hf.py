@@ -115,4 +115,6 @@ def _concat(chunks: list[Rollout], pad_id: int) -> Rollout:
         rollout_logp=_pad_cat([c.rollout_logp for c in chunks], 0.0, left=False),
         finish_reason=sum((c.finish_reason for c in chunks), []),
         prompt_index=torch.zeros(0, dtype=torch.long), texts=sum((c.texts for c in chunks), []),
-        policy_version=0, num_generated_tokens=sum(c.num_generated_tokens for c in chunks))
+        policy_version=0, num_generated_tokens=sum(c.num_generated_tokens for c in chunks),
+        loss_mask=(None if all(c.loss_mask is c.completion_mask for c in chunks)
+                   else _pad_cat([c.loss_mask for c in chunks], 0, left=False)))

@@ -38,12 +38,20 @@ import torch
 
 from rlvr import algorithms as A
 from rlvr.config import Config
+from rlvr.control.controllers import AdvantageContext, build_controllers
+from rlvr.experience.batch import Experience
 from rlvr.models.logprobs import completion_logits, completion_outputs, logprob_stats, trim_padding
 from rlvr.models.lora import is_peft_model, reference_weights
-from rlvr.experience.batch import Experience
+from rlvr.models.prefix import PrefixSharing, has_active_dropout
 from rlvr.optim import make_optimizer
+from rlvr.rollout.factory import SAMPLES_WITH_HF_GENERATE
 from rlvr.train.batches import log_once, micro_batches, sort_groups_by_length, split_groups
-from rlvr.train.zero_advantage import rows_with_advantage
+from rlvr.train.critic import explained_variance
+from rlvr.train.loss_terms import LOSS_TERMS, active_terms
+from rlvr.train.old_logp import generation_truncation, reuse_rollout_logp
+from rlvr.train.schedule import scheduled_loss_params
+from rlvr.train.step import MicroBatch, StepBatch
+from rlvr.train.zero_advantage import rows_with_advantage, skip_zero_advantage
 
 #: Step metrics averaged over every minibatch: a minibatch whose rows all had zero advantage adds
 #: exactly 0 to these; the other loss metrics average over the minibatches that trained rows.
@@ -73,8 +81,6 @@ class Learner:
             model, t.lr, t.weight_decay, t.betas, t.warmup_steps, schedule=t.lr_schedule,
             total_steps=t.steps * t.ppo_epochs * t.num_minibatches, min_lr_ratio=t.min_lr_ratio,
             impl=t.adamw_impl)
-        from rlvr.models.prefix import PrefixSharing
-
         self.prefix = PrefixSharing(t.shared_prefix, log=log_once,  # trainer.shared_prefix (rlvr.models.prefix)
                                     pack_tokens=t.pack_tokens)
         self.old_logp_reason = ""  # why the latest update reused or recomputed old_logp
@@ -90,9 +96,10 @@ class Learner:
         self.kl_hp = A.kl_params(config.kl.estimator, {"log_ratio_clamp": config.kl.log_ratio_clamp,
                                                        "value_clamp": config.kl.value_clamp})
         self.ref_reset_step = None  # the step of the last reference reset (ProRL), if any
-        from rlvr.control.controllers import build_controllers
-
         self.controllers = build_controllers(config, model.get_input_embeddings().num_embeddings)
+        self.loss_inputs = wanted_inputs(A.POLICY_LOSSES[config.algorithm.policy_loss])  # what the loss reads
+        self.loss_params = dict(config.algorithm.policy_loss_params)  # this step's (scheduled) loss parameters
+        self.loss_terms = [LOSS_TERMS[name] for name in active_terms(config)]  # rlvr.train.loss_terms
         self.skipped_steps = 0  # optimizer steps skipped for a non-finite loss or gradient norm, in all
         self.consecutive_skipped = 0  # ... in a row, up to the latest optimizer step
         self.step_skipped = 0  # ... in the latest update
@@ -158,9 +165,6 @@ class Learner:
     def reuse_rollout_logp(self, exp: Experience, needs_old_mean: bool = False) -> tuple[bool, str]:
         """Whether this batch's ``old_logp`` may be the engine's ``rollout_logp`` (the rule and its
         tolerance: :mod:`rlvr.train.old_logp`), with the reason."""
-        from rlvr.models.prefix import has_active_dropout
-        from rlvr.train.old_logp import generation_truncation, reuse_rollout_logp
-
         cfg = self.config
         versions = exp.rollout.versions
         alg = cfg.algorithm
@@ -182,8 +186,6 @@ class Learner:
     def skip_zero_advantage(self) -> tuple[bool, str]:
         """Whether rows with all-zero advantages may skip the training forward/backward (the rule and
         its proof: :mod:`rlvr.train.zero_advantage`), with the reason."""
-        from rlvr.train.zero_advantage import skip_zero_advantage
-
         cfg = self.config
         alg = cfg.algorithm
         return skip_zero_advantage(
@@ -195,102 +197,215 @@ class Learner:
     def _samples_with_hf_generate(self) -> bool:
         """Whether the sampler is (or may fall back to) HF ``generate`` for this model
         (:data:`rlvr.rollout.factory.SAMPLES_WITH_HF_GENERATE`)."""
-        from rlvr.rollout.factory import SAMPLES_WITH_HF_GENERATE
-
         return SAMPLES_WITH_HF_GENERATE[self.config.rollout.engine](self.model)
 
     # ------------------------------------------------------------------ one RL step
     def update(self, exp: Experience, step: int) -> dict[str, float]:
-        cfg, t0 = self.config, time.perf_counter()
-        shared_before = self.prefix.used
-        mask = exp.rollout.completion_mask.float()
-        loss_inputs = wanted_inputs(A.POLICY_LOSSES[cfg.algorithm.policy_loss])
-        old_mean_logp = None
-        reuse, self.old_logp_reason = self.reuse_rollout_logp(exp, needs_old_mean="old_mean_logp" in loss_inputs)
+        """One RL step on one batch: the stages below, in order, then the step's metrics."""
+        t0, shared_before = time.perf_counter(), self.prefix.used
+        b = StepBatch(exp=exp, mask=loss_mask(exp))
+        self.loss_params, b.metrics = scheduled_loss_params(self.config.algorithm, step)  # e.g. TBA's beta
+        self.logprobs_stage(b)  # 1. old (behaviour) and reference log-probs
+        self.advantages_stage(b, step)  # 2. rewards -> advantages
+        self.weights_stage(b)  # 3. per-token weights known before the update
+        self.optimize_stage(b, step)  # 4-5. loss terms per micro-batch, optimizer steps with the non-finite guard
+        return self.step_metrics(b, t0, shared_before)
+
+    # 1 ----------------------------------------------------------------------------------------------
+    def logprobs_stage(self, b: StepBatch) -> None:
+        """``old_logp``: the engine's ``rollout_logp`` when it provably is this model's (:mod:`rlvr.train.old_logp`),
+        else recomputed without grad (with the vocabulary-mean log-prob when the loss reads it);
+        ``ref_logp`` under the reference model when one is kept (a KL term, or a loss that reads it)."""
+        cfg, exp, mask = self.config, b.exp, b.mask
+        reuse, self.old_logp_reason = self.reuse_rollout_logp(exp, needs_old_mean="old_mean_logp" in self.loss_inputs)
         if reuse:  # the engine's log-probs are this model's own (rlvr.train.old_logp): no recompute
-            old_logp = exp.rollout.rollout_logp.to(torch.float32) * mask
-        elif "old_mean_logp" in loss_inputs:
-            old_logp, old_mean_logp = self._logprobs(self.model, exp, with_mean=True)
+            b.old_logp = exp.rollout.rollout_logp.to(torch.float32) * mask
+        elif "old_mean_logp" in self.loss_inputs:
+            b.old_logp, b.old_mean_logp = self._logprobs(self.model, exp, with_mean=True)
         else:
-            old_logp = self._logprobs(self.model, exp)
+            b.old_logp = self._logprobs(self.model, exp)
         with reference_weights(self.ref_model):
-            ref_logp = self._logprobs(self.ref_model, exp) if self.ref_model is not None else None
+            b.ref_logp = self._logprobs(self.ref_model, exp) if self.ref_model is not None else None
+        b.metrics["old_logp_reused"] = float(reuse)  # 1: old_logp = the engine's rollout_logp; 0: recomputed
+        if b.ref_logp is not None and cfg.kl.placement != "none":  # verl's current_kl (adaptive controller)
+            kl_seq = (A.kl_penalty(b.old_logp, b.ref_logp, cfg.kl.estimator, **self.kl_hp) * mask).sum(-1)
+            b.metrics["kl_seq_mean"] = float((kl_seq / mask.sum(-1).clamp(min=1)).mean())
+        b.metrics["kl_coef"] = self.kl_coef
 
+    # 2 ----------------------------------------------------------------------------------------------
+    def advantages_stage(self, b: StepBatch, step: int) -> None:
+        """Rewards to advantages: the controllers of the reward stage, the outcome on each row's last loss
+        token, the KL in the reward (``kl.placement=reward``), the estimator (with the critics' values),
+        AsyPPO's disagreement masks, then the controllers of the advantage stage."""
+        cfg, exp, mask = self.config, b.exp, b.mask
         rewards = exp.rewards
-        for ctl in self.controllers.values():  # dynamic reward weights (rlvr.control.controllers)
-            if hasattr(ctl, "rewards"):
-                rewards = ctl.rewards(rewards, exp, self)
+        for ctl in self.controllers_in("rewards"):  # dynamic reward weights (rlvr.control.controllers)
+            rewards = ctl.rewards(rewards, exp, self)
         token_rewards = _outcome_on_last_token(rewards, mask)
-        from rlvr.train.schedule import scheduled_loss_params
-
-        self._loss_params, metrics = scheduled_loss_params(cfg.algorithm, step)  # e.g. TBA's annealed beta
-        if ref_logp is not None and cfg.kl.placement != "none":  # verl's current_kl (adaptive controller)
-            kl_seq = (A.kl_penalty(old_logp, ref_logp, cfg.kl.estimator, **self.kl_hp) * mask).sum(-1)
-            metrics["kl_seq_mean"] = float((kl_seq / mask.sum(-1).clamp(min=1)).mean())
-        metrics["kl_coef"] = self.kl_coef
-        metrics["old_logp_reused"] = float(reuse)  # 1: old_logp = the engine's rollout_logp; 0: recomputed
         if cfg.kl.placement == "reward":
-            kl_tok = A.kl_penalty(old_logp, ref_logp, cfg.kl.estimator, **self.kl_hp) * mask
+            kl_tok = A.kl_penalty(b.old_logp, b.ref_logp, cfg.kl.estimator, **self.kl_hp) * mask
             token_rewards = token_rewards - self.kl_coef * kl_tok
             rewards = token_rewards.sum(-1)
-            metrics["kl_in_reward"] = float(kl_tok.sum() / mask.sum().clamp(min=1))
+            b.metrics["kl_in_reward"] = float(kl_tok.sum() / mask.sum().clamp(min=1))
+        b.rewards, b.token_rewards = rewards, token_rewards
         available = {"baseline_rewards": exp.extras.get("baseline_rewards"),
                      "correct": exp.reward_components.get("correct")}
         est = A.ADVANTAGE_ESTIMATORS[cfg.algorithm.advantage_estimator]
         extra = {k: v for k, v in available.items() if k in wanted_inputs(est)}
         _require(extra, wanted_inputs(est, required_only=True), cfg.algorithm.advantage_estimator)
-        values = self.critics.values(exp) if self.critics is not None else None  # [M, B, T]
-        if values is not None:
-            extra["values"] = values[0] if values.shape[0] == 1 else values
-        advantages, returns = A.compute_advantages(
+        b.values = self.critics.values(exp) if self.critics is not None else None  # [M, B, T]
+        if b.values is not None:
+            extra["values"] = b.values[0] if b.values.shape[0] == 1 else b.values
+        b.advantages, b.returns = A.compute_advantages(
             cfg.algorithm.advantage_estimator, rewards=rewards, token_rewards=token_rewards,
             mask=mask, group=exp.group, **extra, **cfg.algorithm.advantage_params)
-        entropy_mask = None
-        if values is not None:
-            metrics.update(critic_metrics(values, returns, mask))
-            if values.shape[0] > 1:  # a critic ensemble (AsyPPO): disagreement masks, spec 4.3
-                adv_mask, entropy_mask = A.asyppo_masks(values, mask, adv_mask_frac=cfg.critic.adv_mask_frac,
-                                                        ent_mask_frac=cfg.critic.ent_mask_frac)
-                advantages = advantages * adv_mask
+        if b.values is not None:
+            b.metrics.update(critic_metrics(b.values, b.returns, mask))
+            if b.values.shape[0] > 1:  # a critic ensemble (AsyPPO): disagreement masks, spec 4.3
+                adv_mask, b.entropy_mask = A.asyppo_masks(b.values, mask, adv_mask_frac=cfg.critic.adv_mask_frac,
+                                                          ent_mask_frac=cfg.critic.ent_mask_frac)
+                b.advantages = b.advantages * adv_mask
                 n = mask.sum().clamp(min=1)
-                metrics["asyppo/adv_masked_frac"] = float(((1 - adv_mask) * mask).sum() / n)
-                metrics["asyppo/entropy_masked_frac"] = float(((1 - entropy_mask) * mask).sum() / n)
+                b.metrics["asyppo/adv_masked_frac"] = float(((1 - adv_mask) * mask).sum() / n)
+                b.metrics["asyppo/entropy_masked_frac"] = float(((1 - b.entropy_mask) * mask).sum() / n)
         if self.controllers:  # Lagrange multipliers, exploration bonuses (rlvr.control.controllers)
-            from rlvr.control.controllers import AdvantageContext
-
             ctx = AdvantageContext(mask, lambda r: self.advantage_of(exp, r, mask), step)
+            for ctl in self.controllers_in("advantages"):
+                b.advantages = ctl.advantages(b.advantages, exp, ctx)
             for ctl in self.controllers.values():
-                if hasattr(ctl, "advantages"):
-                    advantages = ctl.advantages(advantages, exp, ctx)
-            for ctl in self.controllers.values():
-                metrics.update(ctl.metrics())
-        skip, self.skip_zero_advantage_reason = self.skip_zero_advantage()
-        trained = rows_with_advantage(advantages, mask) if skip else None  # rlvr.train.zero_advantage
-        metrics["trained_rows_frac"] = float(trained.float().mean()) if trained is not None else 1.0
-        weights = mismatch_weights(cfg.algorithm.mismatch, old_logp, exp.rollout.rollout_logp, mask)
-        sample_weight = exp.extras.get("sample_weight")  # stale rows masked by runtime.stale_policy=mask
+                b.metrics.update(ctl.metrics())
+
+    # 3 ----------------------------------------------------------------------------------------------
+    def weights_stage(self, b: StepBatch) -> None:
+        """Per-token weights known before the update: the train-inference mismatch correction
+        (``algorithm.mismatch``) times the weight of stale rows (``runtime.stale_policy=mask``). The
+        token-weight registry (``algorithm.token_weights``) reads the current log-probs, so it joins them in
+        each micro-batch (:meth:`token_weights`)."""
+        mask = b.mask
+        weights = mismatch_weights(self.config.algorithm.mismatch, b.old_logp, b.exp.rollout.rollout_logp, mask)
+        sample_weight = b.exp.extras.get("sample_weight")  # stale rows masked by runtime.stale_policy=mask
         if sample_weight is not None:
             sample_weight = sample_weight[:, None].to(mask.dtype) * mask
             weights = sample_weight if weights is None else weights * sample_weight
-        batch = {"rewards": exp.rewards, "group": exp.group, "ref_logp": ref_logp,
-                 "rollout_logp": exp.rollout.rollout_logp, "old_mean_logp": old_mean_logp,
-                 "correct": exp.reward_components.get("correct"), "weights": weights,
-                 "entropy_mask": entropy_mask}
+        b.weights = weights
 
-        sums: dict[str, float] = {}
-        grad_norms = []
+    def token_weights(self, b: StepBatch, idx, mask, logp, entropy, weights, counts):
+        """The registry's token weights (OPSM, top-entropy, STEER; any loss) on the rows ``idx``, multiplied
+        into ``weights``; returns ``(weights, bonus_mask)``: a weight registered with ``entropy_bonus=True``
+        also selects the tokens of the entropy bonus (TRL: the bonus acts on the same tokens)."""
+        bonus_mask = mask
+        for name, params in self.config.algorithm.token_weights.items():
+            w = A.token_weights(name, advantages=b.advantages[idx], logp=logp, old_logp=b.old_logp[idx], mask=mask,
+                                entropy=entropy.detach(), rollout_logp=b.exp.rollout.rollout_logp[idx], **params)
+            weights = w if weights is None else weights * w
+            if name in A.ENTROPY_BONUS_TOKEN_WEIGHTS:
+                bonus_mask = mask * w
+            _acc(b.sums, f"token_weight/{name}", float((w * mask).sum() / counts["batch_num_tokens"].clamp(min=1)))
+        return weights, bonus_mask
+
+    # 4-5 --------------------------------------------------------------------------------------------
+    def optimize_stage(self, b: StepBatch, step: int) -> None:
+        """The critics' update first (on the pre-update values, verl's order), then ``ppo_epochs`` x
+        ``num_minibatches`` optimizer steps of the policy on shuffled minibatches of whole groups (none
+        while the critic warms up). Rows whose advantages are all zero skip the forward/backward when
+        that provably changes nothing (:mod:`rlvr.train.zero_advantage`)."""
+        cfg, exp, mask = self.config, b.exp, b.mask
+        skip, self.skip_zero_advantage_reason = self.skip_zero_advantage()
+        b.trained = rows_with_advantage(b.advantages, mask) if skip else None  # rlvr.train.zero_advantage
+        b.metrics["trained_rows_frac"] = float(b.trained.float().mean()) if b.trained is not None else 1.0
         self.step_skipped = 0
         gen = torch.Generator().manual_seed(cfg.run.seed * 1_000_003 + step)
         if self.critics is not None:  # critic first, on the pre-update values (verl order)
-            metrics.update(self.critics.update(exp, returns, values, mask, gen))
+            b.metrics.update(self.critics.update(exp, b.returns, b.values, mask, gen))
         actor_frozen = self.critics is not None and step < cfg.critic.warmup_steps
         for _epoch in range(0 if actor_frozen else cfg.trainer.ppo_epochs):
             for mb_groups in split_groups(exp.group, cfg.trainer.num_minibatches, gen):
-                grad_norms.append(self._minibatch_step(exp, mb_groups, mask, old_logp, advantages, batch, sums,
-                                                       trained))
+                b.grad_norms.append(self._minibatch_step(b, mb_groups))
         if not actor_frozen:
             self.policy_version += 1
 
+    def _minibatch_step(self, b: StepBatch, mb_groups: list[torch.Tensor]) -> float:
+        """One optimizer step on the rows ``mb_groups``: the loss terms of each micro-batch, normalised by
+        the whole minibatch's counts so the accumulated gradient is the minibatch's; with ``b.trained``
+        only those rows run forward/backward (the normalisers still count the whole minibatch, so the
+        gradient is the same)."""
+        alg = self.config.algorithm
+        mask = b.mask
+        m = mask[torch.cat(mb_groups)]
+        counts = dict(batch_num_tokens=m.sum(), batch_num_seqs=(m.sum(-1) > 0).sum())
+        agg = dict(mode=alg.loss_agg_mode, **counts, **alg.loss_agg_params)
+        agg_metric, metric_tokens = agg, counts["batch_num_tokens"]  # metrics: means over the trained rows
+        if b.trained is not None:
+            mb_groups = [g[b.trained[g]] for g in mb_groups]
+            mb_groups = [g for g in mb_groups if len(g)]
+            tm = mask[torch.cat(mb_groups)] if mb_groups else m[:0]
+            metric_tokens = tm.sum()
+            agg_metric = dict(agg, batch_num_tokens=metric_tokens, batch_num_seqs=(tm.sum(-1) > 0).sum())
+        self.optimizer.zero_grad(set_to_none=True)
+        if not mb_groups:  # every row skipped: step on zero gradients, as the full computation would
+            for p in self.model.parameters():
+                if p.requires_grad:
+                    p.grad = torch.zeros_like(p)
+        finite, ran = True, False
+        for idx in self._row_chunks(b.exp, mb_groups):
+            mm = mask[idx]
+            logp, entropy_tok, mean_lp = self._forward_stats(self.model, b.exp, idx)
+            inputs = self.loss_inputs_of(b, idx, mean_lp, len(mb_groups))
+            weights = b.weights[idx] if b.weights is not None else None
+            if self.entropy_coef == 0:
+                entropy_tok = entropy_tok.detach()
+            weights, bonus_mask = self.token_weights(b, idx, mm, logp, entropy_tok, weights, counts)
+            mb = MicroBatch(learner=self, step=b, idx=idx, mask=mm, logp=logp, entropy=entropy_tok, weights=weights,
+                            bonus_mask=bonus_mask, inputs=inputs, counts=counts, agg=agg, agg_metric=agg_metric,
+                            frac=float(mm.sum() / metric_tokens.clamp(min=1)))
+            loss = None
+            for term in self.loss_terms:  # the policy loss, the entropy bonus, the KL loss (rlvr.train.loss_terms)
+                part = term(mb)
+                if part is not None:
+                    loss = part if loss is None else loss + part
+            loss.backward()
+            if not ran:  # metrics other than the loss average over the minibatches that trained rows
+                _acc(b.sums, "trained_minibatches", 1.0)
+                ran = True
+            value = loss.item()
+            finite = finite and math.isfinite(value)
+            _acc(b.sums, "loss", value)
+        return self.optimizer_step(finite)
+
+    def loss_inputs_of(self, b: StepBatch, idx: torch.Tensor, mean_logp: torch.Tensor, num_prompts: int) -> dict:
+        """The batch inputs the policy loss names in its signature (:data:`BATCH_INPUTS`), for the rows ``idx``."""
+        exp = b.exp
+        available = {"rewards": exp.rewards, "group": exp.group, "ref_logp": b.ref_logp,
+                     "rollout_logp": exp.rollout.rollout_logp, "old_mean_logp": b.old_mean_logp,
+                     "correct": exp.reward_components.get("correct")}
+        inputs = {k: (v[idx] if isinstance(v, torch.Tensor) else v) for k, v in available.items()
+                  if k in self.loss_inputs}
+        if "mean_logp" in self.loss_inputs:
+            inputs["mean_logp"] = mean_logp
+        if "num_prompts" in self.loss_inputs:
+            inputs["num_prompts"] = num_prompts
+        alg = self.config.algorithm
+        _require(inputs, wanted_inputs(A.POLICY_LOSSES[alg.policy_loss], required_only=True), alg.policy_loss)
+        return inputs
+
+    def optimizer_step(self, finite: bool) -> float:
+        """Clip the gradient norm and step, or, when the loss or the norm is NaN/inf, skip: parameters,
+        AdamW state and the learning-rate schedule stay as they were (counted in ``skipped_steps``)."""
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.trainer.max_grad_norm)
+        if finite and math.isfinite(float(grad_norm)):
+            self.optimizer.step()
+            self.scheduler.step()
+            self.consecutive_skipped = 0
+        else:  # NaN/inf: no update; parameters, AdamW state and the LR schedule stay as they were
+            self.optimizer.zero_grad(set_to_none=True)
+            self.skipped_steps += 1
+            self.consecutive_skipped += 1
+            self.step_skipped += 1
+        return float(grad_norm) if math.isfinite(float(grad_norm)) else float("nan")
+
+    def step_metrics(self, b: StepBatch, t0: float, shared_before: int) -> dict[str, float]:
+        """The step's metrics: the stages' own, the loss terms' sums averaged over minibatches, and totals."""
+        metrics, sums, grad_norms, mask, exp = b.metrics, b.sums, b.grad_norms, b.mask, b.exp
         n_steps = max(1, len(grad_norms))
         ent_sum, ent_cnt = sums.pop("entropy_token_sum", 0.0), sums.pop("entropy_token_count", 0.0)
         metrics["entropy_token_mean"] = ent_sum / ent_cnt if ent_cnt > 0 else 0.0
@@ -303,99 +418,17 @@ class Learner:
             "grad_norm": sum(grad_norms) / n_steps if grad_norms else 0.0,
             "skipped_steps": self.skipped_steps,
             "lr": self.scheduler.get_last_lr()[0],
-            "advantage_abs_mean": float((advantages.abs() * mask).sum() / mask.sum().clamp(min=1)),
-            "mismatch_k3": float((A.kl_penalty(exp.rollout.rollout_logp, old_logp, "k3") * mask).sum()
+            "advantage_abs_mean": float((b.advantages.abs() * mask).sum() / mask.sum().clamp(min=1)),
+            "mismatch_k3": float((A.kl_penalty(exp.rollout.rollout_logp, b.old_logp, "k3") * mask).sum()
                                  / mask.sum().clamp(min=1)),
             "time_train": time.perf_counter() - t0,
             "shared_prefix_forwards": float(self.prefix.used - shared_before),  # forwards that shared prompts
         })
         return metrics
 
-    def _minibatch_step(self, exp, mb_groups, mask, old_logp, advantages, batch, sums, trained=None) -> float:
-        """One optimizer step on the rows ``mb_groups``; with ``trained`` (``[B]`` bool, see
-        :mod:`rlvr.train.zero_advantage`) only those rows run forward/backward, the loss normalisers
-        still counting the whole minibatch, so the gradient is the same."""
-        cfg = self.config
-        alg = cfg.algorithm
-        mb_idx = torch.cat(mb_groups)
-        m = mask[mb_idx]
-        counts = dict(batch_num_tokens=m.sum(), batch_num_seqs=(m.sum(-1) > 0).sum())
-        agg = dict(mode=alg.loss_agg_mode, **counts, **alg.loss_agg_params)
-        agg_metric, metric_tokens = agg, counts["batch_num_tokens"]  # metrics: means over the trained rows
-        if trained is not None:
-            mb_groups = [g[trained[g]] for g in mb_groups]
-            mb_groups = [g for g in mb_groups if len(g)]
-            tm = mask[torch.cat(mb_groups)] if mb_groups else m[:0]
-            metric_tokens = tm.sum()
-            agg_metric = dict(agg, batch_num_tokens=metric_tokens, batch_num_seqs=(tm.sum(-1) > 0).sum())
-        loss_inputs = wanted_inputs(A.POLICY_LOSSES[alg.policy_loss])
-        ref_logp = batch["ref_logp"]
-        self.optimizer.zero_grad(set_to_none=True)
-        if not mb_groups:  # every row skipped: step on zero gradients, as the full computation would
-            for p in self.model.parameters():
-                if p.requires_grad:
-                    p.grad = torch.zeros_like(p)
-        finite, ran = True, False
-        for idx in self._row_chunks(exp, mb_groups):
-            mm = mask[idx]
-            logp, entropy_tok, mean_lp = self._forward_stats(self.model, exp, idx)
-            extra = {k: (v[idx] if isinstance(v, torch.Tensor) else v) for k, v in batch.items()
-                     if k in loss_inputs and k != "weights"}
-            if "mean_logp" in loss_inputs:
-                extra["mean_logp"] = mean_lp
-            if "num_prompts" in loss_inputs:
-                extra["num_prompts"] = len(mb_groups)
-            _require(extra, wanted_inputs(A.POLICY_LOSSES[alg.policy_loss], required_only=True), alg.policy_loss)
-            weights = batch["weights"][idx] if batch["weights"] is not None else None
-            if self.entropy_coef == 0:
-                entropy_tok = entropy_tok.detach()
-            bonus_mask = mm
-            for name, params in alg.token_weights.items():  # OPSM, top-entropy, STEER (any loss)
-                w = A.token_weights(name, advantages=advantages[idx], logp=logp, old_logp=old_logp[idx], mask=mm,
-                                    entropy=entropy_tok.detach(), rollout_logp=exp.rollout.rollout_logp[idx],
-                                    **params)
-                weights = w if weights is None else weights * w
-                if name in ("top_entropy", "high_entropy"):
-                    bonus_mask = mm * w  # TRL: the bonus acts on the same tokens
-                _acc(sums, f"token_weight/{name}", float((w * mm).sum() / counts["batch_num_tokens"].clamp(min=1)))
-            loss, pg_metrics = A.policy_loss(
-                alg.policy_loss, logp=logp, old_logp=old_logp[idx], advantages=advantages[idx], mask=mm,
-                agg=alg.loss_agg_mode, weights=weights, **counts, **alg.loss_agg_params, **extra,
-                **getattr(self, "_loss_params", alg.policy_loss_params))
-            entropy = A.aggregate_loss(entropy_tok, mm, **agg_metric)
-            _acc(sums, "entropy_token_sum", float((entropy_tok.detach() * bonus_mask).sum()))
-            _acc(sums, "entropy_token_count", float(bonus_mask.sum()))
-            if self.entropy_coef > 0:
-                ent_mask = batch["entropy_mask"]  # AsyPPO: high-disagreement tokens get no bonus
-                bmask = bonus_mask if ent_mask is None else bonus_mask * ent_mask[idx]
-                bonus = entropy if bmask is mm else A.aggregate_loss(entropy_tok, bmask, **agg)
-                loss = loss - self.entropy_coef * bonus
-            if cfg.kl.placement == "loss":
-                kl = A.aggregate_loss(A.kl_penalty(logp, ref_logp[idx], cfg.kl.estimator, **self.kl_hp), mm, **agg)
-                loss = loss + self.kl_coef * kl
-                _acc(sums, "kl_loss", float(kl.detach()))
-            loss.backward()
-            if not ran:  # metrics other than the loss average over the minibatches that trained rows
-                _acc(sums, "trained_minibatches", 1.0)
-                ran = True
-            frac = float(mm.sum() / metric_tokens.clamp(min=1))
-            value = loss.item()
-            finite = finite and math.isfinite(value)
-            _acc(sums, "loss", value)
-            _acc(sums, "entropy", float(entropy.detach()))
-            for k, v in pg_metrics.items():
-                _acc(sums, k, float(v) * frac)
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.trainer.max_grad_norm)
-        if finite and math.isfinite(float(grad_norm)):
-            self.optimizer.step()
-            self.scheduler.step()
-            self.consecutive_skipped = 0
-        else:  # NaN/inf: no update; parameters, AdamW state and the LR schedule stay as they were
-            self.optimizer.zero_grad(set_to_none=True)
-            self.skipped_steps += 1
-            self.consecutive_skipped += 1
-            self.step_skipped += 1
-        return float(grad_norm) if math.isfinite(float(grad_norm)) else float("nan")
+    def controllers_in(self, stage: str) -> list:
+        """The controllers that declare ``stage`` (:data:`rlvr.control.controllers.STAGES`), in config order."""
+        return [ctl for ctl in self.controllers.values() if stage in ctl.stages]
 
     # ------------------------------------------------------------------ helpers for controllers
     def advantage_of(self, exp: Experience, rewards: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -498,8 +531,6 @@ def _require(given: dict, required: frozenset, name: str) -> None:
 
 def critic_metrics(values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor) -> dict[str, float]:
     """Explained variance of the ensemble mean and of each critic, and critic disagreement."""
-    from rlvr.train.critic import explained_variance
-
     out = {"critic/explained_variance": explained_variance(values.mean(0), returns, mask),
            "critic/value_mean": float((values.mean(0) * mask).sum() / mask.sum().clamp(min=1))}
     if values.shape[0] > 1:
@@ -519,6 +550,12 @@ def mismatch_weights(cfg, old_logp, rollout_logp, mask):
     ``MISMATCH_CORRECTIONS`` (given the fields of ``cfg`` its signature names), or None."""
     params = A.mismatch_params(cfg.method, cfg.model_dump(exclude={"method"}))
     return A.mismatch_weights(cfg.method, old_logp, rollout_logp, mask, **params)
+
+
+def loss_mask(exp: Experience) -> torch.Tensor:
+    """``[B, T]`` float: the tokens the loss trains on (:attr:`rlvr.rollout.base.Rollout.loss_mask`; for a
+    single-turn completion, every completion token). The forward passes attend to the completion mask."""
+    return exp.rollout.loss_mask.float()
 
 
 def _acc(sums: dict, key: str, value: float) -> None:
