@@ -1,18 +1,31 @@
-"""The learner: recomputes log-probs, computes advantages and losses, steps the optimizer.
+"""The learner: one RL step on one batch, as named stages called in order by :meth:`Learner.update`.
 
 All the math comes from :mod:`rlvr.algorithms` through its registry entry points; this module
-only moves tensors. One call of :meth:`Learner.update` consumes one :class:`Experience`:
+only moves tensors. One call of :meth:`Learner.update` consumes one :class:`Experience`, filling a
+:class:`~rlvr.train.step.StepBatch` stage by stage:
 
-1. ``old_logp`` (and ``ref_logp`` when a KL term is used) recomputed by the trainer, no grad, unless
-   the engine's ``rollout_logp`` provably is the same number (:mod:`rlvr.train.old_logp`; metric
-   ``old_logp_reused``);
-2. KL in the reward (optional) and ``compute_advantages``;
-3. ``ppo_epochs`` x ``num_minibatches`` optimizer steps; each minibatch is split into
-   micro-batches whose losses are normalised by the *minibatch* token/sequence/prompt counts, so
-   the accumulated gradient equals the full-minibatch gradient exactly. Minibatches and
-   micro-batches hold whole groups, so group-wise losses (REAL, trajectory balance) see every
-   response of a prompt together. With ``trainer.sort_by_length`` the groups are ordered by length
-   before they are cut into micro-batches, and every forward trims the padding its rows share.
+1. :meth:`~Learner.logprobs_stage`: ``old_logp`` recomputed by the trainer, no grad, unless the engine's
+   ``rollout_logp`` provably is the same number (:mod:`rlvr.train.old_logp`; metric ``old_logp_reused``),
+   and ``ref_logp`` when a KL term or the loss needs the reference;
+2. :meth:`~Learner.advantages_stage`: the controllers of the ``rewards`` stage, the KL in the reward
+   (optional), ``compute_advantages`` (with the critics' values), AsyPPO's masks, the controllers of the
+   ``advantages`` stage (:mod:`rlvr.control.controllers`: each declares its stages);
+3. :meth:`~Learner.weights_stage`: per-token weights known before the update (mismatch correction,
+   stale rows); the token-weight registry joins them per micro-batch (:meth:`~Learner.token_weights`);
+4. :meth:`~Learner.optimize_stage`: ``ppo_epochs`` x ``num_minibatches`` optimizer steps; each minibatch
+   is split into micro-batches whose loss is the sum of the registered loss terms
+   (:mod:`rlvr.train.loss_terms`: the policy loss, the entropy bonus, the KL loss), normalised by the
+   *minibatch* token/sequence/prompt counts, so the accumulated gradient equals the full-minibatch
+   gradient exactly. Minibatches and micro-batches hold whole groups, so group-wise losses (REAL,
+   trajectory balance) see every response of a prompt together. With ``trainer.sort_by_length`` the
+   groups are ordered by length before they are cut into micro-batches, and every forward trims the
+   padding its rows share;
+5. :meth:`~Learner.optimizer_step`: clip, then step, or skip a step whose loss or gradient norm is not
+   finite.
+
+Two masks: the forward passes attend to the completion mask; everything that counts tokens (losses,
+aggregation denominators, entropy, KL, mismatch weights, advantages, metrics) reads the *loss mask*
+(:func:`loss_mask`), the tokens the policy wrote. For a single-turn completion they are equal.
 
 Every forward (:meth:`Learner._forward_stats`) computes the head only at the completion positions,
 shares each prompt's prefix across its group when ``trainer.shared_prefix`` says so
