@@ -348,15 +348,17 @@ def test_lora_adapters_are_applied(tiny_path):
 
 @pytest.mark.slow
 def test_async_workers_run_the_lean_engine_on_their_bf16_copy(fast_config, monkeypatch):
-    """runtime.mode=async: each rollout worker builds its engine with rollout.engine (factory.engine_on_module)."""
+    """runtime.mode=async: each rollout worker builds its engine with rollout.engine (factory.engine_on_module,
+    called by the local pool of rlvr.experience.workers)."""
     import json
 
+    from rlvr.experience import workers
     from rlvr.rollout import factory
     from rlvr.train.loop import train
 
     built = []
     real = factory.engine_on_module
-    monkeypatch.setattr(factory, "engine_on_module", lambda *a: built.append(real(*a)) or built[-1])
+    monkeypatch.setattr(workers, "engine_on_module", lambda *a: built.append(real(*a)) or built[-1])
     cfg = fast_config("trainer.steps=3", "runtime.mode=async", "runtime.max_staleness=1", "rollout.engine=lean",
                       "rollout.dtype=bfloat16", "runtime.weight_sync=sparse")
     result = train(cfg, log=lambda *_: None)
