@@ -24,7 +24,7 @@ def _cfg(fast_overrides):
 
         base = fast_overrides + EASY
         if read_yaml(path).get("task", {}).get("name", "arithmetic") != "arithmetic":
-            base = [o for o in base if not o.startswith("task.options")]  # arithmetic's options only
+            base = [o for o in fast_overrides if not o.startswith("task.options")]  # EASY is arithmetic's
         return load_config(path, base + [f"run.output_dir={tmp_path}", "trainer.steps=3", *extra])
     return make
 
