@@ -12,6 +12,8 @@ Public API (see ``spec/api.md`` and ``docs/algorithms.md``)::
                    norm_constant=None) -> scalar
     value_loss(name, *, values, old_values, returns, mask, agg="token-mean", **hp) -> (loss, metrics)
     entropy_from_logits(logits) -> [...]
+    sum_pi_squared_from_logits(logits, chunk=1024) -> [...]   (optimal token baseline input)
+    clip_by_value(x, tensor_min, tensor_max) -> x clamped elementwise
     mismatch_weights(name, old_logp, rollout_logp, mask, **params) -> weights [B, T] or None
     off_policy_safe(policy_loss, mismatch="none", *, cap=None) -> bool
 """
@@ -41,7 +43,8 @@ from .registry import (
 )
 from .aggregation import aggregate_loss
 from .kl import importance_weighted_kl, kl_penalty
-from .entropy import entropy_bonus, entropy_from_logits
+from .entropy import entropy_bonus, entropy_from_logits, sum_pi_squared_from_logits
+from ._utils import clip_by_value
 from .advantages import asyppo_masks, compute_advantages
 from .policy_losses import policy_loss
 from .value_losses import hl_gauss_target, hl_gauss_value, two_hot_target, value_loss
@@ -74,6 +77,8 @@ from .exploration import (
 )
 from .kl import kl_params
 from .mismatch import (
+    ROLLOUT_RS_OPTIONS,
+    batch_normalize_weights,
     decoupled_weights,
     hispo_mask,
     is_ratio,
@@ -82,6 +87,10 @@ from .mismatch import (
     mismatch_params,
     mismatch_weights,
     off_policy_safe,
+    parse_rollout_is_threshold,
+    parse_rollout_rs,
+    rollout_is_weights,
+    rollout_rs_keep,
     truncated_is_weights,
 )
 
@@ -152,4 +161,12 @@ __all__ = [
     "dormant_scores",
     "grama_scores",
     "kl_params",
+    "clip_by_value",
+    "sum_pi_squared_from_logits",
+    "ROLLOUT_RS_OPTIONS",
+    "batch_normalize_weights",
+    "rollout_is_weights",
+    "rollout_rs_keep",
+    "parse_rollout_is_threshold",
+    "parse_rollout_rs",
 ]

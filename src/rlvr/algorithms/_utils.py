@@ -102,3 +102,13 @@ def outcome_to_token_rewards(rewards: Tensor, mask: Tensor) -> Tensor:
     valid = idx >= 0
     rows = torch.arange(mask.shape[0], device=mask.device)[valid]
     return out.index_put((rows, idx[valid]), rewards[valid])
+
+
+def clip_by_value(x: Tensor, tensor_min, tensor_max) -> Tensor:
+    """Clamp ``x`` between bounds that may be tensors broadcastable to ``x`` (verl 0.9.1
+    ``verl/utils/torch_functional.py``, ``clip_by_value``): ``max(min(x, tensor_max), tensor_min)``, so
+    where ``tensor_min > tensor_max`` the result is ``tensor_min``.  Scalars are accepted as bounds.
+    """
+    lo = torch.as_tensor(tensor_min, dtype=x.dtype, device=x.device)
+    hi = torch.as_tensor(tensor_max, dtype=x.dtype, device=x.device)
+    return torch.maximum(torch.minimum(x, hi), lo)

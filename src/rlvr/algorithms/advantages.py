@@ -16,7 +16,11 @@ Common conventions
 * Zero-variance groups (size >= 2, all rewards exactly equal) get advantage exactly 0 (avoids
   floating-point residue of ``R - mean``).
 * Returned ``returns`` is ``None`` for critic-free estimators except where the reference
-  implementation defines returns (``gae``, ``reinforce_plus_plus``, ``remax``).
+  implementation defines returns (``gae``, ``reinforce_plus_plus``, ``remax``, the optimal token
+  baselines' reward-to-go).
+* verl 0.9.1 estimators under verl's names and parameter names: ``grpo_passk``,
+  ``optimal_token_baseline``, ``tir_optimal_token_baseline``; verl's GDPO estimator is ``gdpo_verl``
+  (``gdpo`` names TRL's reward combiner, :func:`rlvr.algorithms.normalize_then_sum`).
 """
 
 from __future__ import annotations
@@ -308,6 +312,207 @@ def asyppo_masks(values: Tensor, mask: Tensor, *, adv_mask_frac: float = 0.2, en
         if k_h > 0:
             ent = ent.index_fill(0, valid[order[n - k_h:]], 0.0)
     return adv.reshape(m.shape), ent.reshape(m.shape)
+
+
+# ------------------------------------------------------------------ verl 0.9.1: pass@k, GDPO, OTB
+
+
+@register_advantage_estimator("grpo_passk")
+def grpo_passk(*, rewards=None, token_rewards=None, values=None, mask, group=None, epsilon=1e-6,
+               norm_adv_by_std_in_grpo=True):
+    """GRPO-style pass@k advantage (verl 0.9.1 ``verl/trainer/ppo/core_algos.py``,
+    ``compute_grpo_passk_outcome_advantage``, which cites arXiv 2503.19595).
+
+    In each group only the best response is credited: with ``r_(1) >= r_(2)`` the two largest rewards
+    of the group, the response holding ``r_(1)`` gets ``A = r_(1) - r_(2)``, divided by
+    ``std_g + epsilon`` (Bessel std of the group's rewards) when ``norm_adv_by_std_in_grpo``; every
+    other response gets 0.  When the maximum is shared (``r_(1) = r_(2)``) every advantage of the group
+    is 0, so which tied row is "the best" does not matter.  A group with fewer than 2 responses raises
+    ``ValueError`` (as verl).  Parameter names are verl's.
+    """
+    r = _outcome(rewards, token_rewards, mask)
+    b = r.shape[0]
+    inv, k = group_inverse(group, b, r.device)
+    cnt = group_sum(torch.ones_like(r), inv, k)
+    if b > 0 and bool((cnt < 2).any()):
+        bad = int(torch.nonzero(cnt < 2)[0, 0])
+        rows = torch.nonzero(inv == bad).squeeze(-1).tolist()
+        raise ValueError(f"grpo_passk needs at least 2 responses per group; the group of row(s) {rows} has "
+                         f"{int(cnt[bad])}")
+    neg_inf = torch.full((k,), -torch.inf, dtype=r.dtype, device=r.device)
+    gmax = neg_inf.scatter_reduce(0, inv, r, "amax")
+    is_max = r == gmax[inv]
+    n_max = group_sum(is_max.to(r.dtype), inv, k)
+    below = torch.where(is_max, torch.full_like(r, -torch.inf), r)
+    second = torch.where(n_max >= 2, gmax, neg_inf.scatter_reduce(0, inv, below, "amax"))
+    pos = torch.arange(b, device=r.device)
+    first = torch.full((k,), b, dtype=torch.long, device=r.device).scatter_reduce(
+        0, inv, torch.where(is_max, pos, torch.full_like(pos, b)), "amin")
+    gap = gmax - second
+    if norm_adv_by_std_in_grpo:
+        _, std, _, _ = group_stats(r, group)
+        gap = gap[inv] / (std + epsilon)
+    else:
+        gap = gap[inv]
+    a = torch.where(pos == first[inv], gap, torch.zeros_like(r))
+    return _broadcast(a, mask), None
+
+
+@register_advantage_estimator("gdpo_verl")
+def gdpo_verl(*, rewards=None, token_rewards=None, values=None, mask, group=None, epsilon=1e-6,
+              norm_adv_by_std_in_grpo=True, reward_components=None, gdpo_reward_keys=None,
+              gdpo_reward_weights=None):
+    """GDPO as verl computes it (verl 0.9.1 ``verl/trainer/ppo/core_algos.py``,
+    ``compute_gdpo_outcome_advantage``; GDPO paper arXiv 2601.05242).
+
+    For each reward component ``k`` (``reward_components`` ``{name: [B]}``, restricted to and ordered by
+    ``gdpo_reward_keys`` when given): the GRPO advantage ``A_k`` of that component alone (group mean,
+    Bessel std, ``epsilon``, ``norm_adv_by_std_in_grpo``; singleton groups mean 0, std 1), broadcast to
+    the tokens; then ``S = sum_k w_k A_k`` with ``w = gdpo_reward_weights`` (a list in key order, or a
+    mapping name -> weight; default all 1); finally ``S`` is whitened over the valid TOKENS of the batch
+    (verl ``masked_whiten``: Bessel variance, ``+1e-8`` inside the square root) and multiplied by the
+    mask.  Without ``reward_components`` the outcome reward is the only component (verl's fallback).
+
+    This differs from rlvr's reward combiner ``normalize_then_sum`` (alias ``gdpo``, TRL's GDPO), which
+    whitens the combined advantage over ROWS with TRL's ``eps = 1e-4``; under token whitening longer
+    responses weigh more in the batch statistics.
+    """
+    if reward_components is None:
+        comps = {"reward": _outcome(rewards, token_rewards, mask)}
+    else:
+        keys = list(reward_components) if gdpo_reward_keys is None else list(gdpo_reward_keys)
+        missing = [key for key in keys if key not in reward_components]
+        if missing:
+            raise ValueError(f"gdpo_reward_keys {missing} not in reward_components "
+                             f"(available: {', '.join(reward_components)})")
+        comps = {key: reward_components[key] for key in keys}
+    names = list(comps)
+    if not names:
+        raise ValueError("gdpo_verl needs at least one reward component")
+    if gdpo_reward_weights is None:
+        w = [1.0] * len(names)
+    elif isinstance(gdpo_reward_weights, dict):
+        w = [float(gdpo_reward_weights[n]) for n in names]
+    else:
+        w = [float(x) for x in gdpo_reward_weights]
+        if len(w) != len(names):
+            raise ValueError(f"gdpo_reward_weights has {len(w)} entries for {len(names)} reward components "
+                             f"({', '.join(names)})")
+    total = None
+    for name, wk in zip(names, w):
+        a_k, _ = grpo(rewards=comps[name], mask=mask, group=group, norm_by_std=norm_adv_by_std_in_grpo,
+                      eps=epsilon)
+        total = wk * a_k if total is None else total + wk * a_k
+    m = as_float_mask(mask, total)
+    return masked_whiten(total, m) * m, None
+
+
+def _reward_to_go(tr: Tensor, m: Tensor) -> Tensor:
+    """``G_t = sum_{s >= t} m_s r_s`` (undiscounted; at masked positions too, as verl's flip-cumsum)."""
+    return torch.flip(torch.cumsum(torch.flip(tr * m, [-1]), -1), [-1])
+
+
+def _otb_inputs(rewards, token_rewards, mask, old_log_probs, sum_pi_squared, rollout_is_weights):
+    """``(G, W, m)``: reward-to-go, cumulative path-variance proxy ``W_t = sum_{j <= t} m_j w_j`` with
+    ``w_j = (1 - 2 pi_j + sum_v pi_v^2) * rho_j^2`` (``rho`` = ``rollout_is_weights`` or 1), float mask."""
+    tr = _token_rewards(rewards, token_rewards, mask)
+    m = as_float_mask(mask, tr)
+    if old_log_probs is None or sum_pi_squared is None:
+        raise ValueError("the optimal token baseline needs old_log_probs [B, T] and sum_pi_squared [B, T] "
+                         "(sum_pi_squared_from_logits)")
+    lp = _float(old_log_probs, tr)
+    spq = _float(sum_pi_squared, tr)
+    if lp.shape != m.shape or spq.shape != m.shape:
+        raise ValueError(f"old_log_probs and sum_pi_squared must have shape {tuple(m.shape)}")
+    w = 1.0 - 2.0 * torch.exp(lp) + spq
+    if rollout_is_weights is not None:
+        rho = _float(rollout_is_weights, tr)
+        w = w * rho * rho
+    return _reward_to_go(tr, m), torch.cumsum(w * m, -1), m
+
+
+def _zero_tail_rows(lengths: Tensor, inv: Tensor, k: int, member: Tensor):
+    """``(row_flag [B] bool, second [B] long)``: among the member rows of each group of >= 2 members, the row
+    that is strictly the longest (its length unique in the group) and the second-largest length."""
+    neg = torch.full((k,), -1, dtype=lengths.dtype, device=lengths.device)
+    ln = torch.where(member, lengths, torch.full_like(lengths, -1))
+    lmax = neg.scatter_reduce(0, inv, ln, "amax")
+    at_max = member & (ln == lmax[inv])
+    n_at_max = torch.zeros(k, dtype=torch.long, device=lengths.device).index_add(0, inv, at_max.long())
+    second = neg.scatter_reduce(0, inv, torch.where(at_max, torch.full_like(ln, -1), ln), "amax")
+    n_member = torch.zeros(k, dtype=torch.long, device=lengths.device).index_add(0, inv, member.long())
+    flag = at_max & (n_member[inv] >= 2) & (n_at_max[inv] == 1) & (lmax[inv] > second[inv])
+    return flag, second[inv].clamp(min=0)
+
+
+@register_advantage_estimator("optimal_token_baseline")
+def optimal_token_baseline(*, rewards=None, token_rewards=None, values=None, mask, group=None, old_log_probs,
+                           sum_pi_squared, rollout_is_weights=None, handle_zero_tail=True, epsilon=1e-8):
+    """Optimal Token Baseline, OTB (arXiv 2602.07078; verl 0.9.1 ``verl/trainer/ppo/core_algos.py``,
+    ``compute_optimal_token_baseline_advantage``, and ``docs/algo/otb.md``).
+
+    ``G_t`` = reward-to-go of ``token_rewards`` (outcome ``rewards`` sit on the last valid token);
+    ``W_t = sum_{j<=t} m_j (1 - 2 pi_j + sum_v pi_{j,v}^2)``, with ``pi_j = exp(old_log_probs_j)`` and
+    ``sum_pi_squared`` = ``sum_v pi_{j,v}^2`` (:func:`rlvr.algorithms.sum_pi_squared_from_logits`), each
+    term times ``rollout_is_weights_j^2`` when given.  Per group and ABSOLUTE position t:
+    ``B_t = sum_i m G W / (sum_i m W + epsilon)``, ``A_t = (G_t - B_t) m_t``; a singleton group has
+    ``B = 0`` (A = reward-to-go).  ``handle_zero_tail``: in a group whose longest response is strictly
+    longer than all others, that response's baseline is 0 from position L_2 on (L_2 = the second-largest
+    number of valid tokens).  Returns ``(A, G)``; ``G`` is not masked (verl's ``returns``).
+    """
+    g, w_cum, m = _otb_inputs(rewards, token_rewards, mask, old_log_probs, sum_pi_squared, rollout_is_weights)
+    b, t_len = m.shape
+    inv, k = group_inverse(group, b, m.device)
+    cnt = group_sum(torch.ones(b, dtype=m.dtype, device=m.device), inv, k)
+    num = torch.zeros(k, t_len, dtype=g.dtype, device=g.device).index_add(0, inv, g * w_cum * m)
+    den = torch.zeros(k, t_len, dtype=g.dtype, device=g.device).index_add(0, inv, w_cum * m) + epsilon
+    base = torch.where((cnt > 1)[inv].unsqueeze(-1), (num / den)[inv], torch.zeros_like(g))
+    if handle_zero_tail and b > 0:
+        lengths = m.sum(-1).long()
+        flag, second = _zero_tail_rows(lengths, inv, k, torch.ones(b, dtype=torch.bool, device=m.device))
+        pos = torch.arange(t_len, device=m.device).unsqueeze(0)
+        tail = flag.unsqueeze(-1) & (pos >= second.unsqueeze(-1))
+        base = torch.where(tail, torch.zeros_like(base), base)
+    return (g - base) * m, g
+
+
+@register_advantage_estimator("tir_optimal_token_baseline")
+def tir_optimal_token_baseline(*, rewards=None, token_rewards=None, values=None, mask, group=None,
+                               old_log_probs, sum_pi_squared, rollout_is_weights=None,
+                               handle_zero_tail=True, epsilon=1e-8):
+    """Multi-turn (tool-integrated) Optimal Token Baseline (arXiv 2602.07078; verl 0.9.1
+    ``verl/trainer/ppo/core_algos.py``, ``compute_multi_turn_optimal_token_baseline_advantage``).
+
+    As ``optimal_token_baseline`` (same ``G``, ``W``, ``epsilon``, ``handle_zero_tail``), but the
+    responses of a group are aligned by the INDEX OF THE VALID TOKEN (the j-th loss token of every
+    response), not by absolute position, so tool-output gaps (interior mask zeros) do not misalign the
+    baseline.  Rows without valid tokens are left out of their group (a group left with one row gets
+    ``B = 0``).  Returns ``(A, G)``; ``G`` is not masked.
+    """
+    g, w_cum, m = _otb_inputs(rewards, token_rewards, mask, old_log_probs, sum_pi_squared, rollout_is_weights)
+    b = m.shape[0]
+    valid = m != 0
+    lengths = valid.sum(-1)
+    width = int(lengths.max()) if b > 0 else 0
+    rank = torch.cumsum(valid.long(), -1) - 1  # index of each valid token among its row's valid tokens
+    rows, cols = torch.nonzero(valid, as_tuple=True)
+    ranks = rank[rows, cols]
+    g_c = torch.zeros(b, width, dtype=g.dtype, device=g.device).index_put((rows, ranks), g[rows, cols])
+    w_c = torch.zeros(b, width, dtype=g.dtype, device=g.device).index_put((rows, ranks), w_cum[rows, cols])
+    inv, k = group_inverse(group, b, m.device)
+    member = lengths > 0
+    n_member = torch.zeros(k, dtype=torch.long, device=m.device).index_add(0, inv, member.long())
+    memf = member.to(g.dtype).unsqueeze(-1)
+    num = torch.zeros(k, width, dtype=g.dtype, device=g.device).index_add(0, inv, g_c * w_c * memf)
+    den = torch.zeros(k, width, dtype=g.dtype, device=g.device).index_add(0, inv, w_c * memf) + epsilon
+    base = torch.where((member & (n_member[inv] >= 2)).unsqueeze(-1), (num / den)[inv], torch.zeros_like(g_c))
+    if handle_zero_tail and b > 0:
+        flag, second = _zero_tail_rows(lengths, inv, k, member)
+        pos = torch.arange(width, device=m.device).unsqueeze(0)
+        base = torch.where(flag.unsqueeze(-1) & (pos >= second.unsqueeze(-1)), torch.zeros_like(base), base)
+    a_c = g_c - base
+    adv = torch.zeros_like(g).index_put((rows, cols), a_c[rows, ranks])
+    return adv * m, g
 
 
 def compute_advantages(

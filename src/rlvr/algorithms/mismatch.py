@@ -27,6 +27,11 @@ Log-ratios are clamped to [-20, 20] before ``exp``.
 * HisPO (:func:`hispo_mask`, LongCat-Flash-Prover report arXiv 2603.21065 sec. 3.3 eq. 8-9; spec 14):
   hierarchical 0/1 mask, first sequences by the geometric-mean discrepancy, then tokens.
 
+* verl 0.9.1 rejection sampling (``rollout_rs``), one registry entry per option: ``token_k2``, ``token_k3``,
+  ``seq_sum_k2``, ``seq_sum_k3``, ``seq_mean_k2``, ``seq_mean_k3``, ``seq_max_k2``, ``seq_max_k3``
+  (:func:`rollout_rs_keep`; parameter ``rollout_rs_threshold``): a 0/1 keep mask.  ``tis`` / ``mis`` take
+  ``batch_normalize`` (verl ``rollout_is_batch_normalize``, :func:`batch_normalize_weights`).
+
 * Decoupled PPO (:func:`decoupled_weights`; Hilton et al. 2022 arXiv 2110.00641, AReaL arXiv
   2505.24298 eq. 5): ``w_t = exp(old_t - roll_t) = pi_prox / pi_behav`` at token level, unbounded,
   except that with ``cap`` set the tokens with ``w_t > cap`` get weight 0 (AReaL
@@ -88,12 +93,18 @@ def is_ratio(old_logp: Tensor, rollout_logp: Tensor, mask: Tensor, level: str = 
 
 @register_mismatch_correction("tis", bounded=True)
 def truncated_is_weights(
-    old_logp: Tensor, rollout_logp: Tensor, mask: Tensor, *, level: str = "token", upper: float = 2.0
+    old_logp: Tensor, rollout_logp: Tensor, mask: Tensor, *, level: str = "token", upper: float = 2.0,
+    batch_normalize: bool = False,
 ) -> Tensor:
-    """TIS weights ``min(w, upper)`` (verl ``rollout_is_threshold`` default 2.0)."""
+    """TIS weights ``min(w, upper)`` (verl ``rollout_is_threshold`` default 2.0).
+
+    ``batch_normalize`` (verl 0.9.1 ``rollout_is_batch_normalize``): divide by the batch mean of the
+    weights, see :func:`batch_normalize_weights`.
+    """
     m = as_float_mask(mask, old_logp)
     w = torch.exp(_log_w(old_logp, rollout_logp, mask, level))
-    return torch.clamp(w, max=upper) * m
+    w = torch.clamp(w, max=upper) * m
+    return batch_normalize_weights(w, mask, level) if batch_normalize else w
 
 
 @register_mismatch_correction("mis", bounded=True)
@@ -106,11 +117,15 @@ def masked_is_weights(
     upper: float = 2.0,
     lower: float | None = None,
     keep_ratio: bool = True,
+    batch_normalize: bool = False,
 ) -> Tensor:
     """MIS weights: ``w`` (``keep_ratio``) or 1 where ``lower <= w <= upper``, else 0.
 
     ``lower`` defaults to ``1 / upper`` (verl).  At ``sequence``/``geometric`` level a whole
-    response is kept or dropped.
+    response is kept or dropped.  With ``keep_ratio`` this is verl's IcePop form
+    (``rollout_is_threshold="lower_upper"``).  ``batch_normalize`` (verl 0.9.1
+    ``rollout_is_batch_normalize``): divide by the batch mean of the weights (dropped tokens count as
+    0 in it), see :func:`batch_normalize_weights`.
     """
     if lower is None:
         lower = 1.0 / upper
@@ -118,7 +133,32 @@ def masked_is_weights(
     w = torch.exp(_log_w(old_logp, rollout_logp, mask, level))
     keep = (w >= lower) & (w <= upper)
     val = w if keep_ratio else torch.ones_like(w)
-    return torch.where(keep, val, torch.zeros_like(val)) * m
+    w = torch.where(keep, val, torch.zeros_like(val)) * m
+    return batch_normalize_weights(w, mask, level) if batch_normalize else w
+
+
+def batch_normalize_weights(weights: Tensor, mask: Tensor, level: str = "token") -> Tensor:
+    """IS weights divided by their batch mean, so that they average 1 (verl 0.9.1
+    ``verl/trainer/ppo/rollout_corr_helper.py``, ``compute_rollout_correction_weights`` with
+    ``rollout_is_batch_normalize=True``).
+
+    ``token`` level: the mean over all valid tokens.  ``sequence`` / ``geometric`` level (one weight per
+    response): the mean over responses with at least one valid token of each response's token-mean
+    weight.  When that mean is not above 1e-8 the weights are returned unchanged (verl).  The mean is
+    over the tensors passed (rlvr's learner computes mismatch weights once for the whole batch; verl
+    averages per micro-batch, across data-parallel ranks).
+    """
+    if level not in LEVELS:
+        raise ValueError(f"unknown level {level!r}; known: {', '.join(LEVELS)}")
+    m = as_float_mask(mask, weights)
+    w = weights.detach()
+    if level == "token":
+        mean = masked_sum(w, m) / m.sum().clamp(min=1.0)
+    else:
+        per_seq = masked_sum(w, m, dim=-1) / m.sum(-1).clamp(min=1.0)
+        has = (m.sum(-1) > 0).to(w.dtype)
+        mean = (per_seq * has).sum() / has.sum().clamp(min=1.0)
+    return w / mean if bool(mean > 1e-8) else w
 
 
 @register_mismatch_correction("hispo", bounded=True)
@@ -177,6 +217,147 @@ def decoupled_weights(old_logp: Tensor, rollout_logp: Tensor, mask: Tensor, *, c
     :func:`off_policy_safe`).
     """
     return _behaviour_weights(old_logp.detach(), rollout_logp.detach(), mask, cap)[0]
+
+
+# --------------------------------------------------- verl 0.9.1 rejection sampling (rollout_rs)
+
+#: The rejection options rlvr implements (verl 0.9.1 also has token_k1, seq_sum_k1, seq_mean_k1).
+ROLLOUT_RS_OPTIONS = ("token_k2", "token_k3", "seq_sum_k2", "seq_sum_k3", "seq_mean_k2", "seq_mean_k3",
+                      "seq_max_k2", "seq_max_k3")
+
+
+def _threshold(value, option: str) -> float:
+    if value is None:
+        raise ValueError(f"{option} needs rollout_rs_threshold (a positive number)")
+    if isinstance(value, bool):
+        raise TypeError(f"rollout_rs_threshold for {option} must be a number, got {value!r}")
+    try:
+        t = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"rollout_rs_threshold for {option} must be a positive number, got {value!r}") from None
+    if not t > 0:
+        raise ValueError(f"rollout_rs_threshold for {option} must be > 0, got {value!r}")
+    return t
+
+
+def rollout_rs_keep(log_ratio: Tensor, mask: Tensor, option: str, threshold) -> Tensor:
+    """0/1 keep mask ``[B, T]`` (dtype of ``log_ratio``, 0 at masked positions) of one verl rejection
+    option (verl 0.9.1 ``verl/trainer/ppo/rollout_corr_helper.py``, ``compute_rollout_rejection_mask``).
+
+    ``log_ratio`` = log pi_train - log pi_rollout, clamped to [-20, 20]; per token
+    ``k2 = log_ratio^2 / 2`` and ``k3 = exp(log_ratio) - 1 - log_ratio``.  ``token_kX`` keeps the tokens
+    with ``kX <= threshold``; ``seq_sum_kX`` / ``seq_mean_kX`` / ``seq_max_kX`` keep (or drop) the whole
+    response by the sum / mean / max of ``kX`` over its valid tokens (0 for an empty response).
+    """
+    if option not in ROLLOUT_RS_OPTIONS:
+        raise ValueError(f"unknown rejection option {option!r}; known: {', '.join(ROLLOUT_RS_OPTIONS)}")
+    t = _threshold(threshold, option)
+    m = as_float_mask(mask, log_ratio)
+    lr = torch.clamp(log_ratio.detach(), -_CLAMP, _CLAMP)
+    stat = 0.5 * lr * lr if option.endswith("k2") else torch.exp(lr) - 1.0 - lr
+    if option.startswith("token_"):
+        keep = stat <= t
+    else:
+        if option.startswith("seq_sum_"):
+            seq = masked_sum(stat, m, dim=-1)
+        elif option.startswith("seq_mean_"):
+            seq = masked_sum(stat, m, dim=-1) / m.sum(-1).clamp(min=1.0)
+        else:  # seq_max_
+            seq = torch.where(m != 0, stat, torch.full_like(stat, -torch.inf)).amax(-1)
+            seq = torch.where(torch.isinf(seq), torch.zeros_like(seq), seq)
+        keep = (seq <= t).unsqueeze(-1).expand_as(stat)
+    return keep.to(m.dtype) * m
+
+
+def _make_rs(option: str):
+    level = "token" if option.startswith("token_") else "sequence"
+    kind = option[-2:]
+    agg = {"token": "", "sequence": option.split("_")[1]}[level]
+
+    def rs(old_logp: Tensor, rollout_logp: Tensor, mask: Tensor, *, rollout_rs_threshold) -> Tensor:
+        return rollout_rs_keep(old_logp - rollout_logp, mask, option, rollout_rs_threshold)
+
+    what = f"the token's {kind}" if level == "token" else f"the {agg} of {kind} over the response's valid tokens"
+    rs.__name__ = f"rollout_rs_{option}"
+    rs.__qualname__ = rs.__name__
+    rs.__doc__ = (f"verl 0.9.1 rejection option ``{option}`` (``rollout_corr_helper.compute_rollout_rejection_mask``): "
+                  f"0/1 keep mask, 1 where {what} is <= ``rollout_rs_threshold``; "
+                  f"``log_ratio = old_logp - rollout_logp`` (see :func:`rollout_rs_keep`).")
+    return rs
+
+
+for _option in ROLLOUT_RS_OPTIONS:
+    register_mismatch_correction(_option, bounded=True)(_make_rs(_option))
+del _option
+
+
+def parse_rollout_is_threshold(spec) -> tuple[float, float | None]:
+    """verl's ``rollout_is_threshold``: a number (TIS upper bound; lower None) or a string
+    ``"lower_upper"`` (IcePop: weights outside ``[lower, upper]`` are 0).  Returns ``(upper, lower)``."""
+    if isinstance(spec, bool) or spec is None:
+        raise TypeError(f"rollout_is_threshold must be a number or a 'lower_upper' string, got {spec!r}")
+    lower = None
+    if isinstance(spec, str):
+        text = spec.strip()
+        try:
+            if "_" in text:
+                lo, up = text.split("_", 1)
+                lower, upper = float(lo), float(up)
+            else:
+                upper = float(text)
+        except ValueError:
+            raise ValueError(f"invalid rollout_is_threshold {spec!r}") from None
+    else:
+        upper = float(spec)
+    if not upper > 0 or (lower is not None and not lower > 0):
+        raise ValueError(f"rollout_is_threshold bounds must be > 0, got {spec!r}")
+    if lower is not None and lower > upper:
+        raise ValueError(f"rollout_is_threshold lower bound exceeds the upper one: {spec!r}")
+    return upper, lower
+
+
+def rollout_is_weights(log_ratio: Tensor, mask: Tensor, rollout_is: str, rollout_is_threshold=2.0,
+                       rollout_is_batch_normalize: bool = False) -> Tensor:
+    """verl 0.9.1 rollout IS weights (``rollout_corr_helper.compute_rollout_correction_weights``), detached,
+    0 at masked positions: ``rollout_is`` = ``"token"`` (``exp(log_ratio)``) or ``"sequence"``
+    (``exp(sum_t log_ratio)`` broadcast), log clamped to [-20, 20]; truncated at the upper bound (TIS) or
+    zeroed outside ``[lower, upper]`` (IcePop, threshold ``"lower_upper"``); then optionally divided by the
+    batch mean (:func:`batch_normalize_weights`)."""
+    if rollout_is not in ("token", "sequence"):
+        raise ValueError(f"rollout_is must be 'token' or 'sequence', got {rollout_is!r}")
+    upper, lower = parse_rollout_is_threshold(rollout_is_threshold)
+    m = as_float_mask(mask, log_ratio)
+    lr = log_ratio.detach()
+    if rollout_is == "sequence":
+        lr = masked_sum(lr, m, dim=-1).unsqueeze(-1).expand_as(lr)
+    w = torch.exp(torch.clamp(lr, -_CLAMP, _CLAMP)) * m
+    if lower is None:
+        w = torch.clamp(w, max=upper)
+    else:
+        w = torch.where((w >= lower) & (w <= upper), w, torch.zeros_like(w))
+    return batch_normalize_weights(w, mask, rollout_is) if rollout_is_batch_normalize else w
+
+
+def parse_rollout_rs(rollout_rs: str, rollout_rs_threshold) -> list[tuple[str, float]]:
+    """verl's ``rollout_rs`` (comma-separated options, all must pass) and ``rollout_rs_threshold`` (one
+    number shared by every option, or a comma-separated string with one per option): ``[(option, t)]``,
+    duplicates removed in order."""
+    if not isinstance(rollout_rs, str):
+        raise TypeError(f"rollout_rs must be a string of comma-separated options, got {rollout_rs!r}")
+    options = list(dict.fromkeys(o.strip() for o in rollout_rs.split(",") if o.strip()))
+    if not options:
+        raise ValueError("rollout_rs names no option")
+    if rollout_rs_threshold is None:
+        raise ValueError("rollout_rs needs rollout_rs_threshold")
+    if isinstance(rollout_rs_threshold, str):
+        specs = [x.strip() for x in rollout_rs_threshold.split(",") if x.strip()]
+    else:
+        specs = [rollout_rs_threshold]
+    if len(specs) == 1:
+        specs = specs * len(options)
+    if len(specs) != len(options):
+        raise ValueError(f"rollout_rs_threshold gives {len(specs)} values for {len(options)} options")
+    return [(o, _threshold(t, o)) for o, t in zip(options, specs)]
 
 
 def mismatch_weights(name: str, old_logp: Tensor, rollout_logp: Tensor, mask: Tensor, **params) -> Tensor | None:

@@ -30,13 +30,18 @@ Common conventions
 
 Off-policy safety (``trust_region=True`` puts a loss in ``TRUST_REGION_LOSSES``; see
 :func:`rlvr.algorithms.off_policy_safe` and docs/algorithms.md for the reasons per loss): every
-loss below is marked except ``kl_cov`` (unclipped ``-A rho``) and ``gpg`` (plain ``-A lp``).
+loss below is marked except ``kl_cov`` (unclipped ``-A rho``), ``gpg`` (plain ``-A lp``) and ``bypass_mode`` (its
+``loss_type="reinforce"`` without ``rollout_is`` is a plain ``-A lp``).
 
 Zero advantage, zero gradient (``zero_at_zero_advantage=True`` puts a loss in
 ``ZERO_AT_ZERO_ADVANTAGE_LOSSES``): the per-token (or per-sequence) loss is the token's (sequence's)
 advantage times a bounded function of that row's own ratios, so a row whose advantages are all zero
 adds exactly 0 to the loss and to every gradient; only the aggregation's counts see it, and the learner
-passes those for the whole minibatch. Marked: ``vanilla``, ``gspo``, ``cispo``, ``gpg``, ``geo_mean``.
+passes those for the whole minibatch. Marked: ``vanilla``, ``gspo``, ``cispo``, ``gpg``, ``geo_mean``, ``dppo_tv``,
+``dppo_kl`` (not ``dro``: its log-ratio penalty acts whatever the advantage; not ``bypass_mode``: its IS batch
+normalisation couples the rows).
+
+verl 0.9.1 losses under verl's names and parameter names: ``dppo_tv``, ``dppo_kl``, ``dro``, ``bypass_mode``.
 """
 
 from __future__ import annotations
@@ -48,7 +53,12 @@ from torch import Tensor
 
 from ._utils import as_float_mask, masked_mean, masked_sum
 from .aggregation import aggregate_loss
-from .mismatch import _behaviour_weights
+from .mismatch import (
+    _behaviour_weights,
+    parse_rollout_rs,
+    rollout_is_weights,
+    rollout_rs_keep,
+)
 from .registry import POLICY_LOSSES, lookup, register_policy_loss
 
 LOG_RATIO_CLAMP = 20.0
@@ -915,6 +925,224 @@ def trajectory_balance(
     metrics.update(_base_metrics(logp, old_logp, mask))
     with torch.no_grad():
         metrics["log_z_mean"] = _item(log_z.mean()) if k > 0 else 0.0
+    return loss, metrics
+
+
+# ------------------------------------------------------------------------------ verl 0.9.1: DPPO
+
+
+def _dppo(kind, logp, old_logp, advantages, mask, agg, weights, batch_num_tokens, batch_num_seqs, norm_constant,
+          clip_ratio_low, clip_ratio_high, clip_ratio_c, log_ratio_clamp):
+    """Shared body of ``dppo_tv`` / ``dppo_kl``: ``-A sg(min(rho, c)) lp`` on the tokens whose divergence
+    from ``pi_old`` is still inside the trust region in the direction the advantage pushes."""
+    ratio = torch.exp(_log_ratio(logp, old_logp, log_ratio_clamp)).detach()
+    weight = ratio if clip_ratio_c is None else torch.clamp(ratio, max=clip_ratio_c)
+    with torch.no_grad():
+        p = torch.exp(logp.detach())
+        p_old = torch.exp(old_logp)
+        if kind == "tv":
+            keep_pos = (p - p_old) <= clip_ratio_high
+            keep_neg = (p - p_old) >= -clip_ratio_low
+        else:
+            binary_kl = p_old * (old_logp - logp.detach()) + (1.0 - p_old) * torch.log(
+                (1.0 - p_old + 1e-8) / (1.0 - p + 1e-8))
+            keep_pos = (binary_kl <= clip_ratio_high) | (p <= p_old)
+            keep_neg = (binary_kl <= clip_ratio_low) | (p >= p_old)
+        keep = torch.where(advantages > 0, keep_pos, keep_neg)
+    per_tok = -advantages * weight * logp * keep.to(logp.dtype)
+    loss = _agg(per_tok, mask, agg, weights, batch_num_tokens, batch_num_seqs, norm_constant)
+    truncated = (ratio > clip_ratio_c) & keep if clip_ratio_c is not None else torch.zeros_like(keep)
+    metrics = {
+        "clip_frac": _frac(~keep | truncated, mask),
+        "divergence_masked_frac": _frac(~keep, mask),
+        "clip_frac_lower": _frac(truncated, mask),
+    }
+    metrics.update(_base_metrics(logp, old_logp, mask))
+    return loss, metrics
+
+
+@register_policy_loss("dppo_tv", trust_region=True, zero_at_zero_advantage=True)
+def dppo_tv(
+    *,
+    logp,
+    old_logp,
+    advantages,
+    mask,
+    agg="token-mean",
+    weights=None,
+    batch_num_tokens=None,
+    batch_num_seqs=None,
+    norm_constant=None,
+    clip_ratio_low=0.15,
+    clip_ratio_high=0.15,
+    clip_ratio_c=20.0,
+    log_ratio_clamp=LOG_RATIO_CLAMP,
+):
+    """DPPO-Binary-TV (Qi et al. 2026, "Rethinking the Trust Region in LLM Reinforcement Learning", arXiv
+    2602.04879; verl 0.9.1 ``verl/trainer/ppo/core_algos.py``, ``compute_policy_loss_dppo_tv``).
+
+    Per token ``-A * sg(min(rho, clip_ratio_c)) * lp * M`` with ``rho = exp(lp - lp_old)`` (log clamped to
+    +-``log_ratio_clamp``) and the detached trust-region mask ``M``: for ``A > 0`` keep the token while
+    ``pi - pi_old <= clip_ratio_high``, otherwise while ``pi - pi_old >= -clip_ratio_low`` (``pi = exp(lp)``:
+    the binary total-variation distance of the sampled token, in probability units, not a ratio).  The
+    gradient is ``-A sg(min(rho, c)) grad lp`` = the truncated-IS policy gradient, cut once the token's
+    probability has moved by more than the bound in the direction ``A`` pushes.  Defaults: bounds 0.15
+    (verl's DPPO recipe ``examples/dppo_trainer``), ``clip_ratio_c = 20`` (the loss function's own default;
+    the paper recommends a large truncation, the recipe sets 10000; verl's generic ``ActorConfig`` default
+    would give 3.0).  ``clip_ratio_c=None`` turns the truncation off.  Metrics: ``clip_frac`` (masked or
+    truncated), ``divergence_masked_frac`` (verl ``pg_clipfrac``), ``clip_frac_lower`` (truncated and kept,
+    verl ``pg_clipfrac_lower``).
+    """
+    return _dppo("tv", logp, old_logp, advantages, mask, agg, weights, batch_num_tokens, batch_num_seqs,
+                 norm_constant, clip_ratio_low, clip_ratio_high, clip_ratio_c, log_ratio_clamp)
+
+
+@register_policy_loss("dppo_kl", trust_region=True, zero_at_zero_advantage=True)
+def dppo_kl(
+    *,
+    logp,
+    old_logp,
+    advantages,
+    mask,
+    agg="token-mean",
+    weights=None,
+    batch_num_tokens=None,
+    batch_num_seqs=None,
+    norm_constant=None,
+    clip_ratio_low=0.05,
+    clip_ratio_high=0.05,
+    clip_ratio_c=20.0,
+    log_ratio_clamp=LOG_RATIO_CLAMP,
+):
+    """DPPO-Binary-KL (arXiv 2602.04879; verl 0.9.1 ``verl/trainer/ppo/core_algos.py``,
+    ``compute_policy_loss_dppo_kl``).
+
+    As ``dppo_tv`` with the binary KL of the sampled token as divergence,
+    ``D = p_old log(p_old / p) + (1 - p_old) log((1 - p_old + 1e-8) / (1 - p + 1e-8))``: for ``A > 0`` the
+    token is kept while ``D <= clip_ratio_high`` or ``p <= p_old``, otherwise while ``D <= clip_ratio_low``
+    or ``p >= p_old``.  Defaults: bounds 0.05 (verl's DPPO recipe), ``clip_ratio_c = 20``.
+    """
+    return _dppo("kl", logp, old_logp, advantages, mask, agg, weights, batch_num_tokens, batch_num_seqs,
+                 norm_constant, clip_ratio_low, clip_ratio_high, clip_ratio_c, log_ratio_clamp)
+
+
+# ------------------------------------------------------------------------------- verl 0.9.1: DRO
+
+
+@register_policy_loss("dro", trust_region=True)
+def dro(
+    *,
+    logp,
+    old_logp,
+    advantages,
+    mask,
+    agg="token-mean",
+    weights=None,
+    batch_num_tokens=None,
+    batch_num_seqs=None,
+    norm_constant=None,
+    dro_beta=None,
+):
+    """DRO, Direct Reward Optimisation with a quadratic log-ratio penalty (verl 0.9.1
+    ``verl/trainer/ppo/core_algos.py``, ``compute_policy_loss_dro``, and ``docs/algo/dro.md``).
+
+    Per token ``-(lp * A - (dro_beta / 2) (lp - lp_old)^2)`` (no ratio, no clamp); its gradient
+    ``-(A - dro_beta * log rho) grad lp`` is the policy term of DRO's mean-squared objective (Richemond et
+    al. 2024, arXiv 2405.19107, with ``pi_old`` in place of the reference policy; verl's docs do not name
+    the paper).  ``dro_beta`` is required and must be > 0 (verl raises the same way).  Each token's
+    objective is maximal at ``log rho = A / dro_beta``: a soft trust region around ``pi_old``.  The
+    penalty acts whatever ``A`` is, so a zero-advantage row still has a gradient once ``pi != pi_old``.
+    """
+    if dro_beta is None or not dro_beta > 0:
+        raise ValueError(f"dro needs dro_beta > 0 (policy_loss_params.dro_beta), got {dro_beta!r}")
+    d = logp - old_logp
+    per_tok = -(logp * advantages - 0.5 * dro_beta * d * d)
+    loss = _agg(per_tok, mask, agg, weights, batch_num_tokens, batch_num_seqs, norm_constant)
+    metrics = {"clip_frac": 0.0}
+    metrics.update(_base_metrics(logp, old_logp, mask))
+    return loss, metrics
+
+
+# ------------------------------------------------------------------------ verl 0.9.1: bypass mode
+
+
+@register_policy_loss("bypass_mode")
+def bypass_mode(
+    *,
+    logp,
+    old_logp,
+    advantages,
+    mask,
+    agg="token-mean",
+    weights=None,
+    batch_num_tokens=None,
+    batch_num_seqs=None,
+    norm_constant=None,
+    loss_type="ppo_clip",
+    rollout_is=None,
+    rollout_is_threshold=2.0,
+    rollout_is_batch_normalize=False,
+    rollout_rs=None,
+    rollout_rs_threshold=None,
+    clip_ratio_low=0.2,
+    clip_ratio_high=0.2,
+    clip_ratio_c=3.0,
+):
+    """verl's bypass mode (verl 0.9.1 ``verl/trainer/ppo/core_algos.py``, ``compute_policy_loss_bypass_mode``
+    with ``compute_policy_loss_reinforce`` / ``compute_policy_loss_vanilla``, and
+    ``verl/trainer/ppo/rollout_corr_helper.py``, ``compute_rollout_correction_and_rejection_mask``).
+
+    ``old_logp`` IS the rollout engine's log-probs (no recomputed behaviour policy).  With
+    ``log_ratio = sg(lp) - old_logp``:
+
+    * rejection (``rollout_rs``: comma-separated options of :data:`rlvr.algorithms.mismatch.ROLLOUT_RS_OPTIONS`,
+      all must pass; ``rollout_rs_threshold``: one number or one per option) shrinks the mask to the kept
+      tokens, and that mask is the one aggregated (its count is the ``token-mean`` denominator unless
+      ``batch_num_tokens`` is given);
+    * IS weights (``rollout_is`` = ``"token"`` / ``"sequence"`` / None; ``rollout_is_threshold`` a number (TIS)
+      or ``"lower_upper"`` (IcePop); ``rollout_is_batch_normalize``) from :func:`rlvr.algorithms.mismatch.rollout_is_weights`;
+    * ``loss_type="ppo_clip"``: the ``vanilla`` loss against the rollout policy (``clip_ratio_low``,
+      ``clip_ratio_high``, ``clip_ratio_c``); the IS weights are not applied (the PPO ratio already is
+      ``pi / pi_rollout``), they only feed the metrics;
+    * ``loss_type="reinforce"``: ``-A * lp * w`` (``w`` the IS weights, 1 when ``rollout_is`` is None).
+
+    ``weights`` (rlvr's per-token weights) multiply the per-token loss as in every loss; pair bypass mode
+    with ``mismatch: none`` (verl ignores incoming rollout IS weights here).  A batch with no valid token
+    gives loss 0 (verl raises).  Not in ``TRUST_REGION_LOSSES`` (``reinforce`` without ``rollout_is`` is an
+    unbounded policy gradient) nor in ``ZERO_AT_ZERO_ADVANTAGE_LOSSES`` (batch normalisation couples the rows).
+    """
+    if loss_type not in ("ppo_clip", "reinforce"):
+        raise ValueError(f"bypass_mode loss_type must be 'ppo_clip' or 'reinforce', got {loss_type!r}")
+    m = as_float_mask(mask, logp)
+    rollout_logp = old_logp
+    eff = m
+    w = None
+    extra: dict[str, float] = {}
+    if bool((m != 0).any()):
+        with torch.no_grad():
+            log_ratio = logp.detach() - rollout_logp
+            if rollout_is is not None and rollout_is_threshold is not None:
+                w = rollout_is_weights(log_ratio, m, rollout_is, rollout_is_threshold, rollout_is_batch_normalize)
+                extra["rollout_is_mean"] = _item(masked_mean(w, m))
+            if rollout_rs is not None:
+                keep = torch.ones_like(m)
+                for option, threshold in parse_rollout_rs(rollout_rs, rollout_rs_threshold):
+                    kept = rollout_rs_keep(log_ratio, m, option, threshold)
+                    extra[f"rollout_rs_{option}_masked_fraction"] = _item(masked_mean(1.0 - kept, m))
+                    keep = keep * kept
+                eff = m * keep
+                extra["rollout_rs_masked_fraction"] = _item(masked_mean(1.0 - keep, m))
+    if loss_type == "ppo_clip":
+        loss, metrics = vanilla(logp=logp, old_logp=rollout_logp, advantages=advantages, mask=eff, agg=agg,
+                                weights=weights, batch_num_tokens=batch_num_tokens, batch_num_seqs=batch_num_seqs,
+                                norm_constant=norm_constant, clip_ratio_low=clip_ratio_low,
+                                clip_ratio_high=clip_ratio_high, clip_ratio_c=clip_ratio_c)
+    else:
+        per_tok = -advantages * logp if w is None else -advantages * logp * w
+        loss = _agg(per_tok, eff, agg, weights, batch_num_tokens, batch_num_seqs, norm_constant)
+        metrics = {"clip_frac": 0.0}
+        metrics.update(_base_metrics(logp, rollout_logp, eff))
+    metrics.update(extra)
     return loss, metrics
 
 
