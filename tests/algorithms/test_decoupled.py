@@ -229,8 +229,8 @@ def test_user_registered_correction_and_flags():
 # ------------------------------------------------------------------------------ off-policy safety
 
 SAFE_LOSSES = {"vanilla", "ppo", "gspo", "cispo", "dispo", "sapo", "clip_cov", "geo_mean", "real", "rover", "tb",
-               "decoupled_ppo", "decoupled", "vespo", "luspo"}
-UNSAFE_LOSSES = {"gpg", "kl_cov"}
+               "decoupled_ppo", "decoupled", "vespo", "luspo", "dppo_tv", "dppo_kl", "dro"}
+UNSAFE_LOSSES = {"gpg", "kl_cov", "bypass_mode"}
 
 
 def test_every_builtin_loss_has_a_decision():
