@@ -590,6 +590,11 @@ class SFTSection(_Section):
     eval_every: int = Field(25, ge=1, description="steps between validation checks (with target_accuracy)")
     val_problems: int = Field(500, ge=1, description="distinct prompts in the warm start's validation set, "
                               "carved from the train split and left out of SFT (with target_accuracy)")
+    max_minutes: float | None = Field(10.0, gt=0, description="time bound of the warm start, checked against an "
+                                      "estimate from its first steps; over it: over_budget (null: no bound)")
+    over_budget: Literal["warn", "stop"] = Field("warn", description="an estimate over max_minutes: a warning "
+                                                 "naming what makes it cheaper, then go on (warn), or a clear stop "
+                                                 "before the time is spent (stop)")
 
 
 class EvalSection(_Section):
@@ -886,7 +891,8 @@ class Config(_Section):
 #: Inputs the trainer supplies itself; they are not hyper-parameters a config may set.
 _SUPPLIED = {"logp", "old_logp", "old_values", "returns", "advantages", "mask", "agg", "weights", "batch_num_tokens", "batch_num_seqs",
              "norm_constant", "rewards", "token_rewards", "values", "group", "ref_logp", "rollout_logp",
-             "mean_logp", "old_mean_logp", "num_prompts", "baseline_rewards", "correct"}
+             "mean_logp", "old_mean_logp", "num_prompts", "baseline_rewards", "correct", "old_log_probs",
+             "sum_pi_squared", "reward_components", "rollout_is_weights"}
 
 
 def _check_params(field: str, params: dict, fn, name: str, skip=_SUPPLIED, positional: int = 0,

@@ -112,8 +112,8 @@ def test_tiny_preset_only_for_the_builtin_model(tmp_path):
     assert c.task.options == {}
     c, _ = load("task.name=reasoning_gym:chain_sum", "task.options={preset: null}")
     assert c.task.options == {"preset": None}
-    c, _ = load("task.name=reasoning_gym:leg_counting")  # no tiny preset for it: left alone
-    assert c.task.options == {}
+    c, _ = load("task.name=reasoning_gym:leg_counting")  # no tuned settings: the generic tiny preset
+    assert c.task.options == {"preset": "tiny"}
 
 
 def test_tiny_preset_contents():
@@ -126,8 +126,8 @@ def test_tiny_preset_contents():
     assert all(len(x.meta["entry"]["metadata"]["expression"].split()) == 3 for x in task.problems("train"))
     harder = ReasoningGymTask("chain_sum", preset="tiny", max_terms=3, instruction="Go.", num_train=50, num_eval=0)
     assert harder.dataset_config["max_terms"] == 3 and harder.instruction == "Go."  # options override the preset
-    with pytest.raises(ValueError, match="no 'tiny' preset for this dataset"):
-        ReasoningGymTask("leg_counting", preset="tiny")
+    generic = ReasoningGymTask("leg_counting", preset="tiny", num_train=50, num_eval=5)  # any dataset has it
+    assert generic.lead_in[0].startswith("Your task is to count") and generic.instruction == ""
     for name in ("basic_arithmetic", "products"):
         t = ReasoningGymTask(name, preset="tiny", num_train=20, num_eval=5)
         q = t.problems("train")[0]

@@ -67,3 +67,34 @@ def test_lr_schedules_warm_up_then_hold_or_decay():
     mid = 4 + (20 - 4) // 2 - 1  # progress 1/2
     assert lr_factor(mid, 4, "linear", 20, 0.0) == pytest.approx(0.5)
     assert lr_factor(mid, 4, "cosine", 20, 0.0) == pytest.approx(0.5 * (1 + math.cos(math.pi / 2)))
+
+
+def test_the_learner_gives_the_optimal_token_baseline_its_inputs(setup, fast_config, monkeypatch):
+    """old_log_probs and sum_pi_squared (sum_v pi_v^2 at every completion position, from a plain softmax here)."""
+    from rlvr import algorithms as A
+
+    base_model, exp = setup
+    model = copy.deepcopy(base_model)
+    learner = Learner(model, fast_config("algorithm.advantage_estimator=optimal_token_baseline",
+                                         "trainer.old_logp=recompute"))
+    seen = {}
+    real = A.ADVANTAGE_ESTIMATORS["optimal_token_baseline"]
+
+    def spy(**kw):
+        seen.update(kw)
+        return real(**kw)
+    spy.__signature__ = __import__("inspect").signature(real)
+    monkeypatch.setitem(A.ADVANTAGE_ESTIMATORS, "optimal_token_baseline", spy)
+    learner.update(exp, step=0)
+    r = exp.rollout
+    ids = torch.cat([r.prompt_ids, r.completion_ids], 1)
+    att = torch.cat([r.prompt_mask, r.completion_mask], 1)
+    P, T = r.prompt_ids.shape[1], r.completion_ids.shape[1]
+    with torch.no_grad():
+        logits = base_model(input_ids=ids, attention_mask=att, position_ids=(att.cumsum(-1) - 1).clamp(min=0),
+                            use_cache=False).logits[:, P - 1:P + T - 1].float()
+    m = r.completion_mask.float()
+    want = (torch.softmax(logits, -1) ** 2).sum(-1) * m
+    assert torch.allclose(seen["sum_pi_squared"], want, atol=1e-5)
+    lp = torch.log_softmax(logits, -1).gather(-1, r.completion_ids[..., None]).squeeze(-1) * m
+    assert torch.allclose(seen["old_log_probs"], lp, atol=1e-4)

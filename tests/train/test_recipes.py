@@ -39,8 +39,9 @@ def test_recipe_trains_three_steps(tmp_path, path, _cfg):
 @pytest.mark.parametrize("name", sorted(A.POLICY_LOSSES))
 def test_every_policy_loss_is_selectable(tmp_path, name, _cfg):
     # (trajectory balance needs reference log-probs: the learner keeps a reference model for it)
+    extra = ["algorithm.policy_loss_params={dro_beta: 0.1}"] if name == "dro" else []  # dro_beta has no default
     result = train(_cfg(tmp_path, "configs/grpo_arithmetic_tiny.yaml", f"algorithm.policy_loss={name}",
-                        "trainer.steps=1"), log=lambda *_: None)
+                        "trainer.steps=1", *extra), log=lambda *_: None)
     assert result.steps == 1
 
 

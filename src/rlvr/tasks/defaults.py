@@ -185,11 +185,8 @@ def fill_task_defaults(data: dict) -> dict:
     family, _, dataset = name.partition(":")
     changed = False
     if family == "reasoning_gym" and model_path == "builtin:tiny" and "preset" not in options:
-        from rlvr.tasks.reasoning_gym import TINY_PRESETS
-
-        if dataset in TINY_PRESETS:
-            options["preset"] = "tiny"
-            changed = True
+        options["preset"] = "tiny"  # prompts in proportion to the character model (rlvr.tasks.reasoning_gym)
+        changed = True
     if family == "dataset" and "tokenizer" not in options:
         options["tokenizer"] = model_path
         changed = True

@@ -20,13 +20,18 @@ Rewards:
   ``partial_credit=False``.
 * ``format``: 1.0 if the completion holds an ``<answer>...</answer>`` pair.
 
-Presets. ``preset="tiny"`` gives settings the built-in tiny model can reach (``TINY_PRESETS``:
-chain_sum, basic_arithmetic, products): small numbers and few terms, the fixed lead-in of the
-question dropped (``drop_text``), no instruction and a plain answer as the warm-start target
-(``answer_format="plain"``; the verifier reads a completion without tags as the answer). Options
-given alongside a preset override its values. A config with ``model.path: builtin:tiny`` fills in
-``preset: tiny`` for these datasets unless ``task.options`` names a preset (``preset: null`` keeps
-reasoning-gym's own difficulty).
+Presets. ``preset="tiny"`` gives prompts in proportion to the built-in tiny model (a character-level
+model that reads every character of the prompt): no instruction, a plain answer as the warm-start
+target (``answer_format="plain"``; the verifier reads a completion without tags as the answer), and
+the text every question of the dataset shares dropped. For any dataset that shared text is found,
+not listed (:func:`common_lead_in`: the longest prefix and suffix all train questions share, cut
+at whitespace so no varying content is touched); a few datasets also have tuned settings
+(``TINY_PRESETS``: chain_sum, basic_arithmetic, products: small numbers, few terms, their lead-in
+by hand). The verifier always scores against the dataset's own entry, so a shorter prompt changes
+what the model reads, never how it is scored. Options given alongside a preset override its
+values. A config with ``model.path: builtin:tiny`` fills in ``preset: tiny`` for every
+reasoning-gym dataset unless ``task.options`` names a preset (``preset: null`` keeps reasoning-gym's
+own text and difficulty).
 
 Beware: a few verifiers are lenient (``game_of_life_halting`` accepts any non-empty
 answer); check a dataset's verifier before training on it.
@@ -36,6 +41,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import os
 from typing import Any
 
 from rlvr.tasks.base import (
@@ -48,7 +54,8 @@ from rlvr.tasks.base import (
     zero_rewards,
 )
 
-__all__ = ["DEFAULT_INSTRUCTION", "EVAL_SEED_OFFSET", "TINY_PRESETS", "ReasoningGymTask", "extract_tagged_answer"]
+__all__ = ["DEFAULT_INSTRUCTION", "EVAL_SEED_OFFSET", "TINY_PRESETS", "ReasoningGymTask", "common_lead_in",
+           "extract_tagged_answer"]
 
 EVAL_SEED_OFFSET = 1_000_003
 DEFAULT_INSTRUCTION = "Give your final answer inside <answer></answer> tags."
@@ -67,6 +74,33 @@ TINY_PRESETS: dict[str, dict[str, Any]] = {
                                ". Give only the result as your final answer."]},
 }
 _TINY_COMMON = {"instruction": "", "answer_format": "plain"}
+#: Questions the shared text is looked for in (the first train questions).
+LEAD_IN_SAMPLE = 256
+
+
+def common_lead_in(questions: list[str]) -> tuple[str, str]:
+    """``(prefix, suffix)``: the longest text every question starts with and ends with, cut back to
+    whitespace (the prefix ends with a whitespace character, the suffix starts with one) so that a
+    shared first character of the varying part (a bracket, a digit, a sign) is never taken. Empty
+    strings when nothing is shared, when fewer than two questions are given, or when the two would
+    leave a question empty."""
+    if len(questions) < 2:
+        return "", ""
+    prefix = os.path.commonprefix(questions)
+    suffix = os.path.commonprefix([q[::-1] for q in questions])[::-1]
+    cut = max(prefix.rfind(c) for c in _WHITESPACE)
+    prefix = prefix[:cut + 1] if cut >= 0 else ""
+    starts = [i for i in (suffix.find(c) for c in _WHITESPACE) if i >= 0]
+    suffix = suffix[min(starts):] if starts else ""
+    shortest = min(len(q) for q in questions)
+    if len(prefix) + len(suffix) >= shortest:  # overlapping: keep the prefix only, if it leaves something
+        suffix = ""
+        if len(prefix) >= shortest:
+            prefix = ""
+    return prefix, suffix
+
+
+_WHITESPACE = (" ", "\n", "\t")
 
 
 def extract_tagged_answer(completion: str) -> tuple[str, bool]:
@@ -98,7 +132,7 @@ class ReasoningGymTask:
         partial_credit: if True, ``reward`` is the verifier's score (partial credit kept);
             if False, ``reward`` is ``correct``.
         instruction: appended to each question, after a blank line.
-        preset: ``"tiny"`` (see the module doc) or None.
+        preset: ``"tiny"`` (see the module doc; any dataset) or None.
         drop_text: strings removed from each question (e.g. a fixed lead-in) to shorten prompts.
         answer_format: warm-start target: ``"tags"`` (``<answer>X</answer>``) or ``"plain"`` (``X``).
         **dataset_config: fields of the dataset's config class (e.g. ``min_terms=2``).
@@ -128,14 +162,11 @@ class ReasoningGymTask:
         if preset is not None:
             if preset != "tiny":
                 raise ValueError(f"task reasoning_gym:{dataset}: unknown preset {preset!r}; known: tiny")
-            if dataset not in TINY_PRESETS:
-                raise ValueError(f"task reasoning_gym:{dataset}: no 'tiny' preset for this dataset; presets exist "
-                                 f"for {', '.join(TINY_PRESETS)} (set task.options.preset=null)")
             given = {k: v for k, v in dict(instruction=instruction, drop_text=drop_text,
                                            answer_format=answer_format).items()
                      if v != {"instruction": DEFAULT_INSTRUCTION, "drop_text": (), "answer_format": "tags"}[k]}
-            merged = {**_TINY_COMMON, **TINY_PRESETS[dataset], **dataset_config, **given}
-            instruction, drop_text, answer_format = (merged.pop("instruction"), merged.pop("drop_text"),
+            merged = {**_TINY_COMMON, **TINY_PRESETS.get(dataset, {}), **dataset_config, **given}
+            instruction, drop_text, answer_format = (merged.pop("instruction"), merged.pop("drop_text", ()),
                                                      merged.pop("answer_format"))
             dataset_config = merged
         if isinstance(drop_text, str):
@@ -161,6 +192,11 @@ class ReasoningGymTask:
         # only needs the dataset object for its verifier.
         self._train_data = self._create(self.seed, max(self.num_train, 1))
         self._cache: dict[str, list[Problem]] = {}
+        # preset tiny on a dataset without tuned settings: drop the text every question shares (found, not listed)
+        self.lead_in = ("", "")
+        if preset == "tiny" and dataset not in TINY_PRESETS and not self.drop_text:
+            sample = [self._train_data[i]["question"] for i in range(min(self.num_train, LEAD_IN_SAMPLE))]
+            self.lead_in = common_lead_in(sample)
 
     # ------------------------------------------------------------------ problems
 
@@ -205,6 +241,11 @@ class ReasoningGymTask:
         question = entry["question"]
         for text in self.drop_text:
             question = question.replace(text, "")
+        prefix, suffix = self.lead_in
+        if prefix and question.startswith(prefix) and len(question) > len(prefix):
+            question = question[len(prefix):]
+        if suffix and question.endswith(suffix) and len(question) > len(suffix):
+            question = question[:-len(suffix)]
         prompt = f"{question}\n\n{self.instruction}" if self.instruction else question
         meta = {"dataset": self.dataset, "split": split, "index": index, "entry": entry}
         return Problem(prompt=prompt, answer=str(entry["answer"]), meta=meta)

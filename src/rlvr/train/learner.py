@@ -175,6 +175,16 @@ class Learner:
                 means[idx] = mean
         return (out, means) if with_mean else out
 
+    @torch.no_grad()
+    def _sum_pi_squared(self, exp: Experience) -> torch.Tensor:
+        """``sum_v pi(v | s_t)^2`` ``[B, T]`` under the current policy at the sampling temperature, from the
+        logits in chunks of positions (:func:`rlvr.algorithms.sum_pi_squared_from_logits`)."""
+        B, T = exp.rollout.completion_ids.shape
+        out = torch.zeros(B, T)
+        for idx in self._row_chunks(exp):
+            out[idx] = A.sum_pi_squared_from_logits(self._logits(self.model, exp, idx)).float()
+        return out * exp.rollout.completion_mask
+
     def reuse_rollout_logp(self, exp: Experience, needs_old_mean: bool = False) -> tuple[bool, str]:
         """Whether this batch's ``old_logp`` may be the engine's ``rollout_logp`` (the rule and its
         tolerance: :mod:`rlvr.train.old_logp`), with the reason."""
@@ -244,6 +254,8 @@ class Learner:
             kl_seq = (A.kl_penalty(b.old_logp, b.ref_logp, cfg.kl.estimator, **self.kl_hp) * mask).sum(-1)
             b.metrics["kl_seq_mean"] = float((kl_seq / mask.sum(-1).clamp(min=1)).mean())
         b.metrics["kl_coef"] = self.kl_coef
+        if "sum_pi_squared" in wanted_inputs(A.ADVANTAGE_ESTIMATORS[cfg.algorithm.advantage_estimator]):
+            b.sum_pi_squared = self._sum_pi_squared(exp)  # the optimal token baseline's sum_v pi_v^2
 
     # 2 ----------------------------------------------------------------------------------------------
     def advantages_stage(self, b: StepBatch, step: int) -> None:
@@ -262,7 +274,8 @@ class Learner:
             b.metrics["kl_in_reward"] = float(kl_tok.sum() / mask.sum().clamp(min=1))
         b.rewards, b.token_rewards = rewards, token_rewards
         available = {"baseline_rewards": exp.extras.get("baseline_rewards"),
-                     "correct": exp.reward_components.get("correct")}
+                     "correct": exp.reward_components.get("correct"), "old_log_probs": b.old_logp,
+                     "sum_pi_squared": b.sum_pi_squared, "reward_components": exp.reward_components}
         est = A.ADVANTAGE_ESTIMATORS[cfg.algorithm.advantage_estimator]
         extra = {k: v for k, v in available.items() if k in wanted_inputs(est)}
         _require(extra, wanted_inputs(est, required_only=True), cfg.algorithm.advantage_estimator)
@@ -522,7 +535,7 @@ class Learner:
 
 #: Inputs the learner can supply to a loss or estimator that names them in its signature.
 BATCH_INPUTS = ("rewards", "group", "ref_logp", "rollout_logp", "mean_logp", "old_mean_logp",
-                "num_prompts", "baseline_rewards", "correct")
+                "num_prompts", "baseline_rewards", "correct", "old_log_probs", "sum_pi_squared", "reward_components")
 
 
 @lru_cache(maxsize=None)

@@ -15,8 +15,15 @@ makes the warm start's competence, not its step count, the thing that is reprodu
 ``target_accuracy``, exactly ``sft.steps`` steps run on all train problems, as before (and such
 warm starts keep their cache keys).
 
-What a build reached (rule, steps taken, validation accuracy per check) is written beside the
-cached model as ``warm_start.json``; :func:`warm_start_record` reads it back.
+What a build reached (rule, steps taken, validation accuracy per check, minutes, peak memory) is
+written beside the cached model as ``warm_start.json``; :func:`warm_start_record` reads it back.
+
+Time bound. After its first few steps (:data:`ESTIMATE_AFTER`) a warm start times itself and one
+validation check and logs ``warm start: about N min (S steps at X s/step ...)``; when that exceeds
+``sft.max_minutes`` it warns with what would make it cheaper (a preset, shorter prompts, fewer steps,
+a smaller batch), or with ``sft.over_budget=stop`` stops there (:class:`WarmStartBudgetError`) before
+the time is spent. A warm start that ends at its cap below its target says so with the value it
+reached, and RL starts with a warning that most groups will have no reward variance.
 
 With ``sft.aggregation_ratio > 0`` a share of each batch becomes RSA aggregation examples (arXiv
 2509.26626): the task's aggregation prompt over 1..``sft.aggregation_k`` noisy candidates
@@ -41,9 +48,56 @@ import torch
 
 from rlvr.models.load import BUILTIN_TINY
 from rlvr.models.logprobs import completion_logits, token_logprobs
-from rlvr.models.tiny import save_tiny
+from rlvr.models.tiny import TINY_ARCH, build_char_tokenizer, build_tiny_model, save_tiny
 from rlvr.optim import make_optimizer
 from rlvr.records.progress import StepProgress
+
+#: Tokens (rows x padded length) one forward/backward of the warm start holds at most: the batch of a task
+#: with long prompts is cut into micro-batches, so peak memory follows this bound, not sft.batch_size x the
+#: prompt length (the gradient is the whole batch's, to float reassociation). A short-prompt batch (the
+#: arithmetic recipes: 128 rows x ~20 tokens) is one micro-batch: the computation is the plain one.
+MICRO_TOKENS = 8192
+
+#: Steps a warm start runs before it estimates its duration (the first one pays one-time costs and is not timed).
+ESTIMATE_AFTER = 4
+
+
+class WarmStartBudgetError(ValueError):
+    """The warm start's estimate exceeds ``sft.max_minutes`` with ``sft.over_budget=stop``. A ``ValueError``:
+    the command line prints it as one line and exits 2."""
+
+
+def peak_memory_gib() -> float:
+    """Peak resident memory of this process so far (GiB; ``ru_maxrss`` is in KiB on Linux)."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (1 << 20)
+
+
+def duration_estimate(steps: int, per_step_s: float, check_s: float = 0.0, eval_every: int = 0) -> float:
+    """Seconds for ``steps`` optimizer steps at ``per_step_s`` each, plus a validation check of ``check_s``
+    every ``eval_every`` steps (0: none) and one at the end."""
+    checks = (steps // eval_every + 1) if eval_every > 0 else 0
+    return steps * per_step_s + checks * check_s
+
+
+def budget_advice(task, sft_cfg, per_step_s: float, problems: list) -> str:
+    """What would make a warm start cheaper: a preset, shorter prompts, fewer steps, a smaller batch."""
+    tips = []
+    options = getattr(task, "preset", "absent")
+    if options is None and getattr(task, "name", "").startswith("reasoning_gym:"):
+        tips.append("the tiny preset (task.options.preset=tiny: shorter prompts, plain answers)")
+    if problems:
+        chars = sum(len(p.prompt) for p in problems[:256]) / len(problems[:256])
+        tips.append(f"shorter prompts (they average {chars:.0f} characters; task.options.drop_text=... removes "
+                    "fixed text)")
+    fits = int(sft_cfg.max_minutes * 60 / per_step_s) if per_step_s > 0 else sft_cfg.steps
+    if fits < sft_cfg.steps:
+        tips.append(f"fewer steps (sft.steps={max(1, fits)} fits {sft_cfg.max_minutes:g} min)")
+    if sft_cfg.batch_size > 16:
+        tips.append(f"a smaller batch (sft.batch_size={sft_cfg.batch_size // 2})")
+    return "; ".join(tips)
+
 
 #: What the warm start's progress shows: the training loss and the last validation check.
 SFT_FIELDS = (("loss", "loss"), ("val", "val"))
@@ -229,13 +283,16 @@ class SFTResult:
 def train_sft(model, tokenizer, task, steps: int, lr: float, batch_size: int, warmup_steps: int,
               seed: int = 0, progress: bool = True, aggregation_ratio: float = 0.0,
               aggregation_k: int = 4, problems: list | None = None, validate=None, eval_every: int = 0,
-              target_accuracy: float | None = None) -> SFTResult:
+              target_accuracy: float | None = None, estimate=None) -> SFTResult:
     """Cross-entropy on reference answers of ``problems`` (default: the task's train split).
 
     ``validate()`` (an accuracy in [0, 1]) is called every ``eval_every`` steps; with
     ``target_accuracy`` set, training stops at the first check that reaches it, else after ``steps``
     steps (the cap), where one last check is made if none fell there. ``progress``: a bar on a
     terminal, a status line every few steps otherwise (:class:`~rlvr.records.progress.StepProgress`).
+    ``estimate(per_step_s, check_s)`` is called once, after :data:`ESTIMATE_AFTER` steps, with the time of
+    a step (steps 2.. timed) and of one validation check (0 without ``validate``; that check is not
+    recorded); it may raise to stop the warm start there.
     """
     if target_accuracy is not None and (validate is None or eval_every < 1):
         raise ValueError("target_accuracy needs validate and eval_every >= 1")
@@ -255,18 +312,28 @@ def train_sft(model, tokenizer, task, steps: int, lr: float, batch_size: int, wa
     # a bar on a terminal, a status line every few steps in a log (make run > log), nothing when off
     bar = StepProgress(total=steps, desc="warm start (SFT)", enabled=progress, fields=SFT_FIELDS)
     end_id = completion_end_id(tokenizer, task)
+    first_done = None  # when step 1 ended: steps 2.. are timed for the estimate
     for _ in range(steps):
         idx = torch.randint(len(problems), (batch_size,), generator=g).tolist()
         batch, targets = sft_batch(task, [problems[i] for i in idx], aggregation_ratio, aggregation_k, rng)
         p_ids, p_mask, c_ids, c_mask = encode_sft_batch(tokenizer, batch, targets, end_id)
-        logp = token_logprobs(completion_logits(model, p_ids, p_mask, c_ids, c_mask), c_ids)
-        loss = -(logp * c_mask).sum() / c_mask.sum()
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        loss = sft_backward(model, p_ids, p_mask, c_ids, c_mask)
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         scheduler.step()
         result.losses.append(loss.item())
+        if result.steps == 1:
+            first_done = time.perf_counter()
+        if estimate is not None and result.steps == ESTIMATE_AFTER and steps > ESTIMATE_AFTER:
+            per_step = (time.perf_counter() - first_done) / (ESTIMATE_AFTER - 1)
+            check_s = 0.0
+            if validate is not None and eval_every > 0:
+                t = time.perf_counter()
+                validate()
+                model.train()
+                check_s = time.perf_counter() - t
+            estimate(per_step, check_s)
         stop = False
         if validate is not None and eval_every > 0 and result.steps % eval_every == 0:
             acc = check(result.steps)
@@ -281,12 +348,43 @@ def train_sft(model, tokenizer, task, steps: int, lr: float, batch_size: int, wa
     return result
 
 
+def below_target_warning(metric: str, reached: float | None, target: float | None) -> str:
+    """The warning RL starts with after a warm start that stopped at its cap below its target."""
+    value = "?" if reached is None else f"{reached:.3f}"
+    return (f"warning: the warm start did not reach its target (validation {metric} {value} < {target}): RL starts "
+            "from a model that rarely answers right, so expect most groups to have the same reward for every "
+            "sample (zero variance: no gradient) until it does; an easier task, a preset (task.options.preset=tiny) "
+            "or more warm-start steps (sft.steps) help")
+
+
+def sft_backward(model, p_ids, p_mask, c_ids, c_mask, micro_tokens: int = MICRO_TOKENS) -> torch.Tensor:
+    """Backward of the batch's mean answer-token cross-entropy; returns the loss (detached). Rows go
+    through in micro-batches of at most ``micro_tokens`` tokens (:data:`MICRO_TOKENS`), each normalised by
+    the whole batch's answer tokens, so the accumulated gradient is the batch's."""
+    rows = max(1, micro_tokens // (p_ids.shape[1] + c_ids.shape[1]))
+    if rows >= p_ids.shape[0]:  # one micro-batch: the plain computation
+        logp = token_logprobs(completion_logits(model, p_ids, p_mask, c_ids, c_mask), c_ids)
+        loss = -(logp * c_mask).sum() / c_mask.sum()
+        loss.backward()
+        return loss.detach()
+    total, loss = c_mask.sum(), torch.zeros(())
+    for i in range(0, p_ids.shape[0], rows):
+        s = slice(i, i + rows)
+        logp = token_logprobs(completion_logits(model, p_ids[s], p_mask[s], c_ids[s], c_mask[s]), c_ids[s])
+        part = -(logp * c_mask[s]).sum() / total
+        part.backward()
+        loss = loss + part.detach()
+    return loss
+
+
 def sft_key_fields(sft_cfg) -> dict:
     """The SFT settings that key the warm-start cache. Options that are off are left out, so warm
     starts cached before they existed keep their keys: the aggregation options while
     ``aggregation_ratio`` is 0, the stopping-rule options (and the rule's version) while
     ``target_accuracy`` is None (fixed ``steps``, the rule that was there before)."""
     sft = sft_cfg.model_dump(mode="json")
+    sft.pop("max_minutes", None)  # the time bound shapes whether a warm start runs, not what it learns
+    sft.pop("over_budget", None)
     if not sft.get("aggregation_ratio"):
         sft.pop("aggregation_ratio", None)
         sft.pop("aggregation_k", None)
@@ -324,9 +422,35 @@ def stop_rule(sft_cfg) -> str:
             f"at most {sft_cfg.steps} steps)" if target is not None else f"{sft_cfg.steps} steps")
 
 
-def train_by_rule(model, tokenizer, task, sft_cfg, progress: bool = True) -> tuple[SFTResult, list]:
+def budget_check(task, sft_cfg, problems: list, log=print, what: str = "warm start"):
+    """The ``estimate`` hook of :func:`train_sft` for an ``sft`` section: logs the estimate, and over
+    ``sft.max_minutes`` warns with what would make it cheaper, or raises :class:`WarmStartBudgetError`."""
+    target = sft_cfg.target_accuracy
+    eval_every = sft_cfg.eval_every if target is not None else 0
+
+    def estimate(per_step_s: float, check_s: float) -> None:
+        from rlvr.records.progress import format_duration
+
+        seconds = duration_estimate(sft_cfg.steps, per_step_s, check_s, eval_every)
+        checks = f", a validation check every {eval_every} steps at {check_s:.1f} s" if eval_every else ""
+        log(f"{what}: about {format_duration(seconds)} ({'at most ' if target is not None else ''}"
+            f"{sft_cfg.steps} steps at {per_step_s:.2f} s/step{checks})")
+        bound = sft_cfg.max_minutes
+        if bound is None or seconds <= bound * 60:
+            return
+        advice = budget_advice(task, sft_cfg, per_step_s, problems)
+        over = (f"{what} estimated at {format_duration(seconds)}, over sft.max_minutes={bound:g}; cheaper: {advice}")
+        if sft_cfg.over_budget == "stop":
+            raise WarmStartBudgetError(f"{over} (stopped before the time was spent: sft.over_budget=stop)")
+        log(f"warning: {over} (sft.over_budget=stop stops here instead)")
+    return estimate
+
+
+def train_by_rule(model, tokenizer, task, sft_cfg, progress: bool = True, log=print,
+                  what: str = "warm start") -> tuple[SFTResult, list]:
     """:func:`train_sft` under the ``sft`` section's rule (a validation target, else fixed steps), seeded
-    by ``sft.seed`` without touching the caller's RNG; returns the result and the validation problems."""
+    by ``sft.seed`` without touching the caller's RNG, with the time bound of :func:`budget_check`;
+    returns the result and the validation problems."""
     target = sft_cfg.target_accuracy
     val, problems, validate = [], None, None
     if target is not None:
@@ -335,33 +459,38 @@ def train_by_rule(model, tokenizer, task, sft_cfg, progress: bool = True) -> tup
 
         def validate() -> float:
             return metric(model, tokenizer, task, val)
+    train = task.problems("train") if problems is None else problems
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(sft_cfg.seed)
         result = train_sft(model, tokenizer, task, sft_cfg.steps, sft_cfg.lr, sft_cfg.batch_size,
                            sft_cfg.warmup_steps, seed=sft_cfg.seed, progress=progress,
                            aggregation_ratio=sft_cfg.aggregation_ratio, aggregation_k=sft_cfg.aggregation_k,
                            problems=problems, validate=validate,
-                           eval_every=sft_cfg.eval_every if target is not None else 0, target_accuracy=target)
+                           eval_every=sft_cfg.eval_every if target is not None else 0, target_accuracy=target,
+                           estimate=budget_check(task, sft_cfg, train, log, what))
     return result, val
 
 
 def warm_start(task, task_name: str, task_options: dict, sft_cfg, progress: bool = True,
                log=print) -> Path:
     """The cached warm-start checkpoint for this task and SFT config, built if missing."""
-    from rlvr.models.tiny import TINY_ARCH, build_char_tokenizer, build_tiny_model
-
     key_fields = sft_key_fields(sft_cfg)
     key = warm_start_key(task_name, task_options, key_fields, TINY_ARCH)
     path = cache_root() / "warmstart" / key
     if (path / "config.json").exists():
         log(f"warm start: using cached checkpoint {path}")
+        record = warm_start_record(path)
+        if record is not None and record.get("reached_target") is False:
+            log(below_target_warning(record.get("target_metric") or "greedy_accuracy", record.get("val_accuracy"),
+                                     record.get("target_accuracy")))
         return path
     log(f"warm start: supervised training of the built-in tiny model ({stop_rule(sft_cfg)}) -> {path}")
     tokenizer = build_char_tokenizer()
     model = build_tiny_model(tokenizer, seed=sft_cfg.seed)
     started = time.perf_counter()
-    result, val = train_by_rule(model, tokenizer, task, sft_cfg, progress)
+    result, val = train_by_rule(model, tokenizer, task, sft_cfg, progress, log)
     target = sft_cfg.target_accuracy
+    seconds, peak = time.perf_counter() - started, peak_memory_gib()
     record = {
         "key": key, "task": task_name, "task_options": task_options, "sft": key_fields,
         "rule": STOP_RULE if target is not None else "fixed-steps",
@@ -370,13 +499,20 @@ def warm_start(task, task_name: str, task_options: dict, sft_cfg, progress: bool
         "reached_target": result.reached_target, "val_accuracy": result.val_accuracy,
         "val_problems": len(val), "checks": result.checks,
         "final_loss": result.losses[-1] if result.losses else None,
-        "seconds": round(time.perf_counter() - started, 1), "built_with": _build_environment(),
+        "seconds": round(seconds, 1), "peak_memory_gib": round(peak, 2), "built_with": _build_environment(),
     }
+    from rlvr.records.progress import format_duration
+
+    took = f"in {format_duration(seconds)}, peak memory {peak:.2f} GiB"
     if target is not None:
         how = ("reached the target" if result.reached_target else
                f"stopped at the cap (sft.steps={sft_cfg.steps}) below the target {target:g}:")
         log(f"warm start: {how} validation {sft_cfg.target_metric} {result.val_accuracy:.3f} after {result.steps} steps "
-            f"({len(val)} validation problems)")
+            f"({len(val)} validation problems), {took}")
+        if not result.reached_target:
+            log(below_target_warning(sft_cfg.target_metric, result.val_accuracy, target))
+    else:
+        log(f"warm start: {result.steps} steps {took}")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=".tmp-"))
     model.save_pretrained(tmp)
@@ -409,7 +545,7 @@ def sft_model(model_path: str | Path, task, sft_cfg, to: str | Path, dtype: str 
     end = tokenizer.convert_ids_to_tokens(completion_end_id(tokenizer, task))
     log(f"sft: supervised training of {model_path} ({stop_rule(sft_cfg)}; targets end with {end}) -> {to}")
     started = time.perf_counter()
-    result, val = train_by_rule(model, tokenizer, task, sft_cfg, progress)
+    result, val = train_by_rule(model, tokenizer, task, sft_cfg, progress, log, what="sft")
     if result.val_accuracy is not None:
         log(f"sft: validation {sft_cfg.target_metric} {result.val_accuracy:.3f} after {result.steps} steps "
             f"({len(val)} validation problems)")
