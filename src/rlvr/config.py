@@ -7,6 +7,7 @@ naming the field and the allowed values or the fix.
 
 from __future__ import annotations
 
+import inspect
 import math
 import re
 import types
@@ -322,8 +323,9 @@ class MismatchSection(_Section):
     """Train-inference mismatch / off-policy correction from rollout_logp vs the trainer's old_logp.
 
     ``method`` is a key of ``rlvr.algorithms.MISMATCH_CORRECTIONS``; it receives the fields below
-    that its signature names (tis: level, upper; mis: level, upper, lower; hispo: delta_seq,
-    delta_tok; decoupled: cap).
+    that its signature names (tis: level, upper, batch_normalize; mis: level, upper, lower, batch_normalize;
+    hispo: delta_seq, delta_tok; decoupled: cap; verl's rejection options token_k2 ... seq_max_k3:
+    rollout_rs_threshold).
     """
 
     method: str = Field("auto", description="auto | none | tis | mis | hispo | decoupled (or a registered "
@@ -336,11 +338,28 @@ class MismatchSection(_Section):
     delta_tok: float | None = None
     cap: float | None = Field(None, gt=1, description="decoupled: tokens whose pi_prox/pi_behav exceeds "
                               "this get weight 0 (AReaL behav_imp_weight_cap); null: no cap")
+    batch_normalize: bool = Field(False, description="tis/mis: divide the weights by their batch mean "
+                                  "(verl rollout_is_batch_normalize)")
+    rollout_rs_threshold: float | None = Field(None, gt=0, description="verl's rejection options (token_k2 ... "
+                                               "seq_max_k3): keep a token/sequence while its divergence is at "
+                                               "most this")
 
     @field_validator("method")
     @classmethod
     def _known_method(cls, v: str) -> str:
         return v if v == "auto" else _check_registry(v, "MISMATCH_CORRECTIONS")
+
+    @model_validator(mode="after")
+    def _threshold_given(self) -> "MismatchSection":
+        from rlvr import algorithms as A
+
+        fn = A.MISMATCH_CORRECTIONS.get(self.method)
+        if fn is not None and self.rollout_rs_threshold is None:
+            p = inspect.signature(fn).parameters.get("rollout_rs_threshold")
+            if p is not None and p.default in (None, inspect.Parameter.empty):
+                raise ValueError(f"algorithm.mismatch.method={self.method} needs algorithm.mismatch.rollout_rs_threshold "
+                                 "(a positive number)")
+        return self
 
 
 class LinearSchedule(_Section):

@@ -65,9 +65,11 @@ def test_kl_placements(tmp_path, placement, estimator, _cfg):
                f"kl.estimator={estimator}", "kl.coef=0.01", "trainer.steps=2"), log=lambda *_: None)
 
 
-@pytest.mark.parametrize("method", ["tis", "mis", "hispo"])
+@pytest.mark.parametrize("method", ["tis", "mis", "hispo", "seq_mean_k3"])
 def test_mismatch_corrections(tmp_path, method, _cfg):
-    extra = ["algorithm.mismatch.delta_seq=0.5", "algorithm.mismatch.delta_tok=0.5"] if method == "hispo" else []
+    extra = {"hispo": ["algorithm.mismatch.delta_seq=0.5", "algorithm.mismatch.delta_tok=0.5"],
+             "seq_mean_k3": ["algorithm.mismatch.rollout_rs_threshold=2.0"],
+             "mis": ["algorithm.mismatch.batch_normalize=true"]}.get(method, [])
     train(_cfg(tmp_path, "configs/grpo_arithmetic_tiny.yaml", f"algorithm.mismatch.method={method}",
                "trainer.steps=1", *extra), log=lambda *_: None)
 
