@@ -3,6 +3,8 @@ what it says when it cannot reach its target."""
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 
 from rlvr.config import load_config
@@ -35,7 +37,14 @@ def test_over_the_bound_a_warning_names_what_makes_it_cheaper(task):
     hook(0.5, 0.0)  # a stub step time: 1000 x 0.5 s = 8m20s > 1 min
     assert logs[0] == "warm start: about 8m20s (1000 steps at 0.50 s/step)"
     assert logs[1].startswith("warning: warm start estimated at 8m20s, over sft.max_minutes=1")
-    assert "sft.steps=120 fits 1 min" in logs[1] and "sft.batch_size=32" in logs[1] and "characters" in logs[1]
+    assert "sft.steps=120 fits 1 min" in logs[1] and "sft.batch_size=32" in logs[1]
+    assert "characters" not in logs[1]  # arithmetic's prompts are short: not named as a cost
+    long = [SimpleNamespace(prompt="x" * 120)] * 4
+    logs.clear()
+    S.budget_check(task, _sft("sft.steps=1000", "sft.max_minutes=1", "sft.target_accuracy=0.5"), long,
+                   logs.append)(0.5, 0.0)
+    assert logs[1].startswith("warning: warm start may take up to")  # a target may stop it before the cap
+    assert "shorter prompts (they average 120 characters" in logs[1]
 
 
 def test_within_the_bound_only_the_estimate_is_logged(task):

@@ -58,6 +58,9 @@ from rlvr.records.progress import StepProgress
 #: arithmetic recipes: 128 rows x ~20 tokens) is one micro-batch: the computation is the plain one.
 MICRO_TOKENS = 8192
 
+#: Prompts longer than this (characters, on average) are named as a cost in the over-budget advice.
+LONG_PROMPT_CHARS = 40
+
 #: Steps a warm start runs before it estimates its duration (the first one pays one-time costs and is not timed).
 ESTIMATE_AFTER = 4
 
@@ -84,11 +87,10 @@ def duration_estimate(steps: int, per_step_s: float, check_s: float = 0.0, eval_
 def budget_advice(task, sft_cfg, per_step_s: float, problems: list) -> str:
     """What would make a warm start cheaper: a preset, shorter prompts, fewer steps, a smaller batch."""
     tips = []
-    options = getattr(task, "preset", "absent")
-    if options is None and getattr(task, "name", "").startswith("reasoning_gym:"):
+    if getattr(task, "preset", "absent") is None and getattr(task, "name", "").startswith("reasoning_gym:"):
         tips.append("the tiny preset (task.options.preset=tiny: shorter prompts, plain answers)")
-    if problems:
-        chars = sum(len(p.prompt) for p in problems[:256]) / len(problems[:256])
+    chars = sum(len(p.prompt) for p in problems[:256]) / len(problems[:256]) if problems else 0.0
+    if chars > LONG_PROMPT_CHARS:
         tips.append(f"shorter prompts (they average {chars:.0f} characters; task.options.drop_text=... removes "
                     "fixed text)")
     fits = int(sft_cfg.max_minutes * 60 / per_step_s) if per_step_s > 0 else sft_cfg.steps
@@ -353,8 +355,8 @@ def below_target_warning(metric: str, reached: float | None, target: float | Non
     value = "?" if reached is None else f"{reached:.3f}"
     return (f"warning: the warm start did not reach its target (validation {metric} {value} < {target}): RL starts "
             "from a model that rarely answers right, so expect most groups to have the same reward for every "
-            "sample (zero variance: no gradient) until it does; an easier task, a preset (task.options.preset=tiny) "
-            "or more warm-start steps (sft.steps) help")
+            "sample (zero variance: no gradient) until it does; an easier task (task.options) or more warm-start "
+            "steps (sft.steps) help")
 
 
 def sft_backward(model, p_ids, p_mask, c_ids, c_mask, micro_tokens: int = MICRO_TOKENS) -> torch.Tensor:
@@ -439,7 +441,8 @@ def budget_check(task, sft_cfg, problems: list, log=print, what: str = "warm sta
         if bound is None or seconds <= bound * 60:
             return
         advice = budget_advice(task, sft_cfg, per_step_s, problems)
-        over = (f"{what} estimated at {format_duration(seconds)}, over sft.max_minutes={bound:g}; cheaper: {advice}")
+        span = "may take up to" if target is not None else "estimated at"  # a target may stop it before the cap
+        over = f"{what} {span} {format_duration(seconds)}, over sft.max_minutes={bound:g}; cheaper: {advice}"
         if sft_cfg.over_budget == "stop":
             raise WarmStartBudgetError(f"{over} (stopped before the time was spent: sft.over_budget=stop)")
         log(f"warning: {over} (sft.over_budget=stop stops here instead)")
