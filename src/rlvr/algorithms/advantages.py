@@ -21,6 +21,9 @@ Common conventions
 * verl 0.9.1 estimators under verl's names and parameter names: ``grpo_passk``,
   ``optimal_token_baseline``, ``tir_optimal_token_baseline``; verl's GDPO estimator is ``gdpo_verl``
   (``gdpo`` names TRL's reward combiner, :func:`rlvr.algorithms.normalize_then_sum`).
+* Third wave (issue 29, item 3): ``maxrl`` (Maximum Likelihood RL, arXiv 2602.02710) and
+  ``flash_reinforce`` (FlashREINFORCE's single-rollout batch-centred advantage).  Each docstring says what
+  was checked against the published formula / reference code and what is a choice of ours.
 """
 
 from __future__ import annotations
@@ -513,6 +516,70 @@ def tir_optimal_token_baseline(*, rewards=None, token_rewards=None, values=None,
     a_c = g_c - base
     adv = torch.zeros_like(g).index_put((rows, cols), a_c[rows, ranks])
     return adv * m, g
+
+
+# ------------------------------------------------------------------ third wave: MaxRL, FlashREINFORCE
+
+
+@register_advantage_estimator("maxrl")
+def maxrl(*, rewards=None, token_rewards=None, values=None, mask, group=None, control_variate=True, epsilon=0.0):
+    """MaxRL, Maximum Likelihood Reinforcement Learning (Tajwar, Zeng et al. 2026, arXiv 2602.02710).
+
+    With ``mu_g = (1/N) sum_{j in g} R_j`` the plain mean reward of the group (N = its size, singletons
+    included)::
+
+        control_variate=True  (Algorithm 1; eq. "final estimator"):  A_i = (R_i - mu_g) / (mu_g + epsilon)
+        control_variate=False (eq. "conditional estimator"):        A_i = R_i / (mu_g + epsilon)
+
+    and ``A_i = 0`` in every group with ``mu_g <= 0`` (Algorithm 1: ``A = 0`` if ``mu = 0``, "no gradient on
+    tasks with no successful rollouts"; prime-rl: ``mean <= 0``).  Averaged over the N rollouts, the first is
+    ``sum_i (r_i / K - 1/N) S_i`` and the second ``(1/K) sum_i r_i S_i`` (K = number of successes, S the
+    score function): unbiased for the gradient of the order-N truncated maximum-likelihood objective
+    (paper, Theorem "estimator-objective equivalence").  Defined for binary rewards in {0, 1} (the paper's
+    setting); other rewards are used as given.
+
+    Verified: the paper's Algorithm 1 and both estimator equations (``paper.tex`` of Zanette-Labs/MaxRL,
+    commit f98fca2); the authors' verl fork tajwarfahim/maxrl ``verl/trainer/ppo/core_algos.py``
+    ``compute_maxrl_outcome_advantage`` (control variate, ``epsilon = 1e-6`` added to the mean) and
+    ``compute_misc_outcome_advantage`` ``"conditional_expectation"`` (no control variate), commit c0698eb;
+    prime-rl ``src/prime_rl/orchestrator/algo/max_rl.py`` ``MaxRLAlgorithm.score_group`` (exact division,
+    0 when the mean is <= 0), commit 559b447.  Choices: ``epsilon = 0`` (paper, prime-rl; 1e-6 gives the
+    authors' verl numbers for groups of >= 2); a singleton group follows the formula with its own mean
+    (``A = 0`` with the control variate, ``A = R`` without: REINFORCE, the paper's T = 1), as prime-rl --
+    the authors' verl code instead sets a singleton's mean to 0 (``A = R / epsilon``).
+    """
+    r = _outcome(rewards, token_rewards, mask)
+    inv, k = group_inverse(group, r.shape[0], r.device)
+    cnt = group_sum(torch.ones_like(r), inv, k)
+    mu = (group_sum(r, inv, k) / cnt.clamp(min=1.0))[inv]
+    num = r - mu if control_variate else r
+    a = torch.where(mu > 0, num / (mu + epsilon).clamp(min=1e-30), torch.zeros_like(r))
+    if control_variate:
+        _, _, _, zero_var = group_stats(r, group)
+        a = torch.where(zero_var, torch.zeros_like(a), a)  # all equal: exactly 0, no float residue
+    return _broadcast(a, mask), None
+
+
+@register_advantage_estimator("flash_reinforce")
+def flash_reinforce(*, rewards=None, token_rewards=None, values=None, mask, group=None):
+    """FlashREINFORCE's one-batch REINFORCE advantage (Hu, Zhang, Zhang, Xu et al., NVIDIA 2026,
+    "FlashREINFORCE: Critic-Free Single-Rollout Asynchronous RL for Agentic Language Models"):
+    ``A_i = R_i - (1/B) sum_j R_j`` over the B responses passed (one rollout per prompt; no group, no std),
+    broadcast to the valid tokens.  ``group`` is ignored: the baseline is the batch mean whatever the groups.
+
+    Verified: the reference loss yifanzhang-pro/FlashREINFORCE ``flashreinforce/loss.py``
+    ``flashreinforce_loss`` (commit d7604df: ``rewards - rewards.mean()`` over the full learner batch, before
+    any micro-batch split) and the README's "One-Batch REINFORCE" equation.  Differences: the reference
+    refuses rows without policy tokens; here every row's reward enters the mean (an empty row's advantage is
+    0 after the mask).  The rest of FlashREINFORCE is the loss, not the estimator: detached token IS weights
+    ``pi / pi_behav``, the sequence trust region (drop a response whose mean sampled-token Bernoulli KL from
+    the behaviour policy exceeds ``delta = 3e-3``) and sample-mean aggregation (``seq-mean-token-mean``).
+    """
+    r = _outcome(rewards, token_rewards, mask)
+    a = r - r.mean() if r.numel() > 0 else r
+    if r.numel() > 0 and bool(r.max() == r.min()):
+        a = torch.zeros_like(r)  # constant batch: exactly 0
+    return _broadcast(a, mask), None
 
 
 def compute_advantages(

@@ -10,10 +10,14 @@ With ``u = logp - ref_logp`` evaluated at tokens sampled from the policy:
 * ``abs``:                        |u|
 * ``k1+``, ``k2+``, ``k3+``, ``abs+`` (straight-through, verl): forward value of k1/k2/k3/abs,
   gradient of k2: ``k2 - sg(k2) + sg(k)``.  (aliases ``kl+``, ``mse+``, ``low_var_kl+``)
+* ``k3_is`` (TRL ``use_bias_correction_kl``; DeepSeek-V3.2, arXiv 2512.02556, the unbiased KL
+  estimate of its GRPO objective): ``rho * k3`` with ``rho = exp(lp - lp_old)`` keeping its
+  gradient -- :func:`importance_weighted_kl` with k3.  It reads ``old_logp``; without it
+  ``lp_old = sg(lp)`` (TRL's own on-policy fallback: value k3, gradient ``grad k3 + k3 grad lp``).
 
-Estimators take keyword hyper-parameters through ``kl_penalty(..., **hp)`` (k3 / k3+:
-``log_ratio_clamp``, ``value_clamp``); the config's ``kl.log_ratio_clamp`` / ``kl.value_clamp``
-reach the estimators whose signature names them.
+Estimators take keyword hyper-parameters through ``kl_penalty(..., **hp)`` (k3 / k3+ / k3_is:
+``log_ratio_clamp``, ``value_clamp``; k3_is also ``old_logp``); the config's ``kl.log_ratio_clamp`` /
+``kl.value_clamp`` reach the estimators whose signature names them.
 
 The result is a per-token ``[B, T]`` estimate; masking/aggregation is the caller's job
 (:func:`rlvr.algorithms.aggregate_loss`).  Which (estimator, placement) pairs give an unbiased
@@ -87,19 +91,45 @@ def kl_params(kind: str, params: dict) -> dict:
 
 def kl_penalty(logp: Tensor, ref_logp: Tensor, kind: str = "k1", **hp) -> Tensor:
     """Per-token KL estimate ``[B, T]`` of the named kind (no masking); ``hp``: the estimator's
-    keyword parameters (k3: ``log_ratio_clamp``, ``value_clamp``)."""
+    keyword parameters (k3: ``log_ratio_clamp``, ``value_clamp``; k3_is: also ``old_logp``)."""
     fn = lookup(KL_ESTIMATORS, kind, "KL estimator")
     return fn(logp, ref_logp, **hp)
 
 
 def importance_weighted_kl(
-    logp: Tensor, ref_logp: Tensor, old_logp: Tensor, kind: str = "k3", *, max_log_ratio: float = 20.0
+    logp: Tensor, ref_logp: Tensor, old_logp: Tensor, kind: str = "k3", *, max_log_ratio: float | None = 20.0,
+    log_ratio_clamp: float | None = K3_LOG_RATIO_CLAMP, value_clamp: float | None = K3_VALUE_CLAMP,
 ) -> Tensor:
     """Off-policy corrected per-token KL for the loss: ``rho * k(logp, ref_logp)``.
 
-    ``rho = exp(logp - old_logp)`` keeps its gradient (TRL ``use_bias_correction_kl``; spec 5.3):
-    for samples from ``pi_old`` this makes the per-token in-loss estimate unbiased for the
-    per-token quantity under ``pi_theta``.  The log-ratio is clamped to +-``max_log_ratio``.
+    ``rho = exp(logp - old_logp)`` keeps its gradient (TRL ``use_bias_correction_kl``; DeepSeek-V3.2,
+    arXiv 2512.02556; spec 5.3): for samples from ``pi_old`` this makes the per-token in-loss estimate
+    unbiased for the per-token quantity under ``pi_theta``.  Clamps (defaults: today's, verl's):
+    ``max_log_ratio`` bounds ``logp - old_logp`` before ``exp`` (20; None: none, as TRL);
+    ``log_ratio_clamp`` / ``value_clamp`` are the estimator's own clamps, passed to ``kind`` when its
+    signature names them (k3: 20 and 10; None: off, as TRL's k3).  ``old_logp`` is treated as a constant.
     """
-    rho = torch.exp(torch.clamp(logp - old_logp, -max_log_ratio, max_log_ratio))
-    return rho * kl_penalty(logp, ref_logp, kind)
+    d = logp - old_logp.detach()
+    if max_log_ratio is not None:
+        d = torch.clamp(d, -max_log_ratio, max_log_ratio)
+    hp = kl_params(kind, {"log_ratio_clamp": log_ratio_clamp, "value_clamp": value_clamp})
+    return torch.exp(d) * kl_penalty(logp, ref_logp, kind, **hp)
+
+
+@register_kl_estimator("k3_is")
+def k3_is(logp: Tensor, ref_logp: Tensor, old_logp: Tensor | None = None,
+          log_ratio_clamp: float | None = K3_LOG_RATIO_CLAMP, value_clamp: float | None = K3_VALUE_CLAMP) -> Tensor:
+    """Bias-corrected (importance-weighted) k3: ``exp(lp - lp_old) * k3(lp, lp_ref)``, the ratio with its
+    gradient (TRL ``GRPOTrainer._compute_loss`` with ``use_bias_correction_kl=True``, the default in TRL
+    1.16; DeepSeek-V3.2, arXiv 2512.02556, the KL term of its objective).
+
+    ``old_logp`` ``[B, T]``: the behaviour policy's log-probs; None uses ``sg(logp)`` (TRL does the same
+    when it skips the old-policy forward), so the value is k3 and the gradient ``grad k3 + k3 grad lp``.
+    ``log_ratio_clamp`` clamps both log-ratios before ``exp`` (``lp - lp_old`` in the weight and
+    ``lp_ref - lp`` in k3) and ``value_clamp`` the k3 value, as ``k3`` (defaults 20 / 10, verl's);
+    ``None`` for both is TRL's (no clamp).  Token level only (TRL's ``importance_sampling_level="sequence"``
+    weights the KL by the sequence-mean ratio instead).
+    """
+    old = logp.detach() if old_logp is None else old_logp
+    return importance_weighted_kl(logp, ref_logp, old, "k3", max_log_ratio=log_ratio_clamp,
+                                  log_ratio_clamp=log_ratio_clamp, value_clamp=value_clamp)

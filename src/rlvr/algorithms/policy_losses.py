@@ -20,8 +20,12 @@ Common conventions
 * ``importance_sampling_level="sequence"`` (the token-level ratio losses: vanilla, decoupled_ppo,
   cispo, dispo, sapo, clip_cov, kl_cov) replaces the token log-ratio by the sequence mean
   ``mean_t (lp - lp_old)`` broadcast to the tokens, with its gradient (TRL
-  ``importance_sampling_level="sequence"``: TRL's SAPO-sequence, GSPO with ``loss_type="grpo"``,
-  RLOO's sequence-likelihood ratio); the per-token loss is then aggregated as usual.
+  ``importance_sampling_level="sequence"``: TRL's SAPO-sequence, GSPO with ``loss_type="grpo"``);
+  ``importance_sampling_level="sequence_sum"`` uses the sequence SUM ``sum_t (lp - lp_old)``, the log
+  of the sequence-likelihood ratio ``pi(y|x) / pi_old(y|x)`` (TRL ``RLOOTrainer._compute_loss``: the PPO
+  clip of ``exp(sum_t (lp - lp_old))`` per sequence, averaged over sequences = ``vanilla`` with
+  ``sequence_sum``, ``clip_ratio_c=None``, ``log_ratio_clamp=None`` and ``seq-mean-token-mean``). The
+  clamp applies to the sequence value. The per-token loss is then aggregated as usual.
 * Metrics are over the valid tokens of the tensors passed (a micro-batch): ``clip_frac`` (fraction
   of valid tokens where a clip is active, i.e. the gradient of the token is cut or changed by the
   clip), ``approx_kl`` = mean of ``0.5 * (logp - old_logp)**2`` (the k2 estimate of
@@ -66,16 +70,21 @@ LOG_RATIO_CLAMP = 20.0
 
 def _log_ratio(logp: Tensor, old_logp: Tensor, clamp: float | None = LOG_RATIO_CLAMP, level: str = "token",
                mask: Tensor | None = None) -> Tensor:
-    """``lp - lp_old`` (token level) or its per-sequence mean broadcast to ``[B, T]`` (sequence level,
-    gradient through every token), clamped to ``[-clamp, clamp]`` unless ``clamp`` is None."""
+    """``lp - lp_old`` (token level), its per-sequence mean (``"sequence"``, GSPO's) or sum
+    (``"sequence_sum"``, the sequence-likelihood log-ratio) broadcast to ``[B, T]`` (gradient through
+    every valid token), clamped to ``[-clamp, clamp]`` unless ``clamp`` is None."""
     d = logp - old_logp
-    if level == "sequence":
+    if level in ("sequence", "sequence_sum"):
         if mask is None:
-            raise ValueError("importance_sampling_level='sequence' needs the mask")
+            raise ValueError(f"importance_sampling_level={level!r} needs the mask")
         m = as_float_mask(mask, d)
-        d = (masked_sum(d, m, dim=-1) / m.sum(-1).clamp(min=1.0)).unsqueeze(-1).expand_as(d)
+        s = masked_sum(d, m, dim=-1)
+        if level == "sequence":
+            s = s / m.sum(-1).clamp(min=1.0)
+        d = s.unsqueeze(-1).expand_as(d)
     elif level != "token":
-        raise ValueError(f"importance_sampling_level must be 'token' or 'sequence', got {level!r}")
+        raise ValueError("importance_sampling_level must be 'token', 'sequence' or 'sequence_sum', "
+                         f"got {level!r}")
     if clamp is None:
         return d
     if clamp <= 0:
@@ -491,16 +500,24 @@ def sapo(
 # ------------------------------------------------------------------------------------ VESPO / LUSPO
 
 
-def vespo_gamma_weights(advantages, logp, old_logp, mask, k_pos=2.0, lambda_pos=3.0, k_neg=3.0, lambda_neg=2.0):
+def vespo_gamma_weights(advantages, logp, old_logp, mask, k_pos=2.0, lambda_pos=3.0, k_neg=3.0, lambda_neg=2.0,
+                        importance_sampling_ratio=None):
     """VESPO gamma weight ``phi(w) = exp(lambda + k log w - lambda w)`` (so ``phi(1) = 1``) of the
     sequence ratio ``w = exp(sum_t clamp(lp - lp_old, -20, 20))``, ``log w`` clamped to
     ``[log 1e-8, 20]``; ``(k, lambda)`` by the sign of the advantage (``A >= 0``: pos). Detached;
-    non-finite values become 0. (VESPO, arXiv 2602.10693; TRL ``get_gamma_weights`` at commit f2cd577.)"""
+    non-finite values become 0. (VESPO, arXiv 2602.10693; TRL ``get_gamma_weights`` at commit f2cd577
+    and in TRL 1.16.0.)  ``importance_sampling_ratio`` ``[B, T]`` (optional; TRL's per-token vLLM ratio
+    ``pi_old / pi_sampler``): ``sum_t clamp(log ratio_t, log 1e-8, 20)`` over the valid tokens is added to
+    ``log w`` before its clamp (TRL sums over every position, where its ratio is 1 outside the mask)."""
     with torch.no_grad():
         lower = math.log(1e-8)
         m = as_float_mask(mask, logp)
         d = torch.clamp(logp.detach() - old_logp, -20.0, 20.0)
-        log_w = torch.clamp(masked_sum(d, m, dim=-1), lower, 20.0).unsqueeze(-1)
+        seq = masked_sum(d, m, dim=-1)
+        if importance_sampling_ratio is not None:
+            r = importance_sampling_ratio.detach().to(d.dtype)
+            seq = seq + masked_sum(torch.clamp(torch.log(r), lower, 20.0), m, dim=-1)
+        log_w = torch.clamp(seq, lower, 20.0).unsqueeze(-1)
         nonneg = advantages >= 0
         k = torch.where(nonneg, torch.full_like(d, k_pos), torch.full_like(d, k_neg))
         lam = torch.where(nonneg, torch.full_like(d, lambda_pos), torch.full_like(d, lambda_neg)).clamp(min=1e-4)
@@ -524,17 +541,27 @@ def vespo(
     lambda_pos=3.0,
     k_neg=3.0,
     lambda_neg=2.0,
+    weights_in_w=False,
 ):
     """VESPO (Variational Sequence-Level Soft Policy Optimization, arXiv 2602.10693; TRL
     ``loss_type="vespo"``): per-token loss ``-sg(phi(w_i)) A lp`` with the gamma weight of
     :func:`vespo_gamma_weights` -- a smooth, bounded sequence-level IS weight instead of a hard clip
     (``phi <= e^lambda (k/lambda)^k e^-k``). Defaults as TRL (k, lambda) = (2, 3) for ``A >= 0`` and
-    (3, 2) for ``A < 0``; TRL aggregates by the global token count (``token-mean``). The token-level
-    TRL ``importance_sampling_ratio`` (vLLM correction) is folded into ``w`` by TRL; here mismatch
-    weights multiply the per-token loss like for every loss. Its own clamps (+-20 per token, log w in
-    [log 1e-8, 20]) are TRL's and part of the definition."""
-    phi = vespo_gamma_weights(advantages, logp, old_logp, mask, k_pos, lambda_pos, k_neg, lambda_neg)
+    (3, 2) for ``A < 0``; TRL aggregates by the global token count (``token-mean``). Its own clamps
+    (+-20 per token, log w in [log 1e-8, 20]) are TRL's and part of the definition.
+
+    ``weights_in_w`` (default False): False multiplies ``weights`` (mismatch / token weights) into the
+    per-token loss, as for every loss.  True is TRL's VESPO with vLLM IS correction
+    (``GRPOTrainer.get_gamma_weights(importance_sampling_ratio=...)``, TRL 1.16.0): ``weights`` is taken as
+    the per-token IS ratio ``pi_old / pi_rollout`` (the learner's mismatch weights: ``tis`` / ``mis`` at token
+    level are TRL's ``token_truncate`` / ``token_mask``) and folded into ``w``,
+    ``log w += sum_t clamp(log weights_t, log 1e-8, 20)``; it then does not multiply the loss.  With True,
+    every factor of ``weights`` enters ``w`` (token weights too: pair it with mismatch weights only)."""
+    phi = vespo_gamma_weights(advantages, logp, old_logp, mask, k_pos, lambda_pos, k_neg, lambda_neg,
+                              importance_sampling_ratio=weights if weights_in_w else None)
     per_tok = -phi * advantages * logp
+    if weights_in_w:
+        weights = None
     loss = _agg(per_tok, mask, agg, weights, batch_num_tokens, batch_num_seqs, norm_constant)
     metrics = {"clip_frac": 0.0}
     metrics.update(_base_metrics(logp, old_logp, mask))
