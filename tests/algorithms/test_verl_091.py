@@ -728,10 +728,15 @@ def test_every_name_is_registered_with_the_right_flags():
                                                  "gdpo_reward_weights: [1.0, 0.5]}")],
     ["algorithm.advantage_estimator=optimal_token_baseline", "algorithm.advantage_params={handle_zero_tail: false}"],
     ["algorithm.advantage_estimator=tir_optimal_token_baseline", "algorithm.advantage_params={epsilon: 1.0e-8}"],
-    ["algorithm.mismatch.method=token_k3"],
+    ["algorithm.mismatch.method=token_k3", "algorithm.mismatch.rollout_rs_threshold=0.5"],
 ])
 def test_config_validates_the_new_names(overrides):
     load_config("configs/grpo_arithmetic_tiny.yaml", overrides)
+
+
+def test_a_rejection_option_without_its_threshold_is_a_config_error():
+    with pytest.raises(ConfigError, match="needs algorithm.mismatch.rollout_rs_threshold"):
+        load_config("configs/grpo_arithmetic_tiny.yaml", ["algorithm.mismatch.method=token_k3"])
 
 
 @pytest.mark.parametrize("override,needle", [

@@ -98,3 +98,26 @@ def test_the_learner_gives_the_optimal_token_baseline_its_inputs(setup, fast_con
     assert torch.allclose(seen["sum_pi_squared"], want, atol=1e-5)
     lp = torch.log_softmax(logits, -1).gather(-1, r.completion_ids[..., None]).squeeze(-1) * m
     assert torch.allclose(seen["old_log_probs"], lp, atol=1e-4)
+
+
+def test_an_importance_weighted_kl_gets_the_behaviour_logprobs(setup, fast_config, monkeypatch):
+    """kl.estimator=k3_is in the loss: every call gets old_logp, the log-probs the batch was sampled under."""
+    import inspect
+
+    from rlvr import algorithms as A
+
+    base_model, exp = setup
+    real = A.KL_ESTIMATORS["k3_is"]
+    calls = []
+
+    def spy(logp, ref_logp, **kw):
+        calls.append(kw.get("old_logp"))
+        return real(logp, ref_logp, **kw)
+    spy.__signature__ = inspect.signature(real)
+    monkeypatch.setitem(A.KL_ESTIMATORS, "k3_is", spy)
+    learner = Learner(copy.deepcopy(base_model), fast_config("kl.placement=loss", "kl.estimator=k3_is", "kl.coef=0.1",
+                                                             "trainer.old_logp=recompute"))
+    learner.update(exp, step=0)
+    in_loss = [c for c in calls if c is not None]
+    assert in_loss and all(c.requires_grad is False for c in in_loss)
+    assert sum(c.shape[0] for c in in_loss) == exp.rewards.shape[0]  # every row, once, in the one epoch

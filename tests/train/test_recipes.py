@@ -59,7 +59,7 @@ def test_remax_without_a_baseline_says_how_to_get_one(tmp_path, _cfg):
                    "trainer.steps=1"), log=lambda *_: None)
 
 
-@pytest.mark.parametrize("placement,estimator", [("reward", "k1"), ("loss", "k3"), ("loss", "k2+")])
+@pytest.mark.parametrize("placement,estimator", [("reward", "k1"), ("loss", "k3"), ("loss", "k2+"), ("loss", "k3_is")])
 def test_kl_placements(tmp_path, placement, estimator, _cfg):
     train(_cfg(tmp_path, "configs/grpo_arithmetic_tiny.yaml", f"kl.placement={placement}",
                f"kl.estimator={estimator}", "kl.coef=0.01", "trainer.steps=2"), log=lambda *_: None)

@@ -113,6 +113,7 @@ class Learner:
         self.loss_inputs = wanted_inputs(A.POLICY_LOSSES[config.algorithm.policy_loss])  # what the loss reads
         self.loss_params = dict(config.algorithm.policy_loss_params)  # this step's (scheduled) loss parameters
         self.loss_terms = [LOSS_TERMS[name] for name in active_terms(config)]  # rlvr.train.loss_terms
+        self.kl_reads_old_logp = "old_logp" in inspect.signature(A.KL_ESTIMATORS[config.kl.estimator]).parameters
         self.skipped_steps = 0  # optimizer steps skipped for a non-finite loss or gradient norm, in all
         self.consecutive_skipped = 0  # ... in a row, up to the latest optimizer step
         self.step_skipped = 0  # ... in the latest update

@@ -80,10 +80,13 @@ def entropy_term(mb: MicroBatch) -> torch.Tensor | None:
 @register_loss_term("kl")
 def kl_term(mb: MicroBatch) -> torch.Tensor:
     """``beta * KL(pi || pi_ref)`` in the loss (``kl.placement=loss``) with the configured estimator
-    (:func:`rlvr.algorithms.kl_penalty`), aggregated like the policy loss."""
+    (:func:`rlvr.algorithms.kl_penalty`), aggregated like the policy loss; an estimator that names
+    ``old_logp`` (``k3_is``, importance-weighted) gets the behaviour log-probs."""
     learner = mb.learner
     cfg = learner.config
     ref_logp = mb.step.ref_logp[mb.idx]
-    kl = A.aggregate_loss(A.kl_penalty(mb.logp, ref_logp, cfg.kl.estimator, **learner.kl_hp), mb.mask, **mb.agg)
+    extra = {"old_logp": mb.old_logp} if learner.kl_reads_old_logp else {}  # k3_is: the ratio to the behaviour
+    kl = A.aggregate_loss(A.kl_penalty(mb.logp, ref_logp, cfg.kl.estimator, **learner.kl_hp, **extra), mb.mask,
+                          **mb.agg)
     mb.log("kl_loss", float(kl.detach()))
     return learner.kl_coef * kl
