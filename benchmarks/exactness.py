@@ -67,13 +67,14 @@ RECIPES: dict[str, tuple[str, list[str]]] = {
     "rover": ("configs/rover_arithmetic_tiny.yaml", ARITH),
 }
 
-#: metrics that measure wall-clock time or speed, not the computation
-TIMING = ("time", "_s", "per_s", "seconds", "tokens_per_sec", "throughput", "wait", "idle", "elapsed", "mfu")
+#: metrics that measure wall-clock time or speed, not the computation (matched on the last path part)
+TIMING_PREFIXES = ("time_",)
+TIMING_SUFFIXES = ("_s", "seconds", "_per_second", "_idle_frac")
 
 
 def _is_timing(key: str) -> bool:
-    k = key.lower()
-    return any(k.endswith(t) or t in k.split("/")[-1] for t in TIMING)
+    k = key.lower().split("/")[-1]
+    return k.startswith(TIMING_PREFIXES) or k.endswith(TIMING_SUFFIXES)
 
 
 def record(src: Path, out: Path, names: list[str]) -> None:
