@@ -28,9 +28,11 @@ from rlvr.tasks import make_task
 from rlvr.train.learner import Learner
 
 
-@pytest.fixture(scope="module")
-def setup(tmp_path_factory):
-    model, tok = load_model_and_tokenizer(save_tiny(tmp_path_factory.mktemp("m") / "tiny", seed=3))
+@pytest.fixture(scope="module", params=["tiny", "qwen3_instruct"])
+def setup(request, tmp_path_factory, stand_in):
+    """The built-in character model, and a Qwen3-shaped stand-in with a subword (BPE) tokenizer."""
+    path = save_tiny(tmp_path_factory.mktemp("m") / "tiny", seed=3) if request.param == "tiny" else stand_in(request.param)
+    model, tok = load_model_and_tokenizer(path)
     task = make_task("arithmetic", num_train=200, num_eval=10)
     torch.manual_seed(0)
     sampler = PromptSampler(task.problems("train"), 0)
