@@ -609,7 +609,7 @@ class SFTSection(_Section):
     eval_every: int = Field(25, ge=1, description="steps between validation checks (with target_accuracy)")
     val_problems: int = Field(500, ge=1, description="distinct prompts in the warm start's validation set, "
                               "carved from the train split and left out of SFT (with target_accuracy)")
-    max_minutes: float | None = Field(10.0, gt=0, description="time bound of the warm start, checked against an "
+    max_minutes: float | None = Field(20.0, gt=0, description="time bound of the warm start, checked against an "
                                       "estimate from its first steps; over it: over_budget (null: no bound)")
     over_budget: Literal["warn", "stop"] = Field("warn", description="an estimate over max_minutes: a warning "
                                                  "naming what makes it cheaper, then go on (warn), or a clear stop "
