@@ -517,10 +517,12 @@ class TrainerSection(_Section):
                              "(each distinct prompt once, then every completion, no padding; a 4D mask) when "
                              "it has at most this many tokens (its attention is dense); 0: never "
                              "(rlvr.models.prefix.packed_prefix_outputs)")
-    old_logp: Literal["auto", "recompute"] = Field(
+    old_logp: Literal["auto", "recompute", "rollout"] = Field(
         "auto", description="auto: use the engine's rollout_logp as old_logp when they are provably the "
         "training model's own (sync, same weights version, dtype and temperature, no truncation, no "
-        "dropout; rlvr.train.old_logp), else recompute; recompute: always a forward pass")
+        "dropout; rlvr.train.old_logp), else recompute; recompute: always a forward pass; rollout: always "
+        "the engine's rollout_logp, whatever the engine (verl's bypass mode: the ratio is against the "
+        "behaviour policy; policy_loss=bypass_mode selects it)")
     skip_zero_advantage: Literal["auto", "never"] = Field(
         "auto", description="auto: leave rows whose advantages are all zero out of the training "
         "forward/backward when the loss provably gives them zero gradient (no entropy bonus, KL loss or "
@@ -815,13 +817,32 @@ class Config(_Section):
         if self.model.lora.enabled and (self.kl.reset_every or self.kl.reset_max_kl is not None):
             raise ValueError("kl.reset_every / kl.reset_max_kl with model.lora.enabled: with LoRA the KL "
                              "reference is the frozen base model, which a reset cannot replace; turn one off")
-        self._check_runtime()
+        self._check_runtime()  # resolves mismatch.method=auto
+        self._check_bypass_mode()
         _check_replay(self)
         self._check_second_wave()
         if self.critic.num_critics > 1 and self.algorithm.advantage_estimator != "asyppo":
             raise ValueError(f"critic.num_critics = {self.critic.num_critics} needs "
                              "algorithm.advantage_estimator=asyppo (gae uses one critic); set one of them")
         return self
+
+    def _check_bypass_mode(self) -> None:
+        """verl's bypass mode IS ``old_logp = rollout_logp``: ``policy_loss=bypass_mode`` selects
+        ``trainer.old_logp=rollout`` and refuses ``recompute``; a mismatch correction would compare the
+        rollout log-probs with themselves (weights 1), so it is refused too (use the loss's own
+        ``rollout_is`` / ``rollout_rs``)."""
+        if self.algorithm.policy_loss != "bypass_mode":
+            return
+        if self.trainer.old_logp == "recompute":
+            raise ValueError("algorithm.policy_loss=bypass_mode takes old_logp from the rollout engine (verl's "
+                             "bypass mode); trainer.old_logp=recompute contradicts it: set trainer.old_logp=auto "
+                             "(or rollout)")
+        if self.algorithm.mismatch.method != "none":
+            raise ValueError(f"algorithm.policy_loss=bypass_mode with algorithm.mismatch.method="
+                             f"{self.algorithm.mismatch.method}: in bypass mode old_logp is the rollout "
+                             "log-probs, so the correction would compare them with themselves; set "
+                             "algorithm.mismatch.method=none and use policy_loss_params.rollout_is / rollout_rs")
+        self.trainer.old_logp = "rollout"
 
     def _check_second_wave(self) -> None:
         from rlvr import algorithms as A

@@ -229,7 +229,7 @@ def test_user_registered_correction_and_flags():
 # ------------------------------------------------------------------------------ off-policy safety
 
 SAFE_LOSSES = {"vanilla", "ppo", "gspo", "cispo", "dispo", "sapo", "clip_cov", "geo_mean", "real", "rover", "tb",
-               "decoupled_ppo", "decoupled", "vespo", "luspo", "dppo_tv", "dppo_kl", "dro"}
+               "decoupled_ppo", "decoupled", "vespo", "luspo", "dppo_tv", "dppo_kl", "dro", "flash_reinforce"}
 UNSAFE_LOSSES = {"gpg", "kl_cov", "bypass_mode"}
 
 

@@ -468,6 +468,78 @@ def test_flash_reinforce_edges():
     assert A.compute_advantages("flash_reinforce", rewards=torch.zeros(0), mask=torch.zeros(0, 2))[0].shape == (0, 2)
 
 
+def _flash_reference(lp, mu, rewards, lengths, delta):
+    """FlashREINFORCE's loss written out from the paper/README, one float at a time: per row the mean
+    Bernoulli KL of the sampled tokens (probabilities clamped to [1e-6, 1 - 1e-6]); kept rows contribute
+    ``-(1/|y_i|) sum_t rho_t A_i lp_t`` with ``rho`` detached; the mean over all B rows.  Returns the loss and
+    d loss / d lp_t (= -keep rho A / (|y_i| B))."""
+    b = len(rewards)
+    mean_r = sum(rewards) / b
+    loss, grad, kept = 0.0, [], []
+    for i in range(b):
+        a = rewards[i] - mean_r
+        kl = 0.0
+        for t in range(lengths[i]):
+            p = min(max(math.exp(mu[i][t]), 1e-6), 1 - 1e-6)
+            q = min(max(math.exp(lp[i][t]), 1e-6), 1 - 1e-6)
+            kl += p * math.log(p / q) + (1 - p) * math.log((1 - p) / (1 - q))
+        keep = max(kl / lengths[i], 0.0) <= delta
+        kept.append(keep)
+        row = []
+        for t in range(lengths[i]):
+            rho = math.exp(lp[i][t] - mu[i][t]) if keep else 0.0
+            loss += -rho * a * lp[i][t] / lengths[i] / b
+            row.append(-rho * a / lengths[i] / b)
+        grad.append(row)
+    return loss, grad, kept
+
+
+@pytest.mark.parametrize("delta", [3e-3, 0.05, math.inf])
+def test_flash_reinforce_loss_is_the_reference_value_and_gradient(delta):
+    g = torch.Generator().manual_seed(7)
+    lengths = [3, 1, 4, 2, 4]
+    t_len = 4
+    mask = _mask(lengths, t_len).double()
+    mu = torch.log(torch.rand(5, t_len, generator=g, dtype=torch.float64) * 0.9 + 0.05)
+    # rows 0-1 near the behaviour policy, rows 2-4 farther: some pass the gate, some do not
+    shift = torch.tensor([0.01, 0.02, 0.3, 0.8, 0.05], dtype=torch.float64).unsqueeze(-1)
+    lp0 = (mu - shift * torch.rand(5, t_len, generator=g, dtype=torch.float64)).clamp(max=-1e-3)
+    rewards = [1.0, 0.0, 1.0, 0.0, 1.0]
+    lp = lp0.clone().requires_grad_(True)
+    adv, _ = A.compute_advantages("flash_reinforce", rewards=torch.tensor(rewards, dtype=torch.float64), mask=mask)
+    loss, metrics = A.policy_loss("flash_reinforce", logp=lp, old_logp=torch.zeros_like(lp0), advantages=adv,
+                                  mask=mask, agg="seq-mean-token-mean", rollout_logp=mu, delta=delta)
+    loss.backward()
+    want, want_grad, kept = _flash_reference(lp0.tolist(), mu.tolist(), rewards, lengths, delta)
+    assert loss.item() == pytest.approx(want, rel=1e-12, abs=1e-15)
+    for i, n in enumerate(lengths):
+        assert lp.grad[i, :n].tolist() == pytest.approx(want_grad[i], rel=1e-12, abs=1e-15)
+        assert all(x == 0.0 for x in lp.grad[i, n:].tolist())
+    assert metrics["flash_accept_frac"] == pytest.approx(sum(kept) / len(kept))
+    if delta == math.inf:
+        assert all(kept)
+    if delta == 3e-3:
+        assert 0 < sum(kept) < len(kept)  # the gate acts on this batch
+
+
+def test_flash_reinforce_loss_behaviour_defaults_to_old_logp_and_rejects_bad_delta():
+    mask = _mask([2, 3], 3)
+    lp = torch.log(torch.tensor([[0.5, 0.4, 0.3], [0.2, 0.6, 0.7]]))
+    adv = torch.tensor([[1.0], [-1.0]]) * mask
+    a, _ = A.policy_loss("flash_reinforce", logp=lp, old_logp=lp - 0.01, advantages=adv, mask=mask)
+    b, _ = A.policy_loss("flash_reinforce", logp=lp, old_logp=torch.zeros_like(lp), advantages=adv, mask=mask,
+                         rollout_logp=lp - 0.01)
+    assert a.item() == b.item()
+    # on-policy the gate keeps everything and the loss is -mean_i mean_t A lp
+    on, m = A.policy_loss("flash_reinforce", logp=lp, old_logp=lp, advantages=adv, mask=mask,
+                          agg="seq-mean-token-mean")
+    want = -(((adv * lp * mask).sum(-1) / mask.sum(-1)).mean())
+    assert on.item() == pytest.approx(want.item(), rel=1e-6) and m["flash_accept_frac"] == 1.0
+    assert m["clip_frac"] == 0.0
+    with pytest.raises(ValueError, match="delta"):
+        A.policy_loss("flash_reinforce", logp=lp, old_logp=lp, advantages=adv, mask=mask, delta=-1.0)
+
+
 # ------------------------------------------------------------------------------ registries and the config
 
 

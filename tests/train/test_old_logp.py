@@ -112,3 +112,26 @@ def test_stale_rows_are_recomputed(setup, fast_config):
         assert not reuse and "rollout workers" in reason
     reuse, reason = Learner(copy.deepcopy(base), fast_config("algorithm.policy_loss=decoupled_ppo")).reuse_rollout_logp(exp)
     assert not reuse and "proximal" in reason  # decoupled PPO: old_logp is the learner's proximal policy
+
+
+def test_bypass_mode_always_takes_the_rollout_logp(setup, fast_config):
+    """verl's bypass mode: old_logp IS the behaviour policy's log-probs, even for stale rows and rollout
+    workers (where ``auto`` recomputes); the config selects it and refuses what contradicts it."""
+    from rlvr.config import ConfigError
+    from rlvr.train.learner import Learner
+
+    assert reuse_rollout_logp(**{**OK, "setting": "rollout", "decoupled": True, "row_versions": [0]})[0]
+    base, exp = setup
+    cfg = fast_config("algorithm.policy_loss=bypass_mode", "runtime.mode=async", "runtime.max_staleness=0")
+    assert cfg.trainer.old_logp == "rollout"
+    learner = Learner(copy.deepcopy(base), cfg)
+    learner.policy_version = 2  # rows sampled at version 0: still the rollout's log-probs
+    stale = copy.deepcopy(exp)
+    stale.rollout.rollout_logp = stale.rollout.rollout_logp - 0.05 * stale.rollout.completion_mask  # a behaviour gap
+    metrics = learner.update(stale, step=0)
+    assert metrics["old_logp_reused"] == 1.0
+    assert metrics["mismatch_k3"] == 0.0  # nothing between old_logp and rollout_logp: they are the same tensor
+    with pytest.raises(ConfigError, match="trainer.old_logp=recompute"):
+        fast_config("algorithm.policy_loss=bypass_mode", "trainer.old_logp=recompute")
+    with pytest.raises(ConfigError, match="mismatch.method=none"):
+        fast_config("algorithm.policy_loss=bypass_mode", "algorithm.mismatch.method=tis")

@@ -42,7 +42,7 @@ Zero advantage, zero gradient (``zero_at_zero_advantage=True`` puts a loss in
 advantage times a bounded function of that row's own ratios, so a row whose advantages are all zero
 adds exactly 0 to the loss and to every gradient; only the aggregation's counts see it, and the learner
 passes those for the whole minibatch. Marked: ``vanilla``, ``gspo``, ``cispo``, ``gpg``, ``geo_mean``, ``dppo_tv``,
-``dppo_kl`` (not ``dro``: its log-ratio penalty acts whatever the advantage; not ``bypass_mode``: its IS batch
+``dppo_kl``, ``flash_reinforce`` (not ``dro``: its log-ratio penalty acts whatever the advantage; not ``bypass_mode``: its IS batch
 normalisation couples the rows).
 
 verl 0.9.1 losses under verl's names and parameter names: ``dppo_tv``, ``dppo_kl``, ``dro``, ``bypass_mode``.
@@ -724,6 +724,83 @@ def gpg(
     per_tok = -advantages * logp
     loss = _agg(per_tok, mask, agg, weights, batch_num_tokens, batch_num_seqs, norm_constant)
     metrics = {"clip_frac": 0.0}
+    metrics.update(_base_metrics(logp, old_logp, mask))
+    return loss, metrics
+
+
+# -------------------------------------------------------------------------------- FlashREINFORCE
+
+FLASH_REINFORCE_PROB_CLAMP = 1e-6
+
+
+def bernoulli_kl(p_logp: Tensor, q_logp: Tensor, eps: float = FLASH_REINFORCE_PROB_CLAMP) -> Tensor:
+    """Per-token Bernoulli KL ``p log(p/q) + (1-p) log((1-p)/(1-q))`` between the probabilities
+    ``p = exp(p_logp)`` and ``q = exp(q_logp)`` of the sampled token, both clamped to ``[eps, 1 - eps]``
+    (FlashREINFORCE's sequence trust region; reference ``flashreinforce/loss.py``, "Molt's numerical
+    stabilization")."""
+    p = p_logp.exp().clamp(eps, 1.0 - eps)
+    q = q_logp.exp().clamp(eps, 1.0 - eps)
+    return p * (p.log() - q.log()) + (1.0 - p) * (torch.log1p(-p) - torch.log1p(-q))
+
+
+@register_policy_loss("flash_reinforce", trust_region=True, zero_at_zero_advantage=True)
+def flash_reinforce(
+    *,
+    logp,
+    old_logp,
+    advantages,
+    mask,
+    agg="token-mean",
+    weights=None,
+    batch_num_tokens=None,
+    batch_num_seqs=None,
+    norm_constant=None,
+    rollout_logp=None,
+    delta=3e-3,
+):
+    """FlashREINFORCE's detached-ratio loss with its sequence trust region (Hu, Zhang, Zhang, Xu et al.,
+    NVIDIA 2026, "FlashREINFORCE: Critic-Free Single-Rollout Asynchronous RL for Agentic Language Models";
+    reference ``flashreinforce/loss.py`` ``flashreinforce_loss``, yifanzhang-pro/FlashREINFORCE commit
+    d7604df, with ``negative_token_fraction = 1``, the paper's base method).
+
+    With ``mu`` the behaviour log-probs (``rollout_logp``, the engine's: the reference's
+    ``behavior_log_probs``; ``old_logp`` when not given) and ``lp`` the learner's::
+
+        KL_i   = (1/|y_i|) sum_t m_t BernKL(exp(mu_t) || exp(lp_t))      (clamped to [1e-6, 1 - 1e-6], >= 0)
+        keep_i = KL_i <= delta
+        loss_t = -keep_i * sg(exp(lp_t - mu_t)) * A_t * lp_t
+
+    aggregated with ``agg`` (the reference: ``loss_agg_mode: seq-mean-token-mean`` over the ORIGINAL lengths and all B
+    rows, a dropped row counting as 0).  The ratio is detached and never clipped, so the gradient is
+    ``-keep * rho * A * grad lp`` (the unclipped importance-weighted REINFORCE); a dropped row has no
+    gradient and its ratio is never exponentiated.  ``delta = inf`` turns the gate off.  Use with the
+    ``flash_reinforce`` estimator (``A = R - mean_batch(R)``), one rollout per prompt, one optimizer step
+    per batch.  Metrics: ``flash_accept_frac`` (rows kept among rows with a valid token),
+    ``flash_seq_kl_mean``.  Not implemented: the reference's optional entropy filter
+    (``negative_token_fraction < 1``: keep the highest-entropy ``ceil(q |y|)`` tokens of failed rows).
+    """
+    if math.isnan(delta) or delta < 0:
+        raise ValueError(f"flash_reinforce needs delta >= 0 (policy_loss_params.delta), got {delta!r}")
+    mu = (old_logp if rollout_logp is None else rollout_logp).detach().to(logp.dtype)
+    m = as_float_mask(mask, logp)
+    valid = m != 0
+    with torch.no_grad():
+        lp = logp.detach()
+        kl_tok = torch.where(valid, bernoulli_kl(mu, lp), torch.zeros_like(lp))
+        n = m.sum(-1)
+        seq_kl = (kl_tok.sum(-1) / n.clamp(min=1.0)).clamp(min=0.0)
+        keep = seq_kl <= delta
+        active = valid & keep.unsqueeze(-1)
+        rho = torch.where(active, lp - mu, torch.zeros_like(lp)).exp()
+        if not bool(torch.isfinite(rho).all()):
+            raise FloatingPointError("flash_reinforce: importance ratio overflow on an admitted token")
+        coef = torch.where(active, rho * advantages, torch.zeros_like(lp))
+    per_tok = -coef * logp
+    loss = _agg(per_tok, mask, agg, weights, batch_num_tokens, batch_num_seqs, norm_constant)
+    rows = n > 0
+    metrics = {"clip_frac": _frac(~active, mask),  # tokens of dropped rows: their gradient is cut
+               "flash_accept_frac": _item(keep[rows].to(lp.dtype).mean()) if bool(rows.any()) else 1.0,
+               "flash_seq_kl_mean": _item(seq_kl[rows].mean()) if bool(rows.any()) else 0.0}
     metrics.update(_base_metrics(logp, old_logp, mask))
     return loss, metrics
 

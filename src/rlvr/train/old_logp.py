@@ -69,6 +69,8 @@ def reuse_rollout_logp(*, setting: str, engine: str, decoupled: bool, staleness:
                        reads_rollout_logp: bool = False) -> tuple[bool, str]:
     """``(reuse, reason)``: whether ``old_logp`` may be the engine's ``rollout_logp`` (see the module
     docstring for the tolerance this needs and why it is safe); ``reason`` says why not, or what held."""
+    if setting == "rollout":
+        return True, "trainer.old_logp = rollout (verl's bypass mode: old_logp is the behaviour policy's)"
     if setting != "auto":
         return False, f"trainer.old_logp = {setting}"
     if decoupled:
