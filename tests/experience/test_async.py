@@ -1,6 +1,7 @@
 """Asynchronous training: staleness bound, stale-sample accounting, sync equivalence, resume."""
 
 import json
+import random
 import threading
 import time
 from types import SimpleNamespace
@@ -147,20 +148,21 @@ class _StubEngine:
 
 
 class _StubProducer:
-    """Sleeps ``gen_s`` per batch, then returns 2 prompts x 2 rows made by the engine's version."""
+    """Sleeps ``gen_s`` per batch (a random time in ``[0, 2 gen_s]`` with ``jitter``, seeded by the batch),
+    then returns 2 prompts x 2 rows made by the engine's version."""
 
     prompts_per_step = 2
 
-    def __init__(self, gen_s: float):
-        self.engine, self.gen_s = _StubEngine(), gen_s
+    def __init__(self, gen_s: float, jitter: bool = False):
+        self.engine, self.gen_s, self.jitter = _StubEngine(), gen_s, jitter
 
     def produce(self, draws, seed):
         problems = draws.next(self.prompts_per_step)
-        time.sleep(self.gen_s)
+        time.sleep(self.gen_s * (2 * random.Random(seed).random() if self.jitter else 1.0))
         return _exp(self.engine.policy_version, problems)
 
 
-def _simulate(gen_s: float, train_s: float, S: int, workers: int, policy: str, steps: int = 12):
+def _simulate(gen_s: float, train_s: float, S: int, workers: int, policy: str, steps: int = 12, jitter=False):
     """A sleep-paced learner consuming from sleep-paced workers through the real buffer and source."""
     problems = list(range(1000))
     sampler = PromptSampler(problems, seed=0)
@@ -177,7 +179,7 @@ def _simulate(gen_s: float, train_s: float, S: int, workers: int, policy: str, s
         def start(self):
             self.threads = []
             for i in range(workers):
-                w = RolloutWorker(i, _StubProducer(gen_s), problems, buffer)
+                w = RolloutWorker(i, _StubProducer(gen_s, jitter), problems, buffer)
                 w.model = w.producer.engine.model
                 t = threading.Thread(target=w.loop, args=(stop, 0.05), daemon=True)
                 t.start()
@@ -220,6 +222,34 @@ def test_staleness_never_exceeds_S_with_one_worker(gen_s, train_s, S):
     assert len(seen) == 2 * len(set(seen)) and set(seen) == set(PromptSampler(list(range(1000)), 0).next_indices(24))
 
 
+@pytest.mark.parametrize("workers", [2, 3, 4])
+@pytest.mark.parametrize("S", [0, 1, 2])
+def test_staleness_never_exceeds_S_with_several_randomly_paced_workers(workers, S):
+    """Issue 27.1: with several workers batches finish out of order; the learner still trains slot k at
+    step k (in order), so no row is ever more than S versions old and the stale policy never acts."""
+    stats, seen, _, source = _simulate(0.02, 0.004, S, workers=workers, policy="accept", steps=16, jitter=True)
+    assert [s["batch_index"] for s in stats] == list(range(16))
+    assert max(s["staleness_max"] for s in stats) <= S
+    assert source.totals["masked"] == source.totals["dropped"] == 0
+    assert len(seen) == 2 * len(set(seen)) and set(seen) == set(PromptSampler(list(range(1000)), 0).next_indices(32))
+
+
+def test_a_batch_finishing_early_waits_for_the_slots_before_it():
+    buf = StalenessBuffer(PromptSampler(list(range(50)), 0), max_staleness=2)
+    a, b = buf.admit(0.01), buf.admit(0.01)
+    buf.put(b.index, "b")  # slot 1 finishes first
+    assert buf.get(0.05) is None  # the learner waits for slot 0
+    buf.put(a.index, "a")
+    assert [buf.get(0.05)[1], buf.get(0.05)[1]] == ["a", "b"]
+    state = buf.state_dict()
+    fresh = StalenessBuffer(PromptSampler(list(range(50)), 0), max_staleness=2)
+    fresh.load_state_dict({**state, "next_index": 5, "pending": [{"index": 3, "seed": 1, "drawn": []},
+                                                                 {"index": 4, "seed": 2, "drawn": []}]}, 3)
+    assert fresh.next_consume == 3  # a resumed run consumes its first pending slot first
+    fresh.load_state_dict({**state, "next_index": 5, "pending": []}, 5)
+    assert fresh.next_consume == 5
+
+
 @pytest.mark.parametrize("policy", ["accept", "mask", "drop"])
 def test_several_workers_every_sample_trained_masked_or_dropped(policy):
     stats, seen, buffer, source = _simulate(0.02, 0.005, 1, workers=3, policy=policy, steps=15)
@@ -228,7 +258,7 @@ def test_several_workers_every_sample_trained_masked_or_dropped(policy):
     assert rows == sum(source.totals.values())
     assert len(seen) == 2 * len(set(seen))  # no prompt trained twice
     consumed = len(set(seen)) + sum(s["samples_dropped"] for s in stats) // 2
-    in_flight = sum(len(j.drawn) for j in buffer.running.values()) * 2 + sum(len(j.drawn) * 2 for j, _ in buffer.ready)
+    in_flight = sum(len(j.drawn) for j in buffer.running.values()) * 2 + sum(len(j.drawn) * 2 for j, _ in buffer.ready.values())
     assert buffer.sampler.position == consumed + in_flight  # none lost: drawn = trained + dropped + unconsumed
     if policy == "accept":
         assert sum(s["samples_masked"] + s["samples_dropped"] for s in stats) == 0

@@ -63,7 +63,8 @@ class StalenessBuffer:
         self.next_index = 0
         self.redo: deque[Job] = deque()  # batches to regenerate first (resume)
         self.running: dict[int, Job] = {}
-        self.ready: deque[tuple[Job, object]] = deque()
+        self.ready: dict[int, tuple[Job, object]] = {}  # finished, by slot
+        self.next_consume = 0  # the slot the learner takes next (slots are consumed in order)
         self.error: str | None = None
         self.closed = False
 
@@ -107,7 +108,7 @@ class StalenessBuffer:
     def put(self, index: int, experience) -> None:
         with self.cond:
             job = self.running.pop(index)
-            self.ready.append((job, experience))
+            self.ready[index] = (job, experience)
             self.cond.notify_all()
 
     def fail(self, who: str, message: str) -> None:
@@ -117,17 +118,20 @@ class StalenessBuffer:
 
     # --- learner side
     def get(self, timeout: float):
-        """The next finished ``(job, experience)``; None after ``timeout`` s. Raises a worker's error."""
+        """The ``(job, experience)`` of the next slot in order, once finished; None after ``timeout`` s.
+        Raises a worker's error."""
         deadline = time.perf_counter() + timeout
         with self.cond:
-            while not self.ready:
+            while self.next_consume not in self.ready:
                 if self.error:
                     raise RolloutWorkerError(self.error)
                 left = deadline - time.perf_counter()
                 if left <= 0:
                     return None
                 self.cond.wait(left)
-            return self.ready.popleft()
+            item = self.ready.pop(self.next_consume)
+            self.next_consume += 1
+            return item
 
     def publish(self, step: int) -> None:
         """The weights after learner step ``step`` are available to the workers."""
@@ -142,13 +146,14 @@ class StalenessBuffer:
 
     def counts(self) -> dict[str, int]:
         with self.cond:
-            return {"running": len(self.running), "ready": len(self.ready), "next_index": self.next_index}
+            return {"running": len(self.running), "ready": len(self.ready), "next_index": self.next_index,
+                    "next_consume": self.next_consume}
 
     # --- checkpoint
     def state_dict(self) -> dict:
         """Sampler position, next slot, and every batch admitted but not yet trained (to regenerate)."""
         with self.cond:
-            pending = [j.spec() for j in self.running.values()] + [j.spec() for j, _ in self.ready]
+            pending = [j.spec() for j in self.running.values()] + [j.spec() for j, _ in self.ready.values()]
             pending += [{"index": j.index, "seed": j.seed, "drawn": [list(d) for d in j.replay]}
                         for j in self.redo]
             return {"sampler": self.sampler.state_dict(), "next_index": self.next_index,
@@ -162,6 +167,7 @@ class StalenessBuffer:
                               for p in state.get("pending", []))
             self.running.clear()
             self.ready.clear()
+            self.next_consume = min((j.index for j in self.redo), default=self.next_index)
             self.published_step = published_step
 
 
