@@ -45,10 +45,13 @@ class PromptSampler:
         self.problems = problems
         self.seed = seed
         self.position = 0
+        self._cached: tuple[int, list[int]] | None = None  # (epoch, its order): one permutation per epoch
 
     def _order(self, epoch: int) -> list[int]:
-        g = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
-        return torch.randperm(len(self.problems), generator=g).tolist()
+        if self._cached is None or self._cached[0] != epoch:  # drawing n prompts costs O(n), not O(dataset)
+            g = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
+            self._cached = (epoch, torch.randperm(len(self.problems), generator=g).tolist())
+        return self._cached[1]
 
     def next_indices(self, n: int) -> list[int]:
         """The indices of the next ``n`` problems (the position moves on by ``n``)."""
@@ -63,6 +66,9 @@ class PromptSampler:
 
     def next(self, n: int) -> list:
         return [self.problems[i] for i in self.next_indices(n)]
+
+    def __getstate__(self) -> dict:  # sent to a Ray buffer actor without the cached permutation
+        return {**self.__dict__, "_cached": None}
 
     def state_dict(self) -> dict:
         return {"position": self.position}
