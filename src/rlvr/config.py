@@ -118,6 +118,12 @@ class RunSection(_Section):
     device: DeviceName = "cpu"
     threads: int | None = Field(None, ge=1, le=4096, description="torch CPU threads (None: torch's default, "
                                 "all cores or OMP_NUM_THREADS; async mode divides them: rlvr.threads)")
+    deterministic: bool = Field(False, description="reproducible runs: torch deterministic algorithms "
+                                "(CUBLAS_WORKSPACE_CONFIG set on CUDA) and batch-invariant sampling (each prompt's "
+                                "group sampled on its own from a seed of its own, so a row never depends on the "
+                                "other prompts of its batch; slower generation). Needs runtime.max_staleness=0 in "
+                                "async mode and the lean or hf engine. CPU runs with the same config are already "
+                                "bit-identical without it (tests/train/test_determinism.py)")
 
 
 def _as_list(v: Any) -> Any:
@@ -819,12 +825,24 @@ class Config(_Section):
                              "reference is the frozen base model, which a reset cannot replace; turn one off")
         self._check_runtime()  # resolves mismatch.method=auto
         self._check_bypass_mode()
+        self._check_deterministic()
         _check_replay(self)
         self._check_second_wave()
         if self.critic.num_critics > 1 and self.algorithm.advantage_estimator != "asyppo":
             raise ValueError(f"critic.num_critics = {self.critic.num_critics} needs "
                              "algorithm.advantage_estimator=asyppo (gae uses one critic); set one of them")
         return self
+
+    def _check_deterministic(self) -> None:
+        if not self.run.deterministic:
+            return
+        if self.runtime.staleness() > 0:
+            raise ValueError(f"run.deterministic with runtime.max_staleness = {self.runtime.staleness()}: which "
+                             "weights generate a batch then depends on timing (the newest a worker finds when it "
+                             "starts); set runtime.max_staleness=0 (or run.deterministic=false)")
+        if self.rollout.engine == "vllm":
+            raise ValueError("run.deterministic with rollout.engine=vllm: vLLM's batching is not batch-invariant "
+                             "here; use rollout.engine=lean or hf (or run.deterministic=false)")
 
     def _check_bypass_mode(self) -> None:
         """verl's bypass mode IS ``old_logp = rollout_logp``: ``policy_loss=bypass_mode`` selects

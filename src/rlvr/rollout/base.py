@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import zlib
 from dataclasses import dataclass, field
 from typing import Protocol, Sequence
 
@@ -17,6 +18,23 @@ class SamplingParams:
     max_new_tokens: int = 16
     n: int = 1  # completions per prompt (the group size G)
     seed: int | None = None  # draw this call's samples from its own seeded stream (None: the global RNG)
+    #: each prompt's group sampled on its own, from its own stream (:func:`prompt_seeds`): a row's completion
+    #: and log-probs then depend only on its prompt, the seed and the weights, never on the other prompts of
+    #: the call (``run.deterministic``; slower: one engine pass per prompt)
+    batch_invariant: bool = False
+
+
+def prompt_seeds(seed: int, prompts: Sequence[str]) -> list[int]:
+    """One sampling seed per prompt of a call seeded ``seed`` that does not depend on the prompt's place in
+    the call: from the prompt's text (CRC-32, stable across processes) and how many identical prompts came
+    before it in this call (so repeated prompts still get different samples)."""
+    seen: dict[str, int] = {}
+    out = []
+    for text in prompts:
+        k = seen.get(text, 0)
+        seen[text] = k + 1
+        out.append((int(seed) * 1_000_003 + zlib.crc32(text.encode("utf-8")) * 7_919 + k * 104_729) % (2**62))
+    return out
 
 
 @dataclass

@@ -9,7 +9,7 @@ from typing import Sequence
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from rlvr.rollout.base import Rollout, SamplingParams
+from rlvr.rollout.base import Rollout, SamplingParams, prompt_seeds
 from rlvr.rollout.stops import StopConditions
 
 
@@ -56,9 +56,15 @@ class HFRolloutEngine:
     def generate(self, prompts: Sequence[str], params: SamplingParams) -> Rollout:
         expanded = [p for p in prompts for _ in range(params.n)]
         index = torch.arange(len(prompts)).repeat_interleave(params.n)
-        with seeded_generation(params.seed):
-            chunks = [self._generate(expanded[i:i + self.batch_size], params)
-                      for i in range(0, len(expanded), self.batch_size)]
+        if params.batch_invariant:  # each prompt's group alone, from its own stream (SamplingParams.batch_invariant)
+            chunks = []
+            for p, seed in zip(prompts, prompt_seeds(0 if params.seed is None else params.seed, prompts)):
+                with seeded_generation(seed):
+                    chunks.append(self._generate([p] * params.n, params))
+        else:
+            with seeded_generation(params.seed):
+                chunks = [self._generate(expanded[i:i + self.batch_size], params)
+                          for i in range(0, len(expanded), self.batch_size)]
         rollout = _concat(chunks, self.tokenizer.pad_token_id)
         rollout.prompt_index = index
         rollout.policy_version = self.policy_version

@@ -45,7 +45,7 @@ from typing import Sequence
 
 import torch
 
-from rlvr.rollout.base import Rollout, SamplingParams
+from rlvr.rollout.base import Rollout, SamplingParams, prompt_seeds
 from rlvr.rollout.hf import _concat
 from rlvr.rollout.stops import StopConditions
 
@@ -228,11 +228,16 @@ class LeanRolloutEngine:
         module.eval()
         try:
             device = parts.embed.weight.device
-            generator = None
-            if params.seed is not None:
-                generator = torch.Generator(device=device).manual_seed(int(params.seed))
-            chunks = [self._generate(parts, prompts[i:i + per_chunk], params, generator, module)
-                      for i in range(0, len(prompts), per_chunk)]
+            if params.batch_invariant:  # each prompt alone, from its own stream (SamplingParams.batch_invariant)
+                seeds = prompt_seeds(0 if params.seed is None else params.seed, prompts)
+                chunks = [self._generate(parts, [p], params, torch.Generator(device=device).manual_seed(s), module)
+                          for p, s in zip(prompts, seeds)]
+            else:
+                generator = None
+                if params.seed is not None:
+                    generator = torch.Generator(device=device).manual_seed(int(params.seed))
+                chunks = [self._generate(parts, prompts[i:i + per_chunk], params, generator, module)
+                          for i in range(0, len(prompts), per_chunk)]
         finally:
             module.train(was_training)
         rollout = _concat(chunks, self.tokenizer.pad_token_id)

@@ -17,8 +17,6 @@ policy versions behind (:class:`rlvr.experience.async_source.AsyncSource`).
 
 from __future__ import annotations
 
-import os
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,7 +41,7 @@ from rlvr.records.trackers import open_trackers
 from rlvr.rollout.factory import generation_config_note, make_engine
 from rlvr.tasks import defaults as task_defaults, make_task
 from rlvr.train.learner import Learner, NonFiniteStepsError
-from rlvr.utils import atomic_write_text, seed_everything, storage_guard, write_run_meta
+from rlvr.utils import atomic_write_text, deterministic_algorithms, seed_everything, storage_guard, write_run_meta
 from rlvr.warmstart.sft import resolve_model_path
 
 
@@ -53,10 +51,6 @@ class RunResult:
     before: dict
     after: dict
     steps: int
-
-
-def progress_enabled(config: Config) -> bool:
-    return config.logging.progress and sys.stderr.isatty() and not os.environ.get("CI")
 
 
 def new_run_dir(config: Config) -> Path:
@@ -83,12 +77,17 @@ def train(config: Config | None = None, resume: str | Path | None = None, log=pr
         config = load_config(run_dir / "config.yaml")
     else:
         run_dir = new_run_dir(config)
-    progress = progress_enabled(config)
     threads.apply_threads(config.run.threads)  # None: torch's default (rlvr.threads: why and what was measured)
     if threads.NOTE:
         log(threads.NOTE)
     require_extras(config)  # a missing extra (tracker, peft, vllm) fails here, before anything is built
     seed_everything(config.run.seed)
+    with deterministic_algorithms(config.run.deterministic):  # + batch-invariant sampling (SamplingParams)
+        return _train(config, run_dir, resume, log, stop_after)
+
+
+def _train(config: Config, run_dir: Path, resume, log, stop_after: int | None) -> RunResult | None:
+    """The run itself (see :func:`train`)."""
     task = make_task(config.task.name, **config.task.options)
 
     # --- components
