@@ -93,6 +93,8 @@ def main(argv=None) -> int:
     async_vs_sync.main(["--steps", "10" if args.quick else "40"])
     # how well the async machinery overlaps generation and training when they do not share cores
     __import__("async_overlap").main(["--steps", "10" if args.quick else "30"])
+    # the importance ratio a top-p sampler leaves behind, with and without the sampling-mask replay
+    __import__("support_ratio").main([])
     # torch threads x OpenMP wait policy, alone and beside a competing process (README: CPU threads)
     __import__("oversubscription").main(["--steps", "4", "--threads", "2", "--policies", "default,GOMP_SPINCOUNT=1000"]
                                         if args.quick else ["--steps", "12"])

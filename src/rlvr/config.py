@@ -246,6 +246,9 @@ class RolloutSection(_Section):
         "in sync mode only rollout.engine=lean has a copy (refreshed every rollout)")
     temperature: float = Field(1.0, gt=0)
     top_p: float = Field(1.0, gt=0, le=1)
+    top_k: int = Field(0, ge=0, description="sample from the k most likely tokens (0: off); before top_p. "
+                       "The trainer's log-probs are over the full vocabulary unless "
+                       "trainer.logprob_support=sampled")
     max_new_tokens: int = Field(8, ge=1)
     stop: list[str] = Field(default_factory=list, description="strings that end a completion (the token "
                             "completing one is kept; the text is cut where it starts), besides the model's "
@@ -529,6 +532,12 @@ class TrainerSection(_Section):
         "dropout; rlvr.train.old_logp), else recompute; recompute: always a forward pass; rollout: always "
         "the engine's rollout_logp, whatever the engine (verl's bypass mode: the ratio is against the "
         "behaviour policy; policy_loss=bypass_mode selects it)")
+    logprob_support: Literal["full", "sampled"] = Field(
+        "full", description="the tokens the learner's old and new log-probs are normalised over when "
+        "rollout.top_p / top_k truncate sampling: full: the whole vocabulary (the importance ratio against the "
+        "sampler's log-probs is then biased below 1); sampled: the sampler's kept set at each position, "
+        "returned by the engine (lean, hf), so the on-policy ratio is exactly 1. Reference log-probs and the "
+        "entropy stay over the full vocabulary (docs/algorithms.md, 'Sampling support')")
     skip_zero_advantage: Literal["auto", "never"] = Field(
         "auto", description="auto: leave rows whose advantages are all zero out of the training "
         "forward/backward when the loss provably gives them zero gradient (no entropy bonus, KL loss or "
@@ -826,12 +835,24 @@ class Config(_Section):
         self._check_runtime()  # resolves mismatch.method=auto
         self._check_bypass_mode()
         self._check_deterministic()
+        self._check_logprob_support()
         _check_replay(self)
         self._check_second_wave()
         if self.critic.num_critics > 1 and self.algorithm.advantage_estimator != "asyppo":
             raise ValueError(f"critic.num_critics = {self.critic.num_critics} needs "
                              "algorithm.advantage_estimator=asyppo (gae uses one critic); set one of them")
         return self
+
+    def _check_logprob_support(self) -> None:
+        if self.trainer.logprob_support != "sampled":
+            return
+        if self.rollout.engine == "vllm":
+            raise ValueError("trainer.logprob_support=sampled needs the sampler's kept-token sets, which the vLLM "
+                             "engine does not return here; use rollout.engine=lean or hf (or "
+                             "trainer.logprob_support=full)")
+        if self.replay.enabled:
+            raise ValueError("trainer.logprob_support=sampled with replay.enabled: the replay buffer does not keep "
+                             "the kept-token sets; set trainer.logprob_support=full or replay.enabled=false")
 
     def _check_deterministic(self) -> None:
         if not self.run.deterministic:

@@ -322,8 +322,9 @@ def _seed_stream(seed: int | None):
 def build_producer(config, engine: RolloutEngine, task) -> RolloutProducer:
     """The producer a config describes (the same in every runtime mode)."""
     r, rw = config.rollout, config.reward
-    params = SamplingParams(temperature=r.temperature, top_p=r.top_p, max_new_tokens=r.max_new_tokens,
-                            n=r.group_size, batch_invariant=config.run.deterministic)
+    params = SamplingParams(temperature=r.temperature, top_p=r.top_p, top_k=r.top_k, max_new_tokens=r.max_new_tokens,
+                            n=r.group_size, batch_invariant=config.run.deterministic,
+                            return_support=config.trainer.logprob_support == "sampled")
     plan = AggregationPlan(r.aggregation_ratio, r.aggregation_k) if r.aggregation_ratio > 0 else PlainPlan()
     ds = r.dynamic_sampling
     selection = DynamicSampling(ds.metric, ds.max_gen_batches) if ds.enabled else OneRound()

@@ -99,27 +99,34 @@ class _LogprobStats(torch.autograd.Function):
     """Sampled-token log-prob, entropy and mean log-prob of every position, chunk by chunk."""
 
     @staticmethod
-    def forward(ctx, logits, tokens, temperature: float, budget: int):
+    def forward(ctx, logits, tokens, temperature: float, budget: int, support=None):
         B, T, V = logits.shape
         logp = torch.empty((B, T), dtype=torch.float32, device=logits.device)
         ent, mean = torch.empty_like(logp), torch.empty_like(logp)
         for b0, b1, t0, t1 in _blocks(B, T, V, budget):
             x = _scaled(logits[b0:b1, t0:t1], temperature)
             lsm = torch.log_softmax(x, dim=-1)  # as token_logprobs / entropy_from_logits compute it
-            logp[b0:b1, t0:t1] = lsm.gather(-1, tokens[b0:b1, t0:t1].unsqueeze(-1)).squeeze(-1)
+            tok = tokens[b0:b1, t0:t1].unsqueeze(-1)
+            if support is None:
+                logp[b0:b1, t0:t1] = lsm.gather(-1, tok).squeeze(-1)
+            else:  # over the sampler's kept set
+                kept = support_mask(support[b0:b1, t0:t1], V)
+                logp[b0:b1, t0:t1] = (x.gather(-1, tok).squeeze(-1)
+                                      - torch.logsumexp(x.masked_fill(~kept, float("-inf")), dim=-1))
             p = lsm.exp()
             ent[b0:b1, t0:t1] = -(p * lsm.clamp(min=torch.finfo(lsm.dtype).min)).sum(-1)
             mean[b0:b1, t0:t1] = x.mean(-1) - torch.logsumexp(x, dim=-1)
-        ctx.save_for_backward(logits, tokens, ent)
+        ctx.save_for_backward(logits, tokens, ent, *(() if support is None else (support,)))
         ctx.temperature, ctx.budget = temperature, budget
         ctx.set_materialize_grads(False)
         return logp, ent, mean
 
     @staticmethod
     def backward(ctx, g_logp, g_ent, g_mean):
-        logits, tokens, ent = ctx.saved_tensors
+        logits, tokens, ent, *rest = ctx.saved_tensors
+        support = rest[0] if rest else None
         if g_logp is None and g_ent is None and g_mean is None:
-            return None, None, None, None
+            return None, None, None, None, None
         B, T, V = logits.shape
         temperature = ctx.temperature
         scale = 1.0 / temperature if temperature > 0 and temperature != 1.0 else 1.0
@@ -130,12 +137,15 @@ class _LogprobStats(torch.autograd.Function):
             lsm = torch.log_softmax(x, dim=-1)
             p = lsm.exp()
             coef = torch.zeros(p.shape[:-1], dtype=p.dtype, device=p.device)
-            if g_logp is not None:
+            if g_logp is not None and support is None:
                 coef = coef + g_logp[sl]
             if g_mean is not None:
                 coef = coef + g_mean[sl]
             # d logp_tok/dx = onehot - p;  d mean/dx = 1/V - p;  d H/dx = -p (log p + H)
             g = p * coef.unsqueeze(-1)
+            if g_logp is not None and support is not None:  # d logp_K/dx = onehot - p_K (p_K: softmax over K)
+                p_k = torch.softmax(x.masked_fill(~support_mask(support[sl], V), float("-inf")), dim=-1)
+                g = g + p_k * g_logp[sl].unsqueeze(-1)
             if g_ent is not None:
                 g = g + (p * (lsm.clamp(min=torch.finfo(lsm.dtype).min) + ent[sl].unsqueeze(-1))
                          * g_ent[sl].unsqueeze(-1))
@@ -147,14 +157,31 @@ class _LogprobStats(torch.autograd.Function):
             if scale != 1.0:
                 g = g * scale
             grad[sl] = g.to(grad.dtype)
-        return grad, None, None, None
+        return grad, None, None, None, None
 
 
 def logprob_stats(logits: torch.Tensor, tokens: torch.Tensor, temperature: float = 1.0,
-                  chunk_elements: int = CHUNK_ELEMENTS):
+                  chunk_elements: int = CHUNK_ELEMENTS, support: torch.Tensor | None = None):
     """``(logp, entropy, mean_logp)``, each ``[B, T]`` fp32, of ``logits / temperature`` (any float
     dtype; upcast chunk by chunk): ``log softmax`` at ``tokens``, ``-sum p log p`` (as
     :func:`rlvr.algorithms.entropy_from_logits`) and ``(1/|V|) sum_a log p(a)`` (ROVER's input).
     Differentiable in ``logits``; equal to the plain computation on the fp32 logits to float
-    reassociation (the same ``log_softmax`` per position)."""
-    return _LogprobStats.apply(logits, tokens, float(temperature), int(chunk_elements))
+    reassociation (the same ``log_softmax`` per position).
+
+    ``support`` ``[B, T, K]`` (the sampler's kept ids per position, -1 padding; ``Rollout.support_ids``):
+    ``logp`` is then normalised over that set, ``x_y - logsumexp_{v in K} x_v`` (the log-prob the top-k /
+    top-p sampler drew the token with); a position without ids keeps the full vocabulary. The entropy and
+    the mean log-prob stay over the full vocabulary."""
+    if support is not None and support.shape[:2] != tokens.shape:
+        raise ValueError(f"support must be [B, T, K] with [B, T] = {tuple(tokens.shape)}, got {tuple(support.shape)}")
+    return _LogprobStats.apply(logits, tokens, float(temperature), int(chunk_elements), support)
+
+
+def support_mask(support_ids: torch.Tensor, vocab: int) -> torch.Tensor:
+    """``[..., V]`` bool from kept ids ``[..., K]`` (-1 padding): True where a token is in the kept set;
+    a position without ids keeps every token."""
+    valid = support_ids >= 0  # ids are packed to the left: the first one is valid wherever any is
+    ids = torch.where(valid, support_ids, support_ids[..., :1]).clamp(min=0).long()
+    mask = torch.zeros((*support_ids.shape[:-1], vocab), dtype=torch.bool, device=support_ids.device)
+    mask.scatter_(-1, ids, True)
+    return mask | ~valid.any(-1, keepdim=True)

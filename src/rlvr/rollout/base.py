@@ -15,6 +15,7 @@ class SamplingParams:
 
     temperature: float = 1.0
     top_p: float = 1.0
+    top_k: int = 0  # keep the k most likely tokens (0: off); applied before top_p, as transformers does
     max_new_tokens: int = 16
     n: int = 1  # completions per prompt (the group size G)
     seed: int | None = None  # draw this call's samples from its own seeded stream (None: the global RNG)
@@ -22,6 +23,14 @@ class SamplingParams:
     #: and log-probs then depend only on its prompt, the seed and the weights, never on the other prompts of
     #: the call (``run.deterministic``; slower: one engine pass per prompt)
     batch_invariant: bool = False
+    #: return the sampler's kept-token set per position (``Rollout.support_ids``) when top-k / top-p truncate
+    #: it, so the learner can renormalise its log-probs over the same set (``trainer.logprob_support=sampled``)
+    return_support: bool = False
+
+    @property
+    def truncates(self) -> bool:
+        """Whether sampling draws from a truncated (top-k / top-p) distribution."""
+        return self.temperature > 0 and (self.top_p < 1.0 or self.top_k > 0)
 
 
 def prompt_seeds(seed: int, prompts: Sequence[str]) -> list[int]:
@@ -65,6 +74,9 @@ class Rollout:
     extras: dict = field(default_factory=dict)
     versions: torch.Tensor | None = None  # [B] policy version that produced each sequence (per-token later)
     loss_mask: torch.Tensor | None = None  # [B, T] tokens trained on (None: every completion token)
+    #: [B, T, K] int32: the ids the sampler could draw at each position (its top-k / top-p kept set), -1 padding;
+    #: a position with no id (all -1, e.g. past a row's end) means the full vocabulary. None: not recorded.
+    support_ids: torch.Tensor | None = None
 
     def __post_init__(self):
         if self.versions is None:
@@ -73,6 +85,10 @@ class Rollout:
             self.loss_mask = self.completion_mask
         elif self.loss_mask is not self.completion_mask:
             check_loss_mask(self.loss_mask, self.completion_mask)
+        if self.support_ids is not None and (self.support_ids.dim() != 3
+                                             or self.support_ids.shape[:2] != self.completion_ids.shape):
+            raise ValueError(f"support_ids must be [B, T, K] with [B, T] = {tuple(self.completion_ids.shape)}, "
+                             f"got {tuple(self.support_ids.shape)}")
 
 
 def check_loss_mask(loss_mask: torch.Tensor, completion_mask: torch.Tensor) -> None:
@@ -96,3 +112,30 @@ class RolloutEngine(Protocol):
     def generate(self, prompts: Sequence[str], params: SamplingParams) -> Rollout: ...
 
     def update_weights(self, state_dict: dict[str, torch.Tensor], policy_version: int) -> None: ...
+
+
+def kept_ids(scores: torch.Tensor) -> torch.Tensor:
+    """``[B, K]`` int32: the ids with a finite score per row (the sampler's kept set), in id order, -1 padding;
+    ``K`` = the largest kept set of the batch."""
+    kept = torch.isfinite(scores)
+    k = int(kept.sum(-1).max()) if kept.numel() else 0
+    order = torch.argsort((~kept).to(torch.int8), dim=-1, stable=True)[..., :k]  # kept ids first, in id order
+    ids = order.to(torch.int32)
+    return ids.masked_fill(~kept.gather(-1, order), -1)
+
+
+def pad_support(tensors: list[torch.Tensor | None], widths: list[int]) -> torch.Tensor | None:
+    """Concatenate ``[b_i, T_i, K_i]`` support-id tensors along rows, padding ``T`` to ``max(widths)`` and
+    ``K`` to the largest ``K_i`` with -1 (a missing one, None, becomes all -1: the full vocabulary).
+    Returns None when every part is None."""
+    if all(t is None for t in tensors):
+        return None
+    width = max(widths)
+    k = max(t.shape[2] for t in tensors if t is not None)
+    out = []
+    for t, w in zip(tensors, widths):
+        if t is None:
+            raise ValueError("support_ids recorded for some rows but not others")
+        out.append(torch.nn.functional.pad(t, (0, k - t.shape[2], 0, width - t.shape[1]), value=-1))
+    return torch.cat(out)
+

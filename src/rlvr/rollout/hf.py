@@ -9,7 +9,7 @@ from typing import Sequence
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from rlvr.rollout.base import Rollout, SamplingParams, prompt_seeds
+from rlvr.rollout.base import Rollout, SamplingParams, kept_ids, pad_support, prompt_seeds
 from rlvr.rollout.stops import StopConditions
 
 
@@ -83,7 +83,7 @@ class HFRolloutEngine:
         out = self.model.generate(
             **enc, do_sample=not greedy, max_new_tokens=params.max_new_tokens,
             temperature=None if greedy else params.temperature,
-            top_p=None if greedy else params.top_p, top_k=None,
+            top_p=None if greedy else params.top_p, top_k=None if greedy or params.top_k <= 0 else params.top_k,
             eos_token_id=list(stops.token_ids), pad_token_id=tok.pad_token_id,
             return_dict_in_generate=True, output_scores=True, output_logits=greedy, **extra)
         self.model.train(was_training)
@@ -94,11 +94,17 @@ class HFRolloutEngine:
         sampled_logp = logp.gather(-1, completion.unsqueeze(-1)).squeeze(-1)
         # the stop rule (rlvr.rollout.stops): a stop token is the completion's last token, kept
         completion, mask, sampled_logp, finish, texts = stops.finalize(completion.cpu(), sampled_logp.cpu(), tok)
+        support = None
+        if params.return_support and params.truncates:  # the warped scores are -inf outside the kept set
+            steps = [kept_ids(s.float()).cpu() for s in scores]
+            k = max(x.shape[1] for x in steps)
+            support = torch.stack([torch.nn.functional.pad(x, (0, k - x.shape[1]), value=-1) for x in steps], dim=1)
+            support.masked_fill_(mask.unsqueeze(-1) == 0, -1)  # past a row's end: no token, no set
         return Rollout(
             prompt_ids=enc["input_ids"].cpu(), prompt_mask=enc["attention_mask"].cpu(),
             completion_ids=completion, completion_mask=mask, rollout_logp=sampled_logp, finish_reason=finish,
             prompt_index=torch.zeros(0, dtype=torch.long), texts=texts, policy_version=0,
-            num_generated_tokens=int(mask.sum()))
+            num_generated_tokens=int(mask.sum()), support_ids=support)
 
 
 def _pad_cat(tensors: list[torch.Tensor], value, left: bool) -> torch.Tensor:
@@ -123,4 +129,5 @@ def _concat(chunks: list[Rollout], pad_id: int) -> Rollout:
         prompt_index=torch.zeros(0, dtype=torch.long), texts=sum((c.texts for c in chunks), []),
         policy_version=0, num_generated_tokens=sum(c.num_generated_tokens for c in chunks),
         loss_mask=(None if all(c.loss_mask is c.completion_mask for c in chunks)
-                   else _pad_cat([c.loss_mask for c in chunks], 0, left=False)))
+                   else _pad_cat([c.loss_mask for c in chunks], 0, left=False)),
+        support_ids=pad_support([c.support_ids for c in chunks], [c.completion_ids.shape[1] for c in chunks]))

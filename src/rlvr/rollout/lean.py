@@ -45,7 +45,7 @@ from typing import Sequence
 
 import torch
 
-from rlvr.rollout.base import Rollout, SamplingParams, prompt_seeds
+from rlvr.rollout.base import Rollout, SamplingParams, kept_ids, prompt_seeds
 from rlvr.rollout.hf import _concat
 from rlvr.rollout.stops import StopConditions
 
@@ -159,18 +159,30 @@ def top_p_filter(scores: torch.Tensor, top_p: float) -> torch.Tensor:
     return scores.masked_fill(drop, float("-inf"))
 
 
+def top_k_filter(scores: torch.Tensor, top_k: int) -> torch.Tensor:
+    """transformers' ``TopKLogitsWarper`` (filter value -inf): keep the scores >= the k-th largest."""
+    k = min(int(top_k), scores.shape[-1])
+    kth = torch.topk(scores, k, dim=-1).values[..., -1:]
+    return scores.masked_fill(scores < kth, float("-inf"))
+
+
 def sample_next(logits: torch.Tensor, params: SamplingParams, generator: torch.Generator | None):
-    """The next token of every row and its log-prob under the distribution it was drawn from."""
+    """The next token of every row, its log-prob under the distribution it was drawn from, and (when
+    ``params.return_support`` and the distribution is truncated) the kept ids ``[B, K]`` (else None)."""
     if params.temperature <= 0:
         token = logits.argmax(-1)
         logp = torch.log_softmax(logits, dim=-1)
+        support = None
     else:
         scores = logits / params.temperature if params.temperature != 1.0 else logits
+        if params.top_k > 0:
+            scores = top_k_filter(scores, params.top_k)
         if params.top_p < 1.0:
             scores = top_p_filter(scores, params.top_p)
         token = torch.multinomial(torch.softmax(scores, dim=-1), 1, generator=generator).squeeze(1)
         logp = torch.log_softmax(scores, dim=-1)
-    return token, logp.gather(-1, token.unsqueeze(-1)).squeeze(-1)
+        support = kept_ids(scores) if params.return_support and params.truncates else None
+    return token, logp.gather(-1, token.unsqueeze(-1)).squeeze(-1), support
 
 
 class LeanRolloutEngine:
@@ -306,11 +318,14 @@ class LeanRolloutEngine:
         rows = torch.arange(B, device=device)  # the rows still in the batch (finished ones are dropped)
         finished = torch.zeros(B, dtype=torch.bool, device=device)  # ... of those, finished but not dropped
         width = 0
+        supports: list[tuple[torch.Tensor, int, torch.Tensor]] = []  # (rows, t, kept ids) per step, if recorded
         for t in range(N):
-            token, lp = sample_next(logits, params, generator)
+            token, lp, kept = sample_next(logits, params, generator)
             token = token.masked_fill(finished, pad)
             completion[rows, t] = token
             sampled_logp[rows, t] = lp.masked_fill(finished, 0.0)
+            if kept is not None:
+                supports.append((rows, t, kept))
             width = t + 1
             finished = finished | torch.isin(token, stop_ids)
             if strings and not bool(finished.all()):  # a stop string ends a row at the token completing it
@@ -342,8 +357,14 @@ class LeanRolloutEngine:
         completion, sampled_logp = completion[:, :width].cpu(), sampled_logp[:, :width].cpu()
         # the stop rule (rlvr.rollout.stops): a stop token is the completion's last token, kept
         completion, mask, sampled_logp, finish, texts = self.stops.finalize(completion, sampled_logp, tok, pad)
+        support = None
+        if supports:
+            support = torch.full((B, width, max(k.shape[1] for _, _, k in supports)), -1, dtype=torch.int32)
+            for r, t, k in supports:
+                support[r.cpu(), t, : k.shape[1]] = k.cpu()
+            support.masked_fill_(mask.unsqueeze(-1) == 0, -1)  # past a row's end: no token, no set
         return Rollout(
             prompt_ids=ids.repeat_interleave(G, dim=0).cpu(), prompt_mask=pmask.repeat_interleave(G, dim=0).cpu(),
             completion_ids=completion, completion_mask=mask, rollout_logp=sampled_logp, finish_reason=finish,
             prompt_index=torch.zeros(0, dtype=torch.long), texts=texts, policy_version=0,
-            num_generated_tokens=int(mask.sum()))
+            num_generated_tokens=int(mask.sum()), support_ids=support)

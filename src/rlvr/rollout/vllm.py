@@ -132,8 +132,11 @@ class VLLMRolloutEngine:
     # ------------------------------------------------------------------ sampling
     def sampling_params(self, params: SamplingParams, index: int):
         greedy = params.temperature <= 0
+        if params.return_support and params.truncates:
+            raise NotImplementedError("the vLLM engine does not return the sampler's kept-token sets "
+                                      "(trainer.logprob_support=sampled); use rollout.engine=lean or hf")
         kwargs = dict(n=params.n, temperature=0.0 if greedy else params.temperature,
-                      top_p=1.0 if greedy else params.top_p, top_k=0,
+                      top_p=1.0 if greedy else params.top_p, top_k=0 if greedy else params.top_k,
                       max_tokens=params.max_new_tokens, logprobs=0, detokenize=False,
                       stop_token_ids=list(self.stops.token_ids))
         if params.seed is not None:

@@ -132,12 +132,14 @@ class Learner:
             return completion_logits(model, r.prompt_ids[idx], r.prompt_mask[idx], r.completion_ids[idx],
                                      r.completion_mask[idx], temperature=self.config.rollout.temperature)
 
-    def _forward_stats(self, model, exp: Experience, idx: torch.Tensor):
+    def _forward_stats(self, model, exp: Experience, idx: torch.Tensor, policy: bool = True):
         """``(logp, entropy, mean_logp)``, each ``[len(idx), T]``, of the rows ``idx`` from one forward:
         padding columns shared by all rows trimmed (:func:`trim_padding`; zeros there), the prompt
         prefix shared when ``trainer.shared_prefix`` says so, and log-probs and entropy from the
         logits in chunks (:func:`rlvr.models.logprobs.logprob_stats`), all exact to float
-        reassociation against :meth:`_logits` + :func:`token_logprobs` + ``entropy_from_logits``."""
+        reassociation against :meth:`_logits` + :func:`token_logprobs` + ``entropy_from_logits``.
+        ``policy``: the log-probs are the policy's (renormalised over the sampler's kept sets with
+        ``trainer.logprob_support=sampled``); False for the reference model (always the full vocabulary)."""
         r = exp.rollout
         T = r.completion_ids.shape[1]
         p_ids, p_mask, c_ids, c_mask = trim_padding(r.prompt_ids[idx], r.prompt_mask[idx], r.completion_ids[idx],
@@ -146,7 +148,10 @@ class Learner:
         with self.autocast():
             outputs = completion_outputs(model, p_ids, p_mask, c_ids, c_mask, shared_prefix=shared,
                                          pack_tokens=self.prefix.pack_tokens_for(model))
-        stats = logprob_stats(outputs, c_ids, temperature=self.config.rollout.temperature)
+        support = None  # the policy's log-probs over the sampler's kept sets (trainer.logprob_support=sampled)
+        if policy and self.config.trainer.logprob_support == "sampled" and r.support_ids is not None:
+            support = r.support_ids[idx][:, : c_ids.shape[1]]
+        stats = logprob_stats(outputs, c_ids, temperature=self.config.rollout.temperature, support=support)
         if c_ids.shape[1] < T:
             stats = tuple(torch.nn.functional.pad(s, (0, T - c_ids.shape[1])) for s in stats)
         return stats
@@ -163,14 +168,15 @@ class Learner:
         return micro_batches(groups, size)
 
     @torch.no_grad()
-    def _logprobs(self, model, exp: Experience, with_mean: bool = False):
-        """Sampled-token log-probs ``[B, T]`` (and, if asked, the vocabulary-mean log-prob)."""
+    def _logprobs(self, model, exp: Experience, with_mean: bool = False, policy: bool = True):
+        """Sampled-token log-probs ``[B, T]`` (and, if asked, the vocabulary-mean log-prob); ``policy`` as
+        :meth:`_forward_stats`."""
         B, T = exp.rollout.completion_ids.shape
         dev = exp.rollout.completion_ids.device
         out = torch.zeros(B, T, device=dev)
         means = torch.zeros(B, T, device=dev) if with_mean else None
         for idx in self._row_chunks(exp):
-            logp, _, mean = self._forward_stats(model, exp, idx)
+            logp, _, mean = self._forward_stats(model, exp, idx, policy=policy)
             out[idx] = logp
             if with_mean:
                 means[idx] = mean
@@ -198,7 +204,8 @@ class Learner:
             reads_rollout_logp=reads,
             setting=cfg.trainer.old_logp, engine=cfg.rollout.engine, decoupled=cfg.runtime.decoupled(),
             staleness=cfg.runtime.staleness(),
-            mismatch_method=cfg.algorithm.mismatch.method, top_p=cfg.rollout.top_p,
+            mismatch_method=cfg.algorithm.mismatch.method, top_p=cfg.rollout.top_p, top_k=cfg.rollout.top_k,
+            logprob_support=cfg.trainer.logprob_support,
             engine_truncation=(generation_truncation(getattr(self.model, "generation_config", None))
                                if self._samples_with_hf_generate() else None),
             model_dtype=cfg.model.dtype, rollout_dtype=cfg.rollout_dtype(), autocast=cfg.trainer.autocast,
@@ -249,7 +256,7 @@ class Learner:
         else:
             b.old_logp = self._logprobs(self.model, exp)
         with reference_weights(self.ref_model):
-            b.ref_logp = self._logprobs(self.ref_model, exp) if self.ref_model is not None else None
+            b.ref_logp = self._logprobs(self.ref_model, exp, policy=False) if self.ref_model is not None else None
         b.metrics["old_logp_reused"] = float(reuse)  # 1: old_logp = the engine's rollout_logp; 0: recomputed
         if b.ref_logp is not None and cfg.kl.placement != "none":  # verl's current_kl (adaptive controller)
             kl_seq = (A.kl_penalty(b.old_logp, b.ref_logp, cfg.kl.estimator, **self.kl_hp) * mask).sum(-1)

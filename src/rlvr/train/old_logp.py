@@ -66,7 +66,8 @@ def reuse_rollout_logp(*, setting: str, engine: str, decoupled: bool, staleness:
                        model_dtype: str, rollout_dtype: str, autocast: str, dropout_active: bool,
                        row_versions: list[int], learner_version: int, needs_old_mean_logp: bool,
                        sample_temperature: float, train_temperature: float,
-                       reads_rollout_logp: bool = False) -> tuple[bool, str]:
+                       reads_rollout_logp: bool = False, top_k: int = 0,
+                       logprob_support: str = "full") -> tuple[bool, str]:
     """``(reuse, reason)``: whether ``old_logp`` may be the engine's ``rollout_logp`` (see the module
     docstring for the tolerance this needs and why it is safe); ``reason`` says why not, or what held."""
     if setting == "rollout":
@@ -87,8 +88,9 @@ def reuse_rollout_logp(*, setting: str, engine: str, decoupled: bool, staleness:
         return False, f"rollout.engine = {engine} is not the learner's module"
     if sample_temperature != train_temperature or not sample_temperature > 0:
         return False, f"sampling temperature {sample_temperature} != training temperature {train_temperature}"
-    if top_p < 1.0:
-        return False, f"rollout.top_p = {top_p} truncates the sampling distribution"
+    if (top_p < 1.0 or top_k > 0) and logprob_support != "sampled":  # the engine's log-probs are over its kept set
+        what = f"rollout.top_p = {top_p}" if top_p < 1.0 else f"rollout.top_k = {top_k}"
+        return False, f"{what} truncates the sampling distribution (trainer.logprob_support = full)"
     if engine_truncation is not None:
         return False, engine_truncation
     if rollout_dtype != model_dtype:
