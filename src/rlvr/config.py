@@ -681,6 +681,12 @@ class RuntimeSection(_Section):
                                      "and copy of the weights")
     max_staleness: int | None = Field(None, ge=0, description="S: a batch is at most S policy versions "
                                       "behind the learner when trained (None: 0 in sync mode, 1 in async)")
+    partial_rollouts: bool = Field(False, description="a weight update reaches a rollout worker between "
+                                   "decode steps: its unfinished completions go on with the new weights (KV "
+                                   "cache of earlier tokens kept) instead of waiting for the batch to end; each "
+                                   "token records the version that drew it (Rollout.token_versions) and its "
+                                   "behaviour log-prob, which the off-policy correction uses. Async mode, "
+                                   "lean or hf engine")
     stale_policy: Literal["accept", "mask", "drop"] = Field(
         "accept", description="a batch that still exceeds S when consumed: train it (counted), train "
         "it with zero policy-gradient weight (masked, its group still gives the baseline), or drop "
@@ -836,12 +842,26 @@ class Config(_Section):
         self._check_bypass_mode()
         self._check_deterministic()
         self._check_logprob_support()
+        self._check_partial_rollouts()
         _check_replay(self)
         self._check_second_wave()
         if self.critic.num_critics > 1 and self.algorithm.advantage_estimator != "asyppo":
             raise ValueError(f"critic.num_critics = {self.critic.num_critics} needs "
                              "algorithm.advantage_estimator=asyppo (gae uses one critic); set one of them")
         return self
+
+    def _check_partial_rollouts(self) -> None:
+        if not self.runtime.partial_rollouts:
+            return
+        if not self.runtime.decoupled():
+            raise ValueError("runtime.partial_rollouts needs rollout workers (runtime.mode=async): in sync mode "
+                             "no weight update happens during generation")
+        if self.rollout.engine not in ("lean", "hf"):
+            raise ValueError(f"runtime.partial_rollouts with rollout.engine={self.rollout.engine}: only the lean "
+                             "and hf engines take weight updates between decode steps")
+        if self.run.deterministic:
+            raise ValueError("runtime.partial_rollouts with run.deterministic: when an update lands in a "
+                             "generation depends on timing; turn one off")
 
     def _check_logprob_support(self) -> None:
         if self.trainer.logprob_support != "sampled":

@@ -29,6 +29,21 @@ from rlvr.weights.sync import WeightPublisher
 ANCHOR_EVERY = 16  # sparse sync: a self-contained anchor every N publications bounds a chain's length
 
 
+def token_staleness(exp, policy_version: int) -> dict[str, float]:
+    """Partial rollouts: staleness per generated token (``policy_version - token_versions``; a row's
+    ``staleness`` is its oldest token's) and the share of tokens drawn after a mid-generation update."""
+    r = exp.rollout
+    if r.token_versions is None:
+        return {}
+    m = r.completion_mask.bool()
+    if not bool(m.any()):
+        return {}
+    tv = r.token_versions[m]
+    return {"staleness_token_mean": float((policy_version - tv).float().mean()),
+            "staleness_token_max": int((policy_version - tv).max()),
+            "in_flight_token_frac": float((tv > r.versions.unsqueeze(-1).expand_as(m)[m]).float().mean())}
+
+
 class AsyncSource:
     """The learner's side: batches from the pool, stale policy, weight publication, metrics."""
 
@@ -92,7 +107,7 @@ class AsyncSource:
                 "samples_accepted": counts["accepted"], "samples_masked": counts["masked"],
                 "samples_dropped": counts["dropped"], "rollout_idle_s": exp.timings.get("admission_wait", 0.0),
                 "weight_load_s": exp.timings.get("weight_load_s", 0.0), "batch_index": job.index,
-                "staleness_hist": c["staleness"]}
+                "staleness_hist": c["staleness"], **token_staleness(exp, policy_version)}
             return exp
 
     def pool_counts(self):

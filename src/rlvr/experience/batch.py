@@ -100,7 +100,8 @@ def select_rows(exp: Experience, idx: torch.Tensor) -> Experience:
         texts=[r.texts[i] for i in il], policy_version=r.policy_version,
         num_generated_tokens=int(r.completion_mask[idx].sum()), versions=r.versions[idx],
         loss_mask=None if r.loss_mask is r.completion_mask else r.loss_mask[idx],
-        support_ids=None if r.support_ids is None else r.support_ids[idx])
+        support_ids=None if r.support_ids is None else r.support_ids[idx],
+        token_versions=None if r.token_versions is None else r.token_versions[idx])
     extras = {k: (v[idx] if isinstance(v, torch.Tensor) and v.shape[:1] == exp.rewards.shape else v)
               for k, v in exp.extras.items()}
     return Experience(rollout=rollout, rewards=exp.rewards[idx],
@@ -143,7 +144,9 @@ def concat_experience(parts: list[Experience], pad_id: int) -> Experience:
         num_generated_tokens=sum(r.num_generated_tokens for r in rs), versions=torch.cat([r.versions for r in rs]),
         loss_mask=(None if all(r.loss_mask is r.completion_mask for r in rs)
                    else _pad_cat([r.loss_mask for r in rs], 0, left=False)),
-        support_ids=pad_support([r.support_ids for r in rs], [r.completion_ids.shape[1] for r in rs]))
+        support_ids=pad_support([r.support_ids for r in rs], [r.completion_ids.shape[1] for r in rs]),
+        token_versions=(None if all(r.token_versions is None for r in rs)
+                        else _pad_cat([r.versions_per_token() for r in rs], -1, left=False)))
     keys = parts[0].reward_components.keys()
     extras = {k: torch.cat([p.extras[k] for p in parts]) for k, v in parts[0].extras.items()
               if isinstance(v, torch.Tensor)}

@@ -23,6 +23,7 @@ from rlvr.experience.staleness import RolloutTimeout, RolloutWorkerError, Stalen
 from rlvr.weights.board import WeightBoard
 
 _RPC_SLACK_S = 60.0  # extra seconds a call may take beyond the wait it asks the actor for
+IN_FLIGHT_CHECK_S = 0.05  # partial rollouts: a Ray worker asks the buffer actor for new weights at most this often
 
 
 def import_ray():
@@ -86,7 +87,9 @@ class WorkerImpl:
         self.worker = RolloutWorker(worker_id, build_producer(config, engine, task), task.problems("train"),
                                     _RemoteBuffer(buffer, timeout), threads=threads,
                                     debug=config.runtime.debug_checksums,
-                                    resolve=lambda refs: ray.get(refs, timeout=timeout) if refs else [])
+                                    resolve=lambda refs: ray.get(refs, timeout=timeout) if refs else [],
+                                    partial_rollouts=config.runtime.partial_rollouts,
+                                    check_every_s=IN_FLIGHT_CHECK_S)
 
     def run(self) -> str:
         self.worker.loop(None)

@@ -43,11 +43,26 @@ class RolloutWorker:
     """
 
     def __init__(self, worker_id: int, producer, problems: list, buffer, threads: int | None = None,
-                 debug: bool = False, resolve=lambda items: items):
+                 debug: bool = False, resolve=lambda items: items, partial_rollouts: bool = False,
+                 check_every_s: float = 0.0):
         self.worker_id, self.producer, self.problems = worker_id, producer, problems
         self.buffer, self.threads, self.resolve = buffer, threads, resolve
         self.receiver = WeightReceiver(debug=debug)
         self.model = producer.engine.model
+        self.check_every_s, self._last_check = check_every_s, 0.0
+        self.in_flight_updates = 0  # weight updates applied mid-generation (partial rollouts)
+        if partial_rollouts:  # the engine asks between decode steps; unfinished rows go on with new weights
+            producer.engine.on_step = self.in_flight_sync
+
+    def in_flight_sync(self) -> None:
+        """Between two decode steps: load the newest published weights, if any (at most every
+        ``check_every_s`` seconds: on Ray each check is a call to the buffer actor)."""
+        now = time.perf_counter()
+        if now - self._last_check < self.check_every_s:
+            return
+        self._last_check = now
+        if self.sync_weights()["weight_payloads"]:
+            self.in_flight_updates += 1
 
     def sync_weights(self) -> dict[str, float]:
         t0 = time.perf_counter()
@@ -111,7 +126,8 @@ class LocalPool:
             copy_ = copy.deepcopy(model).to(dtype).eval().requires_grad_(False)
             engine = engine_on_module(self.config, copy_, tokenizer)  # rollout.engine: hf or lean
             worker = RolloutWorker(i, build_producer(self.config, engine, task), sampler.problems, self.buffer,
-                                   threads=self.threads, debug=self.config.runtime.debug_checksums)
+                                   threads=self.threads, debug=self.config.runtime.debug_checksums,
+                                   partial_rollouts=self.config.runtime.partial_rollouts)
             thread = threading.Thread(target=self._run, args=(worker,), name=f"rlvr-rollout-{i}", daemon=True)
             self.workers.append(worker)
             self._threads.append(thread)

@@ -77,6 +77,15 @@ class Rollout:
     #: [B, T, K] int32: the ids the sampler could draw at each position (its top-k / top-p kept set), -1 padding;
     #: a position with no id (all -1, e.g. past a row's end) means the full vocabulary. None: not recorded.
     support_ids: torch.Tensor | None = None
+    #: [B, T] long: the policy version of the weights that drew each token (partial rollouts: a weight update
+    #: mid-generation makes later tokens newer); None: every token is its row's ``versions``
+    token_versions: torch.Tensor | None = None
+
+    def versions_per_token(self) -> torch.Tensor:
+        """``[B, T]``: each token's policy version (``token_versions``, or the row's version broadcast)."""
+        if self.token_versions is not None:
+            return self.token_versions
+        return self.versions.unsqueeze(-1).expand(self.completion_ids.shape)
 
     def __post_init__(self):
         if self.versions is None:
@@ -85,6 +94,9 @@ class Rollout:
             self.loss_mask = self.completion_mask
         elif self.loss_mask is not self.completion_mask:
             check_loss_mask(self.loss_mask, self.completion_mask)
+        if self.token_versions is not None and self.token_versions.shape != self.completion_ids.shape:
+            raise ValueError(f"token_versions must be [B, T] = {tuple(self.completion_ids.shape)}, "
+                             f"got {tuple(self.token_versions.shape)}")
         if self.support_ids is not None and (self.support_ids.dim() != 3
                                              or self.support_ids.shape[:2] != self.completion_ids.shape):
             raise ValueError(f"support_ids must be [B, T, K] with [B, T] = {tuple(self.completion_ids.shape)}, "

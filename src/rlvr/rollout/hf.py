@@ -7,7 +7,7 @@ from contextlib import contextmanager
 from typing import Sequence
 
 import torch
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from transformers import PreTrainedModel, PreTrainedTokenizerBase, StoppingCriteria, StoppingCriteriaList
 
 from rlvr.rollout.base import Rollout, SamplingParams, kept_ids, pad_support, prompt_seeds
 from rlvr.rollout.stops import StopConditions
@@ -46,6 +46,8 @@ class HFRolloutEngine:
         self.batch_size = batch_size
         self.policy_version = policy_version
         self.stops = stops if stops is not None else StopConditions.for_model(model, tokenizer)
+        #: called after every generated token (partial rollouts, as :attr:`LeanRolloutEngine.on_step`)
+        self.on_step = None
 
     def update_weights(self, state_dict: dict[str, torch.Tensor] | None, policy_version: int) -> None:
         if state_dict is not None:
@@ -56,6 +58,7 @@ class HFRolloutEngine:
     def generate(self, prompts: Sequence[str], params: SamplingParams) -> Rollout:
         expanded = [p for p in prompts for _ in range(params.n)]
         index = torch.arange(len(prompts)).repeat_interleave(params.n)
+        start_version = self.policy_version  # rows carry their oldest token's version (partial rollouts)
         if params.batch_invariant:  # each prompt's group alone, from its own stream (SamplingParams.batch_invariant)
             chunks = []
             for p, seed in zip(prompts, prompt_seeds(0 if params.seed is None else params.seed, prompts)):
@@ -67,8 +70,8 @@ class HFRolloutEngine:
                           for i in range(0, len(expanded), self.batch_size)]
         rollout = _concat(chunks, self.tokenizer.pad_token_id)
         rollout.prompt_index = index
-        rollout.policy_version = self.policy_version
-        rollout.versions = torch.full((len(expanded),), self.policy_version, dtype=torch.long)
+        rollout.policy_version = start_version
+        rollout.versions = torch.full((len(expanded),), start_version, dtype=torch.long)
         return rollout
 
     def _generate(self, prompts: Sequence[str], params: SamplingParams) -> Rollout:
@@ -80,6 +83,9 @@ class HFRolloutEngine:
         self.model.eval()
         stops = self.stops
         extra = {"stop_strings": list(stops.strings), "tokenizer": tok} if stops.strings else {}
+        step_versions: list[int] = []
+        if self.on_step is not None:  # partial rollouts: called after every token, before the next forward
+            extra["stopping_criteria"] = StoppingCriteriaList([_InFlight(self, step_versions)])
         out = self.model.generate(
             **enc, do_sample=not greedy, max_new_tokens=params.max_new_tokens,
             temperature=None if greedy else params.temperature,
@@ -104,7 +110,27 @@ class HFRolloutEngine:
             prompt_ids=enc["input_ids"].cpu(), prompt_mask=enc["attention_mask"].cpu(),
             completion_ids=completion, completion_mask=mask, rollout_logp=sampled_logp, finish_reason=finish,
             prompt_index=torch.zeros(0, dtype=torch.long), texts=texts, policy_version=0,
-            num_generated_tokens=int(mask.sum()), support_ids=support)
+            num_generated_tokens=int(mask.sum()), support_ids=support,
+            token_versions=(_step_versions(step_versions, completion.shape) if self.on_step is not None else None))
+
+
+def _step_versions(versions: list[int], shape) -> torch.Tensor:
+    """``[B, T]`` from the version of each step (one call per generated token)."""
+    v = torch.tensor(versions[: shape[1]], dtype=torch.long)
+    return v.unsqueeze(0).expand(shape).clone()
+
+
+class _InFlight(StoppingCriteria):
+    """Never stops: records the version that drew each token, then lets the engine's ``on_step`` load new
+    weights in place (HF's KV cache of earlier tokens is kept, as in the lean engine)."""
+
+    def __init__(self, engine, versions: list[int]):
+        self.engine, self.versions = engine, versions
+
+    def __call__(self, input_ids, scores, **kwargs):
+        self.versions.append(self.engine.policy_version)
+        self.engine.on_step()
+        return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
 
 
 def _pad_cat(tensors: list[torch.Tensor], value, left: bool) -> torch.Tensor:
@@ -130,4 +156,6 @@ def _concat(chunks: list[Rollout], pad_id: int) -> Rollout:
         policy_version=0, num_generated_tokens=sum(c.num_generated_tokens for c in chunks),
         loss_mask=(None if all(c.loss_mask is c.completion_mask for c in chunks)
                    else _pad_cat([c.loss_mask for c in chunks], 0, left=False)),
-        support_ids=pad_support([c.support_ids for c in chunks], [c.completion_ids.shape[1] for c in chunks]))
+        support_ids=pad_support([c.support_ids for c in chunks], [c.completion_ids.shape[1] for c in chunks]),
+        token_versions=(None if all(c.token_versions is None for c in chunks)
+                        else _pad_cat([c.versions_per_token() for c in chunks], -1, left=False)))

@@ -202,6 +202,10 @@ class LeanRolloutEngine:
         self.dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
         decoder_parts(model)  # fail now (LeanUnsupported) rather than at the first rollout
         self._shadow = None  # the rollout.dtype copy of the weights, when it differs from the model's
+        #: called after every decode step (partial rollouts, ``runtime.partial_rollouts``): it may load new
+        #: weights into the model in place and call :meth:`update_weights`; later tokens then use them (the KV
+        #: cache of earlier tokens is kept), and ``Rollout.token_versions`` records each token's version
+        self.on_step = None
 
     def update_weights(self, state_dict: dict[str, torch.Tensor] | None, policy_version: int) -> None:
         if state_dict is not None:
@@ -235,6 +239,7 @@ class LeanRolloutEngine:
         module = self._sampling_module()
         parts = decoder_parts(module)
         n = params.n
+        start_version = self.policy_version  # rows carry their oldest token's version (partial rollouts)
         per_chunk = max(1, self.batch_size // n)
         was_training = module.training
         module.eval()
@@ -254,8 +259,8 @@ class LeanRolloutEngine:
             module.train(was_training)
         rollout = _concat(chunks, self.tokenizer.pad_token_id)
         rollout.prompt_index = torch.arange(len(prompts)).repeat_interleave(n)
-        rollout.policy_version = self.policy_version
-        rollout.versions = torch.full((len(prompts) * n,), self.policy_version, dtype=torch.long)
+        rollout.policy_version = start_version
+        rollout.versions = torch.full((len(prompts) * n,), start_version, dtype=torch.long)
         return rollout
 
     def _hf_fallback(self, module, prompts, params, generator) -> Rollout:
@@ -319,13 +324,20 @@ class LeanRolloutEngine:
         finished = torch.zeros(B, dtype=torch.bool, device=device)  # ... of those, finished but not dropped
         width = 0
         supports: list[tuple[torch.Tensor, int, torch.Tensor]] = []  # (rows, t, kept ids) per step, if recorded
+        token_versions = torch.full((B, N), self.policy_version, dtype=torch.long)  # the weights behind each token
         for t in range(N):
             token, lp, kept = sample_next(logits, params, generator)
             token = token.masked_fill(finished, pad)
             completion[rows, t] = token
             sampled_logp[rows, t] = lp.masked_fill(finished, 0.0)
+            token_versions[rows.cpu(), t] = self.policy_version  # the version whose logits drew token t
             if kept is not None:
                 supports.append((rows, t, kept))
+            if self.on_step is not None:  # partial rollouts: new weights, in place, before the next token
+                before = self.policy_version
+                self.on_step()
+                if self.policy_version != before and self._shadow is not None:
+                    self._sampling_module()  # the rollout.dtype copy follows, in place (parts point into it)
             width = t + 1
             finished = finished | torch.isin(token, stop_ids)
             if strings and not bool(finished.all()):  # a stop string ends a row at the token completing it
@@ -367,4 +379,5 @@ class LeanRolloutEngine:
             prompt_ids=ids.repeat_interleave(G, dim=0).cpu(), prompt_mask=pmask.repeat_interleave(G, dim=0).cpu(),
             completion_ids=completion, completion_mask=mask, rollout_logp=sampled_logp, finish_reason=finish,
             prompt_index=torch.zeros(0, dtype=torch.long), texts=texts, policy_version=0,
-            num_generated_tokens=int(mask.sum()), support_ids=support)
+            num_generated_tokens=int(mask.sum()), support_ids=support,
+            token_versions=token_versions[:, :width] if self.on_step is not None else None)
