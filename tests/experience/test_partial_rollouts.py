@@ -96,6 +96,7 @@ def test_the_worker_loads_published_weights_between_decode_steps(tiny_path, fast
     buffer = _LocalBuffer(sampler, 1, run_seed=0)
     publisher = WeightPublisher("full", torch.float32)
     p0 = publisher.publish(sync_tensors(learner_model), 0)
+    p0_state = copy.deepcopy(learner_model.state_dict())
     buffer.board.post(p0.version, p0.base_version, p0)
     worker_model = copy.deepcopy(learner_model).eval().requires_grad_(False)
     worker = RolloutWorker(0, build_producer(cfg, engine_on_module(cfg, worker_model, tok), task), sampler.problems,
@@ -128,6 +129,31 @@ def test_the_worker_loads_published_weights_between_decode_steps(tiny_path, fast
     stats = token_staleness(exp, policy_version=2)
     assert stats["staleness_token_max"] == 2 and 1 <= stats["staleness_token_mean"] < 2
     assert 0 < stats["in_flight_token_frac"] < 1
+
+    # the off-policy correction reads each token's own behaviour log-prob: decoupled PPO's weight is
+    # pi_prox / pi_behaviour per token, where pi_behaviour is version 0 before the update and version 1 after
+    from rlvr.train.learner import Learner, loss_mask
+    from rlvr.train.step import StepBatch
+
+    learner = Learner(copy.deepcopy(learner_model), cfg)  # the learner at version 1, decoupled PPO (async auto)
+    assert cfg.algorithm.mismatch.method == "decoupled"
+    exp.rewards = torch.rand(exp.rewards.shape)
+    b = StepBatch(exp=exp, mask=loss_mask(exp))
+    learner.logprobs_stage(b)
+    learner.weights_stage(b)
+    want = torch.exp(b.old_logp - r.rollout_logp) * m
+    assert torch.allclose(b.weights, want, atol=1e-6)
+    v0_model = copy.deepcopy(learner_model)
+    v0_model.load_state_dict(p0_state)
+    from rlvr.models.logprobs import completion_logits, token_logprobs
+
+    lp_v0 = token_logprobs(completion_logits(v0_model, r.prompt_ids, r.prompt_mask, r.completion_ids,
+                                             r.completion_mask, temperature=1.5), r.completion_ids)
+    first = m.clone()
+    first[:, 2:] = False  # tokens 0-1 were drawn by version 0 over its own prefix: their log-prob is exact
+    assert torch.allclose(r.rollout_logp[first], lp_v0[first], atol=1e-4)
+    late = m & (r.token_versions == 1)
+    assert not torch.allclose(r.rollout_logp[late], lp_v0[late], atol=1e-3)  # later ones are not version 0's
 
 
 def test_config_rules(fast_config):
