@@ -17,6 +17,8 @@ policy versions behind (:class:`rlvr.experience.async_source.AsyncSource`).
 
 from __future__ import annotations
 
+import os
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,6 +63,11 @@ def new_run_dir(config: Config) -> Path:
         i += 1
         path = base.with_name(f"{base.name}-{i}")
     return path
+
+
+def progress_enabled(config: Config) -> bool:
+    """Whether a live progress bar draws (``logging.progress``, a terminal on stderr, not under CI)."""
+    return config.logging.progress and sys.stderr.isatty() and not os.environ.get("CI")
 
 
 def train(config: Config | None = None, resume: str | Path | None = None, log=print,
