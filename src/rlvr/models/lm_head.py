@@ -11,6 +11,8 @@ against the plain path (tested in values and gradients, with temperature and kep
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import torch
 
 from rlvr.models.logprobs import support_mask
@@ -129,3 +131,86 @@ def head_logprob_stats(hidden: torch.Tensor, weight: torch.Tensor, tokens: torch
     out = _HeadStats.apply(hidden.reshape(-1, hidden.shape[-1]), weight, bias, tokens.reshape(-1),
                            float(temperature), int(chunk), flat_support)
     return tuple(o.reshape(lead) for o in out)
+
+
+# ------------------------------------------------------------------ using it on a model
+#: ``trainer.chunked_head=auto`` turns the chunked head on from this vocabulary size (below it the logits are
+#: small and the plain path's one fused pass is as fast; measured in benchmarks/chunked_head.py).
+AUTO_MIN_VOCAB = 8192
+_LOGIT_RESCALES = ("final_logit_softcapping", "logit_scale", "logits_scaling", "output_multiplier_scale")
+
+
+def head_of(model):
+    """``(parent, attribute, head)`` when the model's LM head is a plain ``nn.Linear`` applied to the last
+    hidden states as is (no logit scaling or soft-capping in the config), else the reason it is not."""
+    from rlvr.models.forward import underlying_model
+
+    base = underlying_model(model)
+    head = base.get_output_embeddings() if hasattr(base, "get_output_embeddings") else None
+    if head is None or type(head) is not torch.nn.Linear:
+        return f"its output embeddings are {type(head).__name__}, not a plain Linear (e.g. a LoRA-wrapped head)"
+    cfg = getattr(base, "config", None)
+    for name in _LOGIT_RESCALES:
+        value = getattr(cfg, name, None)
+        if value not in (None, 1, 1.0):
+            return f"config.{name} = {value} changes the logits after the head"
+    for name, child in base.named_children():
+        if child is head:
+            return base, name, head
+    return "its LM head is not a direct child of the model"
+
+
+@contextmanager
+def head_bypassed(model):
+    """The body's forwards return the last hidden states where they would return logits (the head swapped
+    for an identity, put back after); yields the head. Only for models :func:`head_of` accepts."""
+    found = head_of(model)
+    if isinstance(found, str):
+        raise ValueError(f"no chunked head for this model: {found}")
+    parent, name, head = found
+    setattr(parent, name, torch.nn.Identity())
+    try:
+        yield head
+    finally:
+        setattr(parent, name, head)
+
+
+class ChunkedHead:
+    """Whether the learner's forward uses :func:`head_logprob_stats` (``trainer.chunked_head``), decided
+    once per model: ``never``; ``always`` when :func:`head_of` accepts the model; ``auto`` when it does and
+    the vocabulary has at least :data:`AUTO_MIN_VOCAB` tokens. The first use on each model is checked
+    against the plain path on that batch (log-probs within ``check_tol``); a disagreement turns it off for
+    that model, with the reason in ``reasons``."""
+
+    def __init__(self, setting: str = "auto", log=None, check_tol: float = 1e-4):
+        self.setting, self.log, self.check_tol = str(setting).lower(), log, check_tol
+        self.state: dict[int, str | None] = {}
+        self.reasons: list[str] = []
+
+    def _off(self, model, reason: str) -> bool:
+        from rlvr.models.forward import underlying_model
+
+        self.state[id(model)] = reason
+        line = f"chunked LM head off for {type(underlying_model(model)).__name__}: {reason}"
+        self.reasons.append(line)
+        if self.log is not None and self.setting == "always":
+            self.log(f"note: {line}")
+        return False
+
+    def use(self, model, check) -> bool:
+        """``check()`` -> the largest |log-prob difference| chunked vs plain on the current batch (run once)."""
+        if self.setting == "never":
+            return False
+        key = id(model)
+        if key not in self.state:
+            found = head_of(model)
+            if isinstance(found, str):
+                return self._off(model, found)
+            vocab = found[2].weight.shape[0]
+            if self.setting == "auto" and vocab < AUTO_MIN_VOCAB:
+                return self._off(model, f"vocabulary {vocab} < {AUTO_MIN_VOCAB} (trainer.chunked_head=auto)")
+            err = check()
+            if not err <= self.check_tol:
+                return self._off(model, f"its log-probs differ from the plain path by {err:.2e}")
+            self.state[key] = None
+        return self.state[key] is None

@@ -53,6 +53,7 @@ from rlvr import algorithms as A
 from rlvr.config import Config
 from rlvr.control.controllers import AdvantageContext, build_controllers
 from rlvr.experience.batch import Experience
+from rlvr.models.lm_head import ChunkedHead, head_bypassed, head_logprob_stats
 from rlvr.models.logprobs import completion_logits, completion_outputs, logprob_stats, trim_padding
 from rlvr.models.lora import is_peft_model, reference_weights
 from rlvr.models.prefix import PrefixSharing, has_active_dropout
@@ -96,6 +97,7 @@ class Learner:
             impl=t.adamw_impl)
         self.prefix = PrefixSharing(t.shared_prefix, log=log_once,  # trainer.shared_prefix (rlvr.models.prefix)
                                     pack_tokens=t.pack_tokens)
+        self.chunked_head = ChunkedHead(t.chunked_head, log=log_once)  # trainer.chunked_head (rlvr.models.lm_head)
         self.old_logp_reason = ""  # why the latest update reused or recomputed old_logp
         self.ref_model = None
         needs_ref = "ref_logp" in wanted_inputs(A.POLICY_LOSSES[config.algorithm.policy_loss])
@@ -145,13 +147,28 @@ class Learner:
         p_ids, p_mask, c_ids, c_mask = trim_padding(r.prompt_ids[idx], r.prompt_mask[idx], r.completion_ids[idx],
                                                     r.completion_mask[idx])
         shared = self.prefix.use(model, p_ids, p_mask, c_ids, c_mask)
-        with self.autocast():
-            outputs = completion_outputs(model, p_ids, p_mask, c_ids, c_mask, shared_prefix=shared,
-                                         pack_tokens=self.prefix.pack_tokens_for(model))
         support = None  # the policy's log-probs over the sampler's kept sets (trainer.logprob_support=sampled)
         if policy and self.config.trainer.logprob_support == "sampled" and r.support_ids is not None:
             support = r.support_ids[idx][:, : c_ids.shape[1]]
-        stats = logprob_stats(outputs, c_ids, temperature=self.config.rollout.temperature, support=support)
+        temperature = self.config.rollout.temperature
+
+        def forward(chunked: bool):
+            """The stats through the model's head (full logits), or its hidden states and the chunked head."""
+            with self.autocast():
+                if not chunked:
+                    outputs = completion_outputs(model, p_ids, p_mask, c_ids, c_mask, shared_prefix=shared,
+                                                 pack_tokens=self.prefix.pack_tokens_for(model))
+                    return logprob_stats(outputs, c_ids, temperature=temperature, support=support)
+                with head_bypassed(model) as head:  # rlvr.models.lm_head: no [B, T, V] logits
+                    hidden = completion_outputs(model, p_ids, p_mask, c_ids, c_mask, shared_prefix=shared,
+                                                pack_tokens=self.prefix.pack_tokens_for(model))
+                return head_logprob_stats(hidden, head.weight, c_ids, head.bias, temperature, support=support)
+
+        def check() -> float:  # once per model: chunked against plain on this batch, without grad
+            with torch.no_grad():
+                return float((forward(True)[0] - forward(False)[0]).abs().max())
+
+        stats = forward(self.chunked_head.use(model, check))
         if c_ids.shape[1] < T:
             stats = tuple(torch.nn.functional.pad(s, (0, T - c_ids.shape[1])) for s in stats)
         return stats

@@ -1,0 +1,88 @@
+"""The learner with the chunked LM head (issue 30, item 3): one update equals the plain head's (the tiny model,
+a Qwen3-shaped stand-in with a BPE vocabulary, LoRA), and ``auto`` turns it on only for large vocabularies."""
+
+import copy
+
+import pytest
+import torch
+
+from rlvr.models.lm_head import head_bypassed, head_of
+
+
+def _batch(model, tok, n_prompts=4, G=3):
+    from rlvr.experience.batch import PromptSampler
+    from rlvr.experience.producer import PromptDraws, RolloutProducer
+    from rlvr.rollout.base import SamplingParams
+    from rlvr.rollout.hf import HFRolloutEngine
+    from rlvr.tasks import make_task
+
+    task = make_task("arithmetic", num_train=100, num_eval=4)
+    producer = RolloutProducer(HFRolloutEngine(model, tok), task,
+                               SamplingParams(temperature=1.0, max_new_tokens=6, n=G, seed=2), n_prompts)
+    sampler = PromptSampler(task.problems("train"), 0)
+    exp = producer.produce(PromptDraws(sampler.problems, sampler.next_indices), seed=5)
+    exp.rewards = torch.tensor([1.0, 0.0, 0.5] * n_prompts)
+    return exp
+
+
+def _flat(model):
+    return torch.cat([p.detach().flatten() for p in model.parameters() if p.requires_grad])
+
+
+@pytest.mark.parametrize("which", ["tiny", "qwen3_instruct", "tiny_lora"])
+def test_an_update_with_the_chunked_head_equals_the_plain_one(which, stand_in, fast_config, tmp_path):
+    from rlvr.models.load import load_model_and_tokenizer
+    from rlvr.models.tiny import save_tiny
+    from rlvr.train.learner import Learner
+
+    path = stand_in(which) if which == "qwen3_instruct" else str(save_tiny(tmp_path / "tiny", seed=6))
+    base, tok = load_model_and_tokenizer(path)
+    over = ["trainer.max_grad_norm=1e9", "trainer.lr=1e-3", "trainer.num_minibatches=2", "trainer.entropy_coef=0.01"]
+    if which == "tiny_lora":
+        from rlvr.models.lora import apply_lora
+
+        over.append("model.lora.enabled=true")
+        base = apply_lora(base, fast_config(*over).model.lora)
+    exp = _batch(base, tok)
+    out = {}
+    for setting in ("never", "always"):
+        model = copy.deepcopy(base)
+        learner = Learner(model, fast_config(f"trainer.chunked_head={setting}", "trainer.shared_prefix=never", *over))
+        metrics = learner.update(exp, step=0)
+        out[setting] = (metrics, _flat(model), learner.chunked_head)
+    assert not out["always"][2].reasons and out["always"][2].state  # it ran chunked
+    step = (out["never"][1] - _flat(base)).norm()
+    assert step > 0 and float((out["always"][1] - out["never"][1]).norm() / step) < 1e-4
+    for k in ("loss", "entropy", "grad_norm"):
+        assert out["always"][0][k] == pytest.approx(out["never"][0][k], rel=1e-4, abs=1e-7), k
+
+
+def test_auto_is_off_for_the_tiny_vocabulary_and_the_head_comes_back(tmp_path, fast_config):
+    from rlvr.models.load import load_model_and_tokenizer
+    from rlvr.models.tiny import save_tiny
+    from rlvr.train.learner import Learner
+
+    model, tok = load_model_and_tokenizer(str(save_tiny(tmp_path / "tiny", seed=7)))
+    head = model.get_output_embeddings()
+    with head_bypassed(model) as h:
+        assert h is head and isinstance(model.get_output_embeddings(), torch.nn.Identity)
+    assert model.get_output_embeddings() is head
+    learner = Learner(model, fast_config())
+    learner.update(_batch(model, tok), step=0)
+    assert any("vocabulary 100 < 8192" in r for r in learner.chunked_head.reasons)
+
+
+def test_heads_it_refuses():
+    class Scaled(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lm_head = torch.nn.Linear(4, 10, bias=False)
+            self.config = type("C", (), {"final_logit_softcapping": 30.0})()
+
+        def get_output_embeddings(self):
+            return self.lm_head
+
+    assert "final_logit_softcapping" in head_of(Scaled())
+    with pytest.raises(ValueError, match="no chunked head"):
+        with head_bypassed(Scaled()):
+            pass
