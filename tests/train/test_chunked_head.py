@@ -57,7 +57,7 @@ def test_an_update_with_the_chunked_head_equals_the_plain_one(which, stand_in, f
         assert out["always"][0][k] == pytest.approx(out["never"][0][k], rel=1e-4, abs=1e-7), k
 
 
-def test_auto_is_off_for_the_tiny_vocabulary_and_the_head_comes_back(tmp_path, fast_config):
+def test_auto_is_off_for_small_logits_and_the_head_comes_back(tmp_path, fast_config):
     from rlvr.models.load import load_model_and_tokenizer
     from rlvr.models.tiny import save_tiny
     from rlvr.train.learner import Learner
@@ -69,7 +69,14 @@ def test_auto_is_off_for_the_tiny_vocabulary_and_the_head_comes_back(tmp_path, f
     assert model.get_output_embeddings() is head
     learner = Learner(model, fast_config())
     learner.update(_batch(model, tok), step=0)
-    assert any("vocabulary 100 < 8192" in r for r in learner.chunked_head.reasons)
+    assert not learner.chunked_head.state  # auto: a few KiB of logits, the plain head (never checked)
+    from rlvr.models.lm_head import AUTO_MIN_LOGITS_BYTES
+
+    checks = []
+    assert learner.chunked_head.use(model, lambda: checks.append(1) or 0.0, -(-AUTO_MIN_LOGITS_BYTES // (4 * 100)))
+    assert checks == [1] and learner.chunked_head.use(model, lambda: checks.append(1) or 0.0, 10**9)
+    assert checks == [1]  # checked once per model
+    assert not learner.chunked_head.use(model, lambda: 0.0, 10)  # small batches keep the plain head
 
 
 def test_heads_it_refuses():

@@ -20,6 +20,8 @@ from rlvr.models.logprobs import support_mask
 #: Positions per chunk: the ``[chunk, V]`` fp32 temporaries (logits, log-softmax, probabilities) stay at
 #: 4 x chunk x V x 4 bytes, 128 MiB at V = 152k and chunk = 64.
 CHUNK_POSITIONS = 64
+#: Backward: elements of each ``[positions, vocabulary block]`` temporary (8M fp32 = 32 MiB).
+BLOCK_ELEMENTS = 1 << 23
 
 
 def _compute_dtype(t: torch.Tensor) -> torch.dtype:
@@ -36,26 +38,34 @@ def _chunk_logits(h, weight, bias, temperature):
 
 
 class _HeadStats(torch.autograd.Function):
+    """Forward over chunks of positions (each needs the whole vocabulary for its log-sum-exp); backward over
+    blocks of the vocabulary, from the saved per-position log-sum-exps: each block's logits are recomputed
+    once and both gradient matmuls run once per block (a per-position-chunk backward would rewrite the whole
+    ``[V, D]`` weight gradient once per chunk)."""
+
     @staticmethod
     def forward(ctx, hidden, weight, bias, tokens, temperature: float, chunk: int, support):
         n = hidden.shape[0]
-        logp = torch.empty(n, dtype=_compute_dtype(hidden), device=hidden.device)
-        ent, mean = torch.empty_like(logp), torch.empty_like(logp)
+        dt = _compute_dtype(hidden)
+        logp = torch.empty(n, dtype=dt, device=hidden.device)
+        ent, mean, lse = torch.empty_like(logp), torch.empty_like(logp), torch.empty_like(logp)
+        lse_k = torch.empty_like(logp) if support is not None else None
         for c0 in range(0, n, chunk):
             c = slice(c0, min(n, c0 + chunk))
             x = _chunk_logits(hidden[c], weight, bias, temperature)
-            lsm = torch.log_softmax(x, dim=-1)
+            lse[c] = torch.logsumexp(x, dim=-1)
+            lsm = x - lse[c].unsqueeze(-1)
             tok = tokens[c].unsqueeze(-1)
             if support is None:
                 logp[c] = lsm.gather(-1, tok).squeeze(-1)
             else:
-                kept = support_mask(support[c], x.shape[-1])
-                logp[c] = x.gather(-1, tok).squeeze(-1) - torch.logsumexp(x.masked_fill(~kept, float("-inf")), -1)
+                lse_k[c] = torch.logsumexp(x.masked_fill(~support_mask(support[c], x.shape[-1]), float("-inf")), -1)
+                logp[c] = x.gather(-1, tok).squeeze(-1) - lse_k[c]
             p = lsm.exp()
             ent[c] = -(p * lsm.clamp(min=torch.finfo(lsm.dtype).min)).sum(-1)
-            mean[c] = x.mean(-1) - torch.logsumexp(x, dim=-1)
-        ctx.save_for_backward(hidden, weight, *(() if bias is None else (bias,)), tokens, ent,
-                              *(() if support is None else (support,)))
+            mean[c] = x.mean(-1) - lse[c]
+        ctx.save_for_backward(hidden, weight, *(() if bias is None else (bias,)), tokens, ent, lse,
+                              *(() if support is None else (support, lse_k)))
         ctx.has_bias, ctx.has_support = bias is not None, support is not None
         ctx.temperature, ctx.chunk = temperature, chunk
         ctx.set_materialize_grads(False)
@@ -66,50 +76,57 @@ class _HeadStats(torch.autograd.Function):
         saved = list(ctx.saved_tensors)
         hidden, weight = saved.pop(0), saved.pop(0)
         bias = saved.pop(0) if ctx.has_bias else None
-        tokens, ent = saved.pop(0), saved.pop(0)
-        support = saved.pop(0) if ctx.has_support else None
+        tokens, ent, lse = saved.pop(0), saved.pop(0), saved.pop(0)
+        support, lse_k = (saved.pop(0), saved.pop(0)) if ctx.has_support else (None, None)
         if g_logp is None and g_ent is None and g_mean is None:
             return None, None, None, None, None, None, None
         need_h, need_w, need_b = ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.needs_input_grad[2]
         n, V = hidden.shape[0], weight.shape[0]
         t = ctx.temperature
         scale = 1.0 / t if t > 0 and t != 1.0 else 1.0
-        g_h = torch.empty(hidden.shape, dtype=hidden.dtype, device=hidden.device) if need_h else None
         dt = _compute_dtype(hidden)
-        g_w = torch.zeros(weight.shape, dtype=dt, device=weight.device) if need_w else None
-        g_b = torch.zeros(V, dtype=dt, device=weight.device) if need_b else None
-        for c0 in range(0, n, ctx.chunk):
-            c = slice(c0, min(n, c0 + ctx.chunk))
-            x = _chunk_logits(hidden[c], weight, bias, t)
-            lsm = torch.log_softmax(x, dim=-1)
+        h = hidden.to(dt)
+        zero = torch.zeros(n, dtype=dt, device=hidden.device)
+        g_lp = zero if g_logp is None else g_logp.to(dt)
+        g_en = zero if g_ent is None else g_ent.to(dt)
+        g_mn = zero if g_mean is None else g_mean.to(dt)
+        # d/dx of (g_lp logp + g_en H + g_mn mean) = g_lp (onehot - q) - g_en p (log p + H) + g_mn (1/V - p),
+        # q = p (full support) or p_K (kept set); per position only these [n] coefficients are needed
+        coef_p = g_mn + (g_lp if support is None else zero)
+        g_h = torch.zeros(n, hidden.shape[1], dtype=dt, device=hidden.device) if need_h else None
+        g_w = torch.empty(weight.shape, dtype=dt, device=weight.device) if need_w else None
+        g_b = torch.empty(V, dtype=dt, device=weight.device) if need_b else None
+        block = max(256, BLOCK_ELEMENTS // max(1, n))  # vocabulary columns per block: [n, block] temporaries
+        for v0 in range(0, V, block):
+            vb = slice(v0, min(V, v0 + block))
+            x = h @ weight[vb].to(dt).t()
+            if bias is not None:
+                x = x + bias[vb].to(dt)
+            if scale != 1.0:
+                x = x * scale
+            lsm = x - lse.unsqueeze(-1)
             p = lsm.exp()
-            coef = torch.zeros(p.shape[:-1], dtype=p.dtype, device=p.device)
-            if g_logp is not None and support is None:
-                coef = coef + g_logp[c]
-            if g_mean is not None:
-                coef = coef + g_mean[c]
-            # d logp/dx = onehot - p (or - p_K over a kept set);  d mean/dx = 1/V - p;  d H/dx = -p (log p + H)
-            g = p * coef.unsqueeze(-1)
-            if g_logp is not None and support is not None:
-                p_k = torch.softmax(x.masked_fill(~support_mask(support[c], V), float("-inf")), dim=-1)
-                g = g + p_k * g_logp[c].unsqueeze(-1)
-            if g_ent is not None:
-                g = g + p * (lsm.clamp(min=torch.finfo(lsm.dtype).min) + ent[c].unsqueeze(-1)) * g_ent[c].unsqueeze(-1)
-            g = -g
-            if g_logp is not None:
-                g.scatter_add_(-1, tokens[c].unsqueeze(-1), g_logp[c].unsqueeze(-1))
-            if g_mean is not None:
-                g = g + (g_mean[c] / V).unsqueeze(-1)
+            g = p * (coef_p.unsqueeze(-1) + g_en.unsqueeze(-1) * (lsm.clamp(min=torch.finfo(dt).min)
+                                                                   + ent.unsqueeze(-1)))
+            if support is not None:
+                ids = torch.arange(vb.start, vb.stop, device=hidden.device)
+                kept = (support.unsqueeze(-1) == ids.to(support.dtype)).any(-2) | ~(support >= 0).any(-1, keepdim=True)
+                g = g + torch.where(kept, (x - lse_k.unsqueeze(-1)).exp(), torch.zeros_like(x)) * g_lp.unsqueeze(-1)
+            g = -g + (g_mn / V).unsqueeze(-1)
+            hit = (tokens >= vb.start) & (tokens < vb.stop)
+            if bool(hit.any()):
+                rows = torch.nonzero(hit).squeeze(-1)
+                g[rows, tokens[rows] - vb.start] += g_lp[rows]
             if scale != 1.0:
                 g = g * scale  # d x / d z = 1 / temperature
             if need_h:
-                g_h[c] = (g @ weight.to(dt)).to(g_h.dtype)
+                g_h.addmm_(g, weight[vb].to(dt))
             if need_w:
-                g_w.addmm_(g.t(), hidden[c].to(dt))
+                g_w[vb] = g.t() @ h
             if need_b:
-                g_b += g.sum(0)
-        return (g_h, None if g_w is None else g_w.to(weight.dtype), None if g_b is None else g_b.to(bias.dtype),
-                None, None, None, None)
+                g_b[vb] = g.sum(0)
+        return (None if g_h is None else g_h.to(hidden.dtype), None if g_w is None else g_w.to(weight.dtype),
+                None if g_b is None else g_b.to(bias.dtype), None, None, None, None)
 
 
 def head_logprob_stats(hidden: torch.Tensor, weight: torch.Tensor, tokens: torch.Tensor, bias: torch.Tensor | None = None,
@@ -134,9 +151,10 @@ def head_logprob_stats(hidden: torch.Tensor, weight: torch.Tensor, tokens: torch
 
 
 # ------------------------------------------------------------------ using it on a model
-#: ``trainer.chunked_head=auto`` turns the chunked head on from this vocabulary size (below it the logits are
-#: small and the plain path's one fused pass is as fast; measured in benchmarks/chunked_head.py).
-AUTO_MIN_VOCAB = 8192
+#: ``trainer.chunked_head=auto`` uses the chunked head for a micro-batch whose fp32 logits would take at least
+#: this many bytes. On CPU it is slower than the plain path (benchmarks/chunked_head.py: 1.3-1.6x, one more
+#: matmul in the backward) and saves 3-10x of the head's memory, so it is worth it only where memory is short.
+AUTO_MIN_LOGITS_BYTES = 1 << 30
 _LOGIT_RESCALES = ("final_logit_softcapping", "logit_scale", "logits_scaling", "output_multiplier_scale")
 
 
@@ -176,11 +194,11 @@ def head_bypassed(model):
 
 
 class ChunkedHead:
-    """Whether the learner's forward uses :func:`head_logprob_stats` (``trainer.chunked_head``), decided
-    once per model: ``never``; ``always`` when :func:`head_of` accepts the model; ``auto`` when it does and
-    the vocabulary has at least :data:`AUTO_MIN_VOCAB` tokens. The first use on each model is checked
-    against the plain path on that batch (log-probs within ``check_tol``); a disagreement turns it off for
-    that model, with the reason in ``reasons``."""
+    """Whether the learner's forward uses :func:`head_logprob_stats` (``trainer.chunked_head``): ``never``;
+    ``always`` when :func:`head_of` accepts the model; ``auto`` when it does and the micro-batch's fp32 logits
+    would take at least :data:`AUTO_MIN_LOGITS_BYTES`. The first use on each model is checked against the
+    plain path on that batch (log-probs within ``check_tol``); a disagreement turns it off for that model,
+    with the reason in ``reasons``."""
 
     def __init__(self, setting: str = "auto", log=None, check_tol: float = 1e-4):
         self.setting, self.log, self.check_tol = str(setting).lower(), log, check_tol
@@ -197,8 +215,9 @@ class ChunkedHead:
             self.log(f"note: {line}")
         return False
 
-    def use(self, model, check) -> bool:
-        """``check()`` -> the largest |log-prob difference| chunked vs plain on the current batch (run once)."""
+    def use(self, model, check, positions: int = 0) -> bool:
+        """``check()`` -> the largest |log-prob difference| chunked vs plain on the current batch (run once);
+        ``positions``: the micro-batch's rows x completion tokens (``auto`` decides by its logits' size)."""
         if self.setting == "never":
             return False
         key = id(model)
@@ -206,9 +225,15 @@ class ChunkedHead:
             found = head_of(model)
             if isinstance(found, str):
                 return self._off(model, found)
-            vocab = found[2].weight.shape[0]
-            if self.setting == "auto" and vocab < AUTO_MIN_VOCAB:
-                return self._off(model, f"vocabulary {vocab} < {AUTO_MIN_VOCAB} (trainer.chunked_head=auto)")
+        elif self.state[key] is not None:
+            return False
+        if self.setting == "auto":
+            from rlvr.models.forward import underlying_model
+
+            vocab = underlying_model(model).get_output_embeddings().weight.shape[0]
+            if positions * vocab * 4 < AUTO_MIN_LOGITS_BYTES:
+                return False
+        if key not in self.state:
             err = check()
             if not err <= self.check_tol:
                 return self._off(model, f"its log-probs differ from the plain path by {err:.2e}")

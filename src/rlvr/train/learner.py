@@ -168,7 +168,7 @@ class Learner:
             with torch.no_grad():
                 return float((forward(True)[0] - forward(False)[0]).abs().max())
 
-        stats = forward(self.chunked_head.use(model, check))
+        stats = forward(self.chunked_head.use(model, check, positions=c_ids.numel()))
         if c_ids.shape[1] < T:
             stats = tuple(torch.nn.functional.pad(s, (0, T - c_ids.shape[1])) for s in stats)
         return stats
