@@ -29,8 +29,9 @@ def _flat(model):
     return torch.cat([p.detach().flatten() for p in model.parameters() if p.requires_grad])
 
 
-@pytest.mark.parametrize("which", ["tiny", "qwen3_instruct", "tiny_lora"])
-def test_an_update_with_the_chunked_head_equals_the_plain_one(which, stand_in, fast_config, tmp_path):
+@pytest.mark.parametrize("which,shared", [("tiny", "never"), ("tiny", "always"), ("qwen3_instruct", "never"),
+                                          ("tiny_lora", "never")])
+def test_an_update_with_the_chunked_head_equals_the_plain_one(which, shared, stand_in, fast_config, tmp_path):
     from rlvr.models.load import load_model_and_tokenizer
     from rlvr.models.tiny import save_tiny
     from rlvr.train.learner import Learner
@@ -47,9 +48,11 @@ def test_an_update_with_the_chunked_head_equals_the_plain_one(which, stand_in, f
     out = {}
     for setting in ("never", "always"):
         model = copy.deepcopy(base)
-        learner = Learner(model, fast_config(f"trainer.chunked_head={setting}", "trainer.shared_prefix=never", *over))
+        learner = Learner(model, fast_config(f"trainer.chunked_head={setting}", f"trainer.shared_prefix={shared}",
+                                             *over))
         metrics = learner.update(exp, step=0)
         out[setting] = (metrics, _flat(model), learner.chunked_head)
+        assert (learner.prefix.used > 0) == (shared == "always")  # the shared-prefix forward ran when asked
     assert not out["always"][2].reasons and out["always"][2].state  # it ran chunked
     step = (out["never"][1] - _flat(base)).norm()
     assert step > 0 and float((out["always"][1] - out["never"][1]).norm() / step) < 1e-4
