@@ -324,16 +324,17 @@ class LeanRolloutEngine:
         finished = torch.zeros(B, dtype=torch.bool, device=device)  # ... of those, finished but not dropped
         width = 0
         supports: list[tuple[torch.Tensor, int, torch.Tensor]] = []  # (rows, t, kept ids) per step, if recorded
-        token_versions = torch.full((B, N), self.policy_version, dtype=torch.long)  # the weights behind each token
+        in_flight = self.on_step is not None  # partial rollouts: record the weights behind each token
+        token_versions = torch.full((B, N), self.policy_version, dtype=torch.long) if in_flight else None
         for t in range(N):
             token, lp, kept = sample_next(logits, params, generator)
             token = token.masked_fill(finished, pad)
             completion[rows, t] = token
             sampled_logp[rows, t] = lp.masked_fill(finished, 0.0)
-            token_versions[rows.cpu(), t] = self.policy_version  # the version whose logits drew token t
             if kept is not None:
                 supports.append((rows, t, kept))
-            if self.on_step is not None:  # partial rollouts: new weights, in place, before the next token
+            if in_flight:  # the version whose logits drew token t; then new weights, in place, before the next
+                token_versions[rows.cpu(), t] = self.policy_version
                 before = self.policy_version
                 self.on_step()
                 if self.policy_version != before and self._shadow is not None:
@@ -380,4 +381,4 @@ class LeanRolloutEngine:
             completion_ids=completion, completion_mask=mask, rollout_logp=sampled_logp, finish_reason=finish,
             prompt_index=torch.zeros(0, dtype=torch.long), texts=texts, policy_version=0,
             num_generated_tokens=int(mask.sum()), support_ids=support,
-            token_versions=token_versions[:, :width] if self.on_step is not None else None)
+            token_versions=token_versions[:, :width] if in_flight else None)
