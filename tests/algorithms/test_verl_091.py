@@ -185,6 +185,19 @@ def test_gdpo_verl_whitens_over_tokens(norm):
     _close(same, adv)
 
 
+def test_verl_name_gdpo_is_the_verl_estimator_and_the_combiner_keeps_trl_s():
+    # spec api.md: compute_advantages("gdpo", ...) is verl's estimator; reward.combine "gdpo" stays TRL's combiner
+    assert A.ADVANTAGE_ESTIMATORS["gdpo"] is A.ADVANTAGE_ESTIMATORS["gdpo_verl"]
+    assert A.REWARD_COMBINERS["gdpo"] is A.REWARD_COMBINERS["normalize_then_sum"]
+    mask = torch.tensor([[1.0, 1.0, 0.0], [1.0, 0.0, 0.0], [1.0, 1.0, 1.0], [1.0, 0.0, 0.0]])
+    comps = {"a": torch.tensor([1.0, 0.0, 1.0, 1.0]), "b": torch.tensor([0.0, 0.0, 1.0, 0.0])}
+    a, _ = A.compute_advantages("gdpo", rewards=comps["a"], mask=mask, group=torch.tensor([0, 0, 1, 1]),
+                                reward_components=comps, gdpo_reward_weights=[1.0, 0.5])
+    b, _ = A.compute_advantages("gdpo_verl", rewards=comps["a"], mask=mask, group=torch.tensor([0, 0, 1, 1]),
+                                reward_components=comps, gdpo_reward_weights=[1.0, 0.5])
+    assert torch.equal(a, b) and a.abs().sum() > 0
+
+
 def test_gdpo_verl_fallback_and_difference_from_trl_gdpo():
     rewards = [1.0, 0.0, 0.0, 1.0, 1.0, 0.0]
     group = [0, 0, 0, 1, 1, 1]
@@ -704,7 +717,7 @@ def test_bypass_mode_ppo_clip_ignores_is_weights_and_empty_batch():
 def test_every_name_is_registered_with_the_right_flags():
     for name in ("grpo_passk", "gdpo_verl", "optimal_token_baseline", "tir_optimal_token_baseline"):
         assert name in A.ADVANTAGE_ESTIMATORS
-    assert "gdpo" not in A.ADVANTAGE_ESTIMATORS  # the name `gdpo` stays TRL's reward combiner
+    assert A.ADVANTAGE_ESTIMATORS["gdpo"] is A.ADVANTAGE_ESTIMATORS["gdpo_verl"]  # verl's name (spec); the combiner `gdpo` stays TRL's
     for name in ("dppo_tv", "dppo_kl", "dro", "bypass_mode"):
         assert name in A.POLICY_LOSSES
     assert {"dppo_tv", "dppo_kl", "dro"} <= A.TRUST_REGION_LOSSES and "bypass_mode" not in A.TRUST_REGION_LOSSES

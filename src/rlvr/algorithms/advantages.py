@@ -361,7 +361,7 @@ def grpo_passk(*, rewards=None, token_rewards=None, values=None, mask, group=Non
     return _broadcast(a, mask), None
 
 
-@register_advantage_estimator("gdpo_verl")
+@register_advantage_estimator("gdpo", "gdpo_verl")
 def gdpo_verl(*, rewards=None, token_rewards=None, values=None, mask, group=None, epsilon=1e-6,
               norm_adv_by_std_in_grpo=True, reward_components=None, gdpo_reward_keys=None,
               gdpo_reward_weights=None):
