@@ -1,13 +1,18 @@
 """rlvr against TRL's GRPOTrainer on identical work: s/step, where the time goes, FLOP utilisation, P2.
 
     pip install -e '.[bench]'       # trl, accelerate, datasets: only this benchmark needs them
-    python benchmarks/vs_trl.py [--workloads W1,W2] [--warmup 3] [--steps 20] [--repeats 2] [--p2] [--json OUT]
+    python benchmarks/vs_trl.py [--workloads W1,W2,W3] [--warmup N] [--steps N] [--repeats 2] [--p2] [--json OUT]
 
-Workloads (the same warm-started built-in tiny model on both sides, ``rlvr sft`` builds and caches it):
+Workloads (the same model on both sides):
 
 * W1, the default recipe (configs/grpo_arithmetic_tiny.yaml): arithmetic, 32 prompts x 8, ~3-token answers;
 * W2, ``arithmetic_chain`` with 4 operands (the workload of benchmarks/async_vs_sync.py, whose warm start it
-  shares): 16 prompts x 8, ~20-30-token completions.
+  shares): 16 prompts x 8, ~20-30-token completions;
+* W3, realistic shapes: a Qwen3-shaped model of 18.9M parameters with a 32k-token byte-level BPE vocabulary
+  (rlvr.models.stand_in, built in code at random weights), 8 prompts x 4, 160-token completions, a dense
+  reward (see ``WORKLOADS``); 1 warm-up + 3 timed steps a run by default (about 10 minutes in all).
+
+W1 and W2 use the warm-started built-in tiny model (``rlvr sft`` builds and caches it).
 
 Identical work: one step is one rollout batch (prompts x G completions, temperature 1, the same prompts in
 the same order: TRL's dataset is rlvr's prompt stream for that seed, read unshuffled) scored by the same
@@ -39,7 +44,11 @@ is counted (the hooks add a few Python calls a step), and nothing else (model lo
 ``_calculate_rewards``), and training = the rest of the step (old-log-prob forward, advantages, 4
 forward/backward/AdamW steps, per-step overhead).
 
-The physical limit: a 2048^3 GEMM in fp32 and bf16 on this CPU (same thread count) gives the peak; generation
+Memory: each side's peak resident set (``getrusage``), its resident set once the model was loaded, and the
+growth between them (what the run itself holds at its peak: activations, logits, optimizer state, caches).
+
+The physical limit: a 2048^3 GEMM in fp32 and bf16 (smaller where one would take over a second: bf16 on a CPU
+without native bf16) on this CPU (same thread count) gives the peak; generation
 and training FLOP utilisation are printed beside it. FLOPs = 2 N per token of a forward without gradient
 (sampling, old log-probs) and 6 N per token of a forward that is backpropagated, N the parameters of the
 model's linear layers (embedding lookups and attention scores not counted), over the tokens each side
@@ -85,7 +94,22 @@ WORKLOADS = {
         "task.options={min_digits: 1, max_digits: 2, ops: '+-', num_operands: 4}",
         "rollout.max_new_tokens=32", "rollout.prompts_per_step=16", "rollout.group_size=8",
         "trainer.warmup_steps=0", "sft.steps=400", "sft.target_accuracy=null"]},
+    # W3: realistic shapes. A Qwen3-shaped model (18.9M parameters, 12.6M of them the tied 32k x 384 LM
+    # head) with a 32k-token byte-level BPE vocabulary, built in code (rlvr.models.stand_in, W3_ARCH) at
+    # random weights, and 160-token completions: the model never stops early, so every completion runs
+    # to max_new_tokens on both sides. A random model scores 0 on the chain's verifier, and groups of
+    # all-zero reward would let rlvr skip the whole training pass; the reward is therefore dense
+    # (``w3_chain``: the fraction of the completion's characters in the chain alphabet), so every group
+    # has some spread and both sides train every row.
+    "W3": {"model": "w3", "warmup": 1, "steps": 3, "overrides": [
+        "task.name=w3_chain",
+        "task.options={min_digits: 1, max_digits: 2, ops: '+-*', num_operands: 6}",
+        "rollout.max_new_tokens=160", "rollout.prompts_per_step=8", "rollout.group_size=4",
+        "trainer.warmup_steps=0"]},
 }
+#: W3's model: rlvr.models.stand_in's qwen3_instruct at 32k tokens, hidden 384, 4 layers, GQA 6/2 heads.
+W3_ARCH = dict(vocab_size=32768, hidden_size=384, intermediate_size=1024, num_hidden_layers=4,
+               num_attention_heads=6, num_key_value_heads=2, head_dim=64, max_position_embeddings=2048)
 #: --tiny: a seconds-long warm start and a small batch (for the test suite; the numbers mean nothing).
 TINY = ["task.options={min_digits: 1, max_digits: 2, ops: '+-', num_train: 2000, num_eval: 50}",
         "rollout.prompts_per_step=8", "rollout.group_size=4", "rollout.max_new_tokens=4",
@@ -94,6 +118,56 @@ TINY = ["task.options={min_digits: 1, max_digits: 2, ops: '+-', num_train: 2000,
 #: Overrides of every rlvr run: no logging, plots, samples or mid-run checkpoints inside the timed steps.
 QUIET = ["logging.progress=false", "logging.plots=false", "logging.num_samples=0",
          "logging.checkpoint_every=1000000", "eval.every=0", "eval.samples_per_problem=1"]
+
+
+def _register_w3_task() -> None:
+    """``w3_chain``: ``arithmetic_chain`` prompts with a dense reward, for W3 (see WORKLOADS)."""
+    from rlvr.tasks.arithmetic_chain import ArithmeticChainTask
+    from rlvr.tasks.base import TASKS, register_task
+
+    if "w3_chain" in TASKS:
+        return
+
+    @register_task("w3_chain")
+    class DenseChainTask(ArithmeticChainTask):
+        """``reward`` = the fraction of the completion's characters that are digits or ``+-*=;`` (dense: a
+        random model's samples differ in it); ``correct``/``format``/``chain`` as ``arithmetic_chain``."""
+
+        def _score(self, problem, completion):
+            out = super()._score(problem, completion)
+            alphabet = set("0123456789+-*=;")
+            out["reward"] = sum(c in alphabet for c in completion) / max(len(completion), 1)
+            return out
+
+
+def build_model(kind: str, folder: Path) -> str:
+    """The workload's model as an HF folder under ``folder`` (built once; ``w3``: :data:`W3_ARCH`)."""
+    from transformers.utils import logging as hf_logging
+
+    from rlvr.models.stand_in import save_stand_in
+
+    hf_logging.disable_progress_bar()
+
+    path = folder / kind
+    if not (path / "config.json").exists():
+        save_stand_in("qwen3_instruct", path, **W3_ARCH)
+    return str(path)
+
+
+def peak_rss_mib() -> float:
+    """This process's peak resident memory so far (``getrusage``; Linux reports KiB)."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def current_rss_mib() -> float:
+    """This process's resident memory now (``/proc/self/statm``; NaN where there is none)."""
+    try:
+        pages = int(Path("/proc/self/statm").read_text().split()[1])
+    except (OSError, ValueError, IndexError):
+        return float("nan")
+    return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
 # ---------------------------------------------------------------------------------------- helpers (no TRL)
@@ -149,13 +223,24 @@ def step_model_flops(n_params: int, step: dict) -> dict:
     return {**out, "counted": counted["gen"] > 0}
 
 
-def matmul_peak(n: int = 2048, dtype: str = "float32", repeats: int = 5) -> float:
-    """FLOP/s of the best of ``repeats`` ``n x n @ n x n`` GEMMs in ``dtype`` (after one warm-up)."""
+def matmul_peak(n: int = 2048, dtype: str = "float32", repeats: int = 5, budget_s: float = 1.0) -> float:
+    """FLOP/s of the best of ``repeats`` ``n x n @ n x n`` GEMMs in ``dtype`` (after one warm-up).
+
+    ``n`` shrinks (by halves, to 256 at least) until one GEMM takes at most ``budget_s``: a CPU without
+    native bf16 (AVX2 only) runs bf16 GEMMs hundreds of times slower than fp32, and 2048^3 would take minutes."""
     import torch
 
     g = torch.Generator().manual_seed(0)
-    a = torch.randn(n, n, generator=g).to(getattr(torch, dtype))
-    b = torch.randn(n, n, generator=g).to(getattr(torch, dtype))
+    dt = getattr(torch, dtype)
+    probe_a, probe_b = torch.randn(256, 256, generator=g).to(dt), torch.randn(256, 256, generator=g).to(dt)
+    torch.mm(probe_a, probe_b)
+    t = time.perf_counter()
+    torch.mm(probe_a, probe_b)
+    rate = 2.0 * 256**3 / max(time.perf_counter() - t, 1e-9)
+    while n > 256 and 2.0 * n**3 / rate > budget_s:
+        n //= 2
+    a = torch.randn(n, n, generator=g).to(dt)
+    b = torch.randn(n, n, generator=g).to(dt)
     torch.mm(a, b)
     best = float("inf")
     for _ in range(repeats):
@@ -177,6 +262,9 @@ def aggregate(runs: list[dict], n_params: int | None = None) -> dict:
     """Timed steps of all runs of one (workload, side), pooled: s/step, the split, FLOP rates."""
     steps = [s for r in runs for s in r["steps"][r["warmup"]:]]
     out = {"runs": len(runs), "steps": len(steps), "label": runs[0].get("label", "") if runs else ""}
+    for key in ("peak_rss_mib", "rss_loaded_mib"):
+        if runs and all(r.get(key) for r in runs):
+            out[key] = statistics.median(r[key] for r in runs)
     for key in ("wall", "gen", "score"):
         out[key] = summarize([s[key] for s in steps])
     out["train"] = summarize([s["wall"] - s["gen"] - s["score"] for s in steps])
@@ -230,7 +318,7 @@ def format_speed_table(results: dict) -> str:
 def format_flops_table(results: dict, peaks: dict, n_params: dict) -> str:
     """Achieved generation / training GFLOP/s per workload and side, as % of the measured GEMM peaks."""
     f32, b16 = peaks["float32"], peaks["bfloat16"]
-    lines = [f"matmul peak ({peaks['n']}^3 GEMM, {peaks['threads']} threads): fp32 {f32 / 1e9:.1f} GFLOP/s, "
+    lines = [f"matmul peak (GEMMs up to {peaks['n']}^3, smaller where one would take over 1 s; {peaks['threads']} threads): fp32 {f32 / 1e9:.1f} GFLOP/s, "
              f"bf16 {b16 / 1e9:.1f} GFLOP/s",
              f"{'workload':<26}{'side':<6}{'N (linear)':>11}{'gen GFLOP/s':>13}{'% fp32':>8}{'% bf16':>8}"
              f"{'train GFLOP/s':>15}{'% fp32':>8}{'% bf16':>8}   tokens/step: gen, no-grad fwd, fwd+bwd"]
@@ -252,6 +340,29 @@ def _tokens(a: dict) -> str:
         return "(estimated from the batch shape)"
     gen = f"{tok['gen']:.0f}" if a.get("flops_counted") else "(shape estimate)"
     return f"{gen}, {tok['nograd']:.0f}, {tok['grad']:.0f}"
+
+
+def format_memory_table(results: dict) -> str:
+    """Peak resident memory of each side's process (median over its runs), what it held once the model was
+    loaded, and the growth past that (the training run's own memory: activations, logits, optimizer state,
+    the sampler's cache), with the rlvr/TRL ratios."""
+    head = f"{'workload':<26}{'side':<6}{'peak RSS MiB':>14}{'after load':>12}{'growth':>10}"
+    lines = [head, "-" * len(head)]
+    for wl, sides in results.items():
+        label = f"{wl} {next(iter(sides.values())).get('label', '')}"
+        for i, side in enumerate(("trl", "rlvr")):
+            a = sides.get(side, {})
+            if "peak_rss_mib" not in a:
+                continue
+            grow = a["peak_rss_mib"] - a.get("rss_loaded_mib", float("nan"))
+            lines.append(f"{label if i == 0 else '':<26}{'TRL' if side == 'trl' else 'rlvr':<6}"
+                         f"{a['peak_rss_mib']:>14.0f}{a.get('rss_loaded_mib', float('nan')):>12.0f}{grow:>10.0f}")
+        t, r = sides.get("trl", {}), sides.get("rlvr", {})
+        if "peak_rss_mib" in t and "peak_rss_mib" in r:
+            growth = lambda a: a["peak_rss_mib"] - a.get("rss_loaded_mib", float("nan"))  # noqa: E731
+            lines.append(f"{'':<26}{'rlvr/TRL':<10}{r['peak_rss_mib'] / t['peak_rss_mib']:>9.2f}x{'':>12}"
+                         f"{growth(r) / growth(t) if growth(t) > 0 else float('nan'):>9.2f}x")
+    return "\n".join(lines)
 
 
 def format_notes(workloads: dict) -> str:
@@ -339,6 +450,7 @@ class _Clock:
         self.linear_params = 0
         self.tokens = _TokenCounter()
         self.optimizer = None
+        self.rss_loaded = 0.0
 
     def now(self) -> float:
         return time.perf_counter() - self.eval_total
@@ -445,6 +557,7 @@ def _load(spec: dict):
     from rlvr.config import load_config
 
     torch.set_num_threads(spec["threads"])
+    _register_w3_task()
     return load_config(CONFIG, spec["overrides"])
 
 
@@ -465,6 +578,7 @@ def rlvr_worker(spec: dict) -> dict:
     def load_model(*args, **kwargs):
         model, tok = original_load(*args, **kwargs)
         clock.tokens.attach(model)  # before any engine copies the module (hooks travel with deepcopy)
+        clock.rss_loaded = clock.rss_loaded or current_rss_mib()
         return model, tok
 
     def make_engine(*args, **kwargs):
@@ -511,7 +625,8 @@ def rlvr_worker(spec: dict) -> dict:
         RunLogger.log, Learner.update, loop.evaluate = original_log, original_update, original_eval
         loop.load_model_and_tokenizer, loop.make_engine = original_load, original_engine
     out = {"side": "rlvr", "steps": clock.steps, "prompt_sets": clock.prompt_sets, "label": _label(config),
-           "linear_params": clock.linear_params, "threads": torch.get_num_threads(), "optimizer": clock.optimizer}
+           "linear_params": clock.linear_params, "threads": torch.get_num_threads(), "optimizer": clock.optimizer,
+           "rss_loaded_mib": clock.rss_loaded, "peak_rss_mib": peak_rss_mib()}
     if every:
         out["p2"] = _p2_result(clock, spec["p2_delta"])
     return out
@@ -541,6 +656,7 @@ def trl_worker(spec: dict) -> dict:
     task = make_task(config.task.name, **config.task.options)
     path = resolve_model_path(config, task, False, lambda *a: None)
     model, tok = load_model_and_tokenizer(path, config.model.dtype, config.run.device)
+    rss_loaded = current_rss_mib()
     task_defaults.apply_token_budget(config, task, tok, lambda *a: None)  # as rlvr's loop does
     r, t, alg = config.rollout, config.trainer, config.algorithm
     check = {"advantage_estimator": alg.advantage_estimator == "grpo",
@@ -625,7 +741,8 @@ def trl_worker(spec: dict) -> dict:
     out = {"side": "trl", "steps": clock.steps, "prompt_sets": clock.prompt_sets, "label": _label(config),
            "linear_params": linear_params(model), "threads": torch.get_num_threads(),
            "optimizer": _optimizer_name(getattr(trainer.optimizer, "optimizer", trainer.optimizer))
-                        + f" (optim={getattr(args.optim, 'value', args.optim)})"}
+                        + f" (optim={getattr(args.optim, 'value', args.optim)})",
+           "rss_loaded_mib": rss_loaded, "peak_rss_mib": peak_rss_mib()}
     if every:
         out["p2"] = _p2_result(clock, spec["p2_delta"])
     return out
@@ -703,9 +820,10 @@ def versions() -> dict:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--workloads", default="W1,W2")
-    ap.add_argument("--warmup", type=int, default=3, help="steps per run not timed (>= 1)")
-    ap.add_argument("--steps", type=int, default=20, help="timed steps per run")
+    ap.add_argument("--workloads", default="W1,W2,W3")
+    ap.add_argument("--warmup", type=int, default=None, help="steps per run not timed (>= 1; default: the "
+                    "workload's, W1/W2 3, W3 1)")
+    ap.add_argument("--steps", type=int, default=None, help="timed steps per run (default: W1/W2 20, W3 3)")
     ap.add_argument("--repeats", type=int, default=2, help="runs per side and workload (alternating, ABBA)")
     ap.add_argument("--seed", type=int, default=0, help="seed of the first repeat (repeat r: seed + r)")
     ap.add_argument("--threads", type=int, default=2)
@@ -729,7 +847,7 @@ def main(argv=None) -> int:
         msg = "vs_trl: TRL is not installed; pip install -e '.[bench]' (trl, accelerate, datasets)"
         print(msg + ("; skipped" if args.if_available else ""))
         return 0 if args.if_available else 2
-    if args.warmup < 1 or args.steps < 1:
+    if (args.warmup is not None and args.warmup < 1) or (args.steps is not None and args.steps < 1):
         raise SystemExit("--warmup and --steps must be >= 1")
     import torch
 
@@ -737,30 +855,38 @@ def main(argv=None) -> int:
     info = versions()
     print(f"TRL {info['trl']} (transformers {info['transformers']}, accelerate {info['accelerate']}) vs rlvr "
           f"{info['rlvr']} @ {info['git']}; torch {info['torch']}, {args.threads} threads, fp32; "
-          f"{args.warmup} warm-up + {args.steps} timed steps x {args.repeats} runs per side, alternating")
+          f"{args.warmup or 'the workload default'} warm-up + {args.steps or 'the workload default'} timed steps x "
+          f"{args.repeats} runs per side, alternating")
     peaks = {"n": args.gemm, "threads": args.threads, "float32": matmul_peak(args.gemm, "float32"),
              "bfloat16": matmul_peak(args.gemm, "bfloat16")}  # measured again at the end: the best of both
     report: dict = {"versions": info, "args": vars(args), "peaks": peaks, "workloads": {}}
     results, n_params = {}, {}
     base = QUIET + (TINY if args.tiny else ["eval.num_problems=16"])  # rlvr's before/after eval: untimed
+    models = tempfile.TemporaryDirectory(prefix="rlvr-vs-trl-")  # W3's model, built once, removed at exit
     for wl in args.workloads.split(","):
         overrides = WORKLOADS[wl]["overrides"] + base
+        if WORKLOADS[wl].get("model"):
+            t0 = time.perf_counter()
+            overrides.append(f"model.path={build_model(WORKLOADS[wl]['model'], Path(models.name))}")
+            print(f"{wl}: model built ({time.perf_counter() - t0:.0f} s)", flush=True)
         built = warm_start(overrides, args.threads)
         print(f"{wl}: warm start ready ({built:.0f} s)", flush=True)
         runs = []
+        warmup = args.warmup or WORKLOADS[wl].get("warmup", 3)
+        steps = args.steps or WORKLOADS[wl].get("steps", 20)
         for i, side in enumerate(run_order(args.repeats)):
             seed = args.seed + i // 2
-            spec = {"side": side, "seed": seed, "warmup": args.warmup, "total_steps": args.warmup + args.steps,
-                    "overrides": overrides + [f"run.seed={seed}", f"trainer.steps={args.warmup + args.steps}"]}
+            spec = {"side": side, "seed": seed, "warmup": warmup, "total_steps": warmup + steps,
+                    "overrides": overrides + [f"run.seed={seed}", f"trainer.steps={warmup + steps}"]}
             t0 = time.perf_counter()
             run = run_worker(spec, args.threads)
-            timed = [s["wall"] for s in run["steps"][args.warmup:]]
+            timed = [s["wall"] for s in run["steps"][warmup:]]
             print(f"  {side:<4} seed {seed}: median {statistics.median(timed):.3f} s/step "
                   f"({time.perf_counter() - t0:.0f} s in all)", flush=True)
             runs.append(run)
         by_seed = {}
         for run in runs:
-            by_seed.setdefault(run["seed"], {})[run["side"]] = run["prompt_sets"][:args.warmup + args.steps]
+            by_seed.setdefault(run["seed"], {})[run["side"]] = run["prompt_sets"][:warmup + steps]
         same = all(s.get("trl") == s.get("rlvr") for s in by_seed.values())
         results[wl] = {side: aggregate([r for r in runs if r["side"] == side]) for side in ("trl", "rlvr")}
         n_params[wl] = runs[0]["linear_params"]
@@ -776,6 +902,8 @@ def main(argv=None) -> int:
     print(format_speed_table(results))
     print()
     print(format_flops_table(results, peaks, n_params))
+    print()
+    print(format_memory_table(results))
     print()
     print(format_notes(report["workloads"]))
     if args.p2:

@@ -26,7 +26,7 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
-__all__ = ["CHATML_TEMPLATE", "STAND_INS", "build_bpe_tokenizer", "build_stand_in", "save_stand_in"]
+__all__ = ["CHATML_TEMPLATE", "STAND_INS", "build_bpe_tokenizer", "build_stand_in", "corpus_lines", "save_stand_in"]
 
 #: Qwen's ChatML turn format: ``<|im_start|>role\\ncontent<|im_end|>\\n`` per message, then the
 #: generation prompt ``<|im_start|>assistant\\n``.
@@ -102,11 +102,19 @@ def _corpus(seed: int = 0, n: int = 3000) -> list[str]:
     return lines
 
 
-def build_bpe_tokenizer(vocab_size: int = 1200, eos: str = "<|im_end|>", seed: int = 0):
+def corpus_lines(vocab_size: int) -> int:
+    """Lines of :func:`_corpus` that teach ``vocab_size`` tokens: 3000 (about 5400 tokens' worth) up to
+    5000 tokens, else 3 per token (32k: 98k lines, ~4 s; 152k: 456k lines, ~15 s to train)."""
+    return 3000 if vocab_size <= 5000 else 3 * vocab_size
+
+
+def build_bpe_tokenizer(vocab_size: int = 1200, eos: str = "<|im_end|>", seed: int = 0, model_max_length: int = 512):
     """A byte-level BPE ``PreTrainedTokenizerFast`` trained here, with the ChatML template.
 
     ``eos`` is the tokenizer's ``eos_token`` (``<|im_end|>``: instruct; ``<|endoftext|>``: base).
-    The pad token is ``<|endoftext|>`` as in Qwen's tokenizers; there is no BOS token.
+    The pad token is ``<|endoftext|>`` as in Qwen's tokenizers; there is no BOS token. A large
+    ``vocab_size`` (32k, 152k: realistic LM heads, benchmarks/scaling.py) is reached exactly, from a
+    corpus that grows with it (:func:`corpus_lines`).
     """
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
@@ -117,17 +125,21 @@ def build_bpe_tokenizer(vocab_size: int = 1200, eos: str = "<|im_end|>", seed: i
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     tok.post_processor = processors.ByteLevel(trim_offsets=False)
+    # all 256 bytes, as real byte-level vocabularies; below that (a vocabulary of ~100, like the built-in
+    # tiny model's) only the bytes the corpus uses, so text outside it cannot be encoded
+    alphabet = pre_tokenizers.ByteLevel.alphabet() if vocab_size >= 256 + len(SPECIALS) else []
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=list(SPECIALS), show_progress=False,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    tok.train_from_iterator(_corpus(seed), trainer=trainer)
+                                  initial_alphabet=alphabet)
+    tok.train_from_iterator(_corpus(seed, corpus_lines(vocab_size)), trainer=trainer)
     return PreTrainedTokenizerFast(
         tokenizer_object=tok, eos_token=eos, pad_token="<|endoftext|>", chat_template=CHATML_TEMPLATE,
         additional_special_tokens=[s for s in SPECIALS if s not in (eos, "<|endoftext|>")],
-        clean_up_tokenization_spaces=False, model_max_length=512)
+        clean_up_tokenization_spaces=False, model_max_length=model_max_length)
 
 
-def build_stand_in(name: str = "qwen3_instruct", seed: int = 0, **arch):
-    """(model, tokenizer) of the stand-in ``name`` (a key of :data:`STAND_INS`), random weights."""
+def build_stand_in(name: str = "qwen3_instruct", seed: int = 0, vocab_size: int = 1200, **arch):
+    """(model, tokenizer) of the stand-in ``name`` (a key of :data:`STAND_INS`), random weights;
+    ``vocab_size`` tokens in the BPE tokenizer and the model's embedding, ``arch`` overrides :data:`ARCH`."""
     import torch
     from transformers import GenerationConfig
 
@@ -135,11 +147,12 @@ def build_stand_in(name: str = "qwen3_instruct", seed: int = 0, **arch):
         raise ValueError(f"unknown stand-in {name!r}; choose one of {', '.join(STAND_INS)}")
     model_type, convention = STAND_INS[name]
     eos, eos_tokens = CONVENTIONS[convention]
-    tokenizer = build_bpe_tokenizer(eos=eos, seed=seed)
+    shape = {**ARCH, **arch}
+    tokenizer = build_bpe_tokenizer(vocab_size, eos=eos, seed=seed, model_max_length=shape["max_position_embeddings"])
     pad = tokenizer.convert_tokens_to_ids("<|endoftext|>")
     common = dict(vocab_size=len(tokenizer), eos_token_id=tokenizer.eos_token_id, pad_token_id=pad, bos_token_id=None)
     build, adjust = ARCHITECTURES[model_type]
-    cls, config = build(common, {**ARCH, **arch})
+    cls, config = build(common, shape)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = cls(config)
@@ -150,10 +163,10 @@ def build_stand_in(name: str = "qwen3_instruct", seed: int = 0, **arch):
     return model, tokenizer
 
 
-def save_stand_in(name: str, path: str | Path, seed: int = 0, **arch) -> Path:
+def save_stand_in(name: str, path: str | Path, seed: int = 0, vocab_size: int = 1200, **arch) -> Path:
     """Build the stand-in ``name`` and save it as an HF checkpoint folder at ``path``."""
     path = Path(path)
-    model, tokenizer = build_stand_in(name, seed=seed, **arch)
+    model, tokenizer = build_stand_in(name, seed=seed, vocab_size=vocab_size, **arch)
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path
