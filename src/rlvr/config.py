@@ -506,6 +506,12 @@ class TrainerSection(_Section):
     ppo_epochs: int = Field(1, ge=1)
     num_minibatches: int = Field(1, ge=1, description="optimizer steps per epoch")
     micro_batch_size: int = Field(256, ge=1, description="sequences per forward/backward")
+    max_tokens_per_microbatch: int = Field(
+        0, ge=0, description="also cut micro-batches (of whole groups, length-sorted with sort_by_length) so "
+        "each forward runs at most this many positions: rows x (longest prompt + longest completion) after "
+        "padding is trimmed (verl's ppo_max_token_len_per_gpu). It bounds the activations and [rows, T, V] "
+        "logits whatever the completion lengths; a micro-batch within trainer.pack_tokens runs as one packed "
+        "sequence (no padding, per-row positions and a block mask). 0: rows only (micro_batch_size)")
     max_grad_norm: float = Field(1.0, gt=0)
     max_consecutive_skipped: int = Field(5, ge=1, description="stop the run after this many optimizer steps in "
                                          "a row skipped for a NaN/inf loss or gradient norm (a skipped step "

@@ -14,17 +14,33 @@ def split_groups(group: torch.Tensor, n: int, generator: torch.Generator) -> lis
     return [rows[i::n] for i in range(n)] if n > 1 else [rows]
 
 
-def micro_batches(groups: list[torch.Tensor], size: int):
-    """Row indices in chunks of whole groups, each at most ``size`` rows (or one group if larger)."""
-    chunk, count = [], 0
+def micro_batches(groups: list[torch.Tensor], size: int, max_tokens: int = 0,
+                  prompt_lengths: torch.Tensor | None = None, completion_lengths: torch.Tensor | None = None):
+    """Row indices in chunks of whole groups, each at most ``size`` rows and, with ``max_tokens > 0``
+    (``trainer.max_tokens_per_microbatch``), at most ``max_tokens`` padded positions: rows x (the longest
+    real prompt + the longest real completion among them), what the forward of the chunk runs once
+    :func:`rlvr.models.logprobs.trim_padding` has cut the padding (a shared-prefix or packed forward runs
+    fewer). A group over a limit on its own is a chunk of its own. ``*_lengths``: real tokens per row."""
+    chunk, count, longest_p, longest_c = [], 0, 0, 0
     for rows in groups:
-        if chunk and count + len(rows) > size:
+        p = int(prompt_lengths[rows].max()) if max_tokens and len(rows) else 0
+        c = int(completion_lengths[rows].max()) if max_tokens and len(rows) else 0
+        over_tokens = max_tokens and (count + len(rows)) * (max(longest_p, p) + max(longest_c, c)) > max_tokens
+        if chunk and (count + len(rows) > size or over_tokens):
             yield torch.cat(chunk)
-            chunk, count = [], 0
+            chunk, count, longest_p, longest_c = [], 0, 0, 0
         chunk.append(rows)
         count += len(rows)
+        longest_p, longest_c = max(longest_p, p), max(longest_c, c)
     if chunk:
         yield torch.cat(chunk)
+
+
+def padded_tokens(rows: torch.Tensor, prompt_lengths: torch.Tensor, completion_lengths: torch.Tensor) -> int:
+    """Positions of one micro-batch's trimmed, padded forward: rows x (longest prompt + longest completion)."""
+    if not len(rows):
+        return 0
+    return len(rows) * (int(prompt_lengths[rows].max()) + int(completion_lengths[rows].max()))
 
 
 def sort_groups_by_length(groups: list[torch.Tensor], prompt_mask: torch.Tensor,

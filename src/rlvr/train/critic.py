@@ -130,7 +130,8 @@ class Critics:
                     counts = dict(batch_num_tokens=mm_all.sum(), batch_num_seqs=(mm_all.sum(-1) > 0).sum())
                     optimizer.zero_grad(set_to_none=True)
                     total, clipfrac = 0.0, 0.0
-                    for idx in micro_batches(mb, cfg.trainer.micro_batch_size):
+                    for idx in micro_batches(mb, cfg.trainer.micro_batch_size, cfg.trainer.max_tokens_per_microbatch,
+                                             exp.rollout.prompt_mask.sum(-1), exp.rollout.completion_mask.sum(-1)):
                         out = self._outputs(model, exp, idx)
                         pred = out[..., 0] if out.shape[-1] == 1 else out  # scalar head or bin logits
                         loss, vm = A.value_loss(c.value_loss, values=pred, old_values=old_values[m][idx],

@@ -59,7 +59,7 @@ from rlvr.models.lora import is_peft_model, reference_weights
 from rlvr.models.prefix import PrefixSharing, has_active_dropout
 from rlvr.optim import make_optimizer
 from rlvr.rollout.factory import SAMPLES_WITH_HF_GENERATE
-from rlvr.train.batches import log_once, micro_batches, sort_groups_by_length, split_groups
+from rlvr.train.batches import log_once, micro_batches, padded_tokens, sort_groups_by_length, split_groups
 from rlvr.train.critic import explained_variance
 from rlvr.train.loss_terms import LOSS_TERMS, active_terms
 from rlvr.train.old_logp import generation_truncation, reuse_rollout_logp
@@ -174,15 +174,21 @@ class Learner:
         return stats
 
     def _row_chunks(self, exp: Experience, groups: list[torch.Tensor] | None = None):
-        """Row-index micro-batches of whole groups, at most ``trainer.micro_batch_size`` rows each;
+        """Row-index micro-batches of whole groups, at most ``trainer.micro_batch_size`` rows and
+        ``trainer.max_tokens_per_microbatch`` padded positions (when set) each;
         with ``trainer.sort_by_length`` the groups are ordered by length first, so each micro-batch
         holds rows of similar length (less padding)."""
         if groups is None:
             groups = [torch.nonzero(exp.group == g).flatten() for g in torch.unique(exp.group)]
-        size = self.config.trainer.micro_batch_size
-        if self.config.trainer.sort_by_length and sum(len(g) for g in groups) > size:
-            groups = sort_groups_by_length(groups, exp.rollout.prompt_mask, exp.rollout.completion_mask)
-        return micro_batches(groups, size)
+        t = self.config.trainer
+        r = exp.rollout
+        p_len, c_len = r.prompt_mask.sum(-1), r.completion_mask.sum(-1)
+        cut = sum(len(g) for g in groups) > t.micro_batch_size or (
+            t.max_tokens_per_microbatch > 0 and padded_tokens(torch.cat(groups) if groups else torch.zeros(0),
+                                                              p_len, c_len) > t.max_tokens_per_microbatch)
+        if t.sort_by_length and cut:
+            groups = sort_groups_by_length(groups, r.prompt_mask, r.completion_mask)
+        return micro_batches(groups, t.micro_batch_size, t.max_tokens_per_microbatch, p_len, c_len)
 
     @torch.no_grad()
     def _logprobs(self, model, exp: Experience, with_mean: bool = False, policy: bool = True):
