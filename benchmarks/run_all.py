@@ -99,6 +99,8 @@ def main(argv=None) -> int:
     __import__("oversubscription").main(["--steps", "4", "--threads", "2", "--policies", "default,GOMP_SPINCOUNT=1000"]
                                         if args.quick else ["--steps", "12"])
     __import__("vs_trl").main(["--if-available", *(["--steps", "5", "--repeats", "1"] if args.quick else ["--p2"])])
+    # how rlvr's step grows with completion length and vocabulary (beside TRL where it is installed)
+    __import__("scaling").main(["--lengths", "32,128", "--vocabs", "100,32768", "--steps", "1"] if args.quick else [])
     return 0
 
 

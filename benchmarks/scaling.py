@@ -43,11 +43,12 @@ OVERRIDES = [o for o in vs_trl.WORKLOADS["W3"]["overrides"]
     "rollout.prompts_per_step=4", "eval.num_problems=2"]
 
 
-def cells(lengths: list[int], vocabs: list[int]) -> list[tuple[str, int, int]]:
+def cells(lengths: list[int], vocabs: list[int], base_vocab: int = BASE_VOCAB,
+          base_length: int = BASE_LENGTH) -> list[tuple[str, int, int]]:
     """(axis, V, C) of every cell: the length axis at the base vocabulary, the vocabulary axis at the base
     length; the base cell once (on the length axis, and reused for the vocabulary axis)."""
-    out = [("length", BASE_VOCAB, c) for c in lengths]
-    out += [("vocab", v, BASE_LENGTH) for v in vocabs if not (v == BASE_VOCAB and BASE_LENGTH in lengths)]
+    out = [("length", base_vocab, c) for c in lengths]
+    out += [("vocab", v, base_length) for v in vocabs if not (v == base_vocab and base_length in lengths)]
     return out
 
 
@@ -115,6 +116,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--lengths", default="32,128,512")
     ap.add_argument("--vocabs", default="100,32768,151936")
+    ap.add_argument("--base-vocab", type=int, default=BASE_VOCAB, help="the vocabulary of the length axis")
+    ap.add_argument("--base-length", type=int, default=BASE_LENGTH, help="the completion length of the vocabulary axis")
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--steps", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
@@ -135,13 +138,14 @@ def main(argv=None) -> int:
           f"{args.steps} timed steps a run", flush=True)
     rows, report = [], {"versions": info, "args": vars(args), "cells": []}
     with tempfile.TemporaryDirectory(prefix="rlvr-scaling-") as tmp:
-        for axis, V, C in cells(lengths, vocabs):
+        for axis, V, C in cells(lengths, vocabs, args.base_vocab, args.base_length):
             t0 = time.perf_counter()
             path = build(V, Path(tmp))
             overrides = (vs_trl.QUIET + OVERRIDES + [f"rollout.max_new_tokens={C}", f"model.path={path}",
                                                      f"run.seed={args.seed}",
                                                      f"trainer.steps={args.warmup + args.steps}"])
-            row = {"axes": [axis] + (["vocab"] if (V, C) == (BASE_VOCAB, BASE_LENGTH) else []), "V": V, "C": C,
+            base = (V, C) == (args.base_vocab, args.base_length) and axis == "length"
+            row = {"axes": [axis] + (["vocab"] if base else []), "V": V, "C": C,
                    "sides": {}}
             order = sides if len(rows) % 2 == 0 else sides[::-1]
             for side in order:

@@ -836,6 +836,10 @@ def main(argv=None) -> int:
     ap.add_argument("--tiny", action="store_true", help="tiny warm start and batch (tests; numbers mean nothing)")
     ap.add_argument("--if-available", action="store_true", help="print a line and exit 0 when TRL is missing")
     ap.add_argument("--json", help="write every number here")
+    ap.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
+                    help="an rlvr config override for every run (e.g. trainer.chunked_head=always; the TRL side "
+                    "reads the same config for its hyper-parameters); repeatable")
+    ap.add_argument("--sides", default="trl,rlvr", help="run only these sides (e.g. rlvr: no ratio is printed)")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.worker:
@@ -864,7 +868,7 @@ def main(argv=None) -> int:
     base = QUIET + (TINY if args.tiny else ["eval.num_problems=16"])  # rlvr's before/after eval: untimed
     models = tempfile.TemporaryDirectory(prefix="rlvr-vs-trl-")  # W3's model, built once, removed at exit
     for wl in args.workloads.split(","):
-        overrides = WORKLOADS[wl]["overrides"] + base
+        overrides = WORKLOADS[wl]["overrides"] + base + args.override
         if WORKLOADS[wl].get("model"):
             t0 = time.perf_counter()
             overrides.append(f"model.path={build_model(WORKLOADS[wl]['model'], Path(models.name))}")
@@ -875,6 +879,8 @@ def main(argv=None) -> int:
         warmup = args.warmup or WORKLOADS[wl].get("warmup", 3)
         steps = args.steps or WORKLOADS[wl].get("steps", 20)
         for i, side in enumerate(run_order(args.repeats)):
+            if side not in args.sides.split(","):
+                continue
             seed = args.seed + i // 2
             spec = {"side": side, "seed": seed, "warmup": warmup, "total_steps": warmup + steps,
                     "overrides": overrides + [f"run.seed={seed}", f"trainer.steps={warmup + steps}"]}
@@ -888,7 +894,8 @@ def main(argv=None) -> int:
         for run in runs:
             by_seed.setdefault(run["seed"], {})[run["side"]] = run["prompt_sets"][:warmup + steps]
         same = all(s.get("trl") == s.get("rlvr") for s in by_seed.values())
-        results[wl] = {side: aggregate([r for r in runs if r["side"] == side]) for side in ("trl", "rlvr")}
+        results[wl] = {side: aggregate([r for r in runs if r["side"] == side]) for side in ("trl", "rlvr")
+                       if any(r["side"] == side for r in runs)}
         n_params[wl] = runs[0]["linear_params"]
         report["workloads"][wl] = {"overrides": overrides, "same_prompts": same, "runs": runs,
                                    "summary": results[wl]}
