@@ -53,7 +53,11 @@ def cells(lengths: list[int], vocabs: list[int], base_vocab: int = BASE_VOCAB,
 
 
 def build(vocab: int, folder: Path) -> str:
+    from transformers.utils import logging as hf_logging
+
     from rlvr.models.stand_in import save_stand_in
+
+    hf_logging.disable_progress_bar()
 
     path = folder / f"qwen3_v{vocab}"
     if not (path / "config.json").exists():

@@ -866,6 +866,8 @@ def main(argv=None) -> int:
     report: dict = {"versions": info, "args": vars(args), "peaks": peaks, "workloads": {}}
     results, n_params = {}, {}
     base = QUIET + (TINY if args.tiny else ["eval.num_problems=16"])  # rlvr's before/after eval: untimed
+    if args.tiny:  # W3's model at a 32k vocabulary but a 2-layer, 64-wide body
+        W3_ARCH.update(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, head_dim=16)
     models = tempfile.TemporaryDirectory(prefix="rlvr-vs-trl-")  # W3's model, built once, removed at exit
     for wl in args.workloads.split(","):
         overrides = WORKLOADS[wl]["overrides"] + base + args.override

@@ -134,7 +134,7 @@ def test_smallest_run_against_trl(tmp_path):
     pytest.importorskip("trl")
     pytest.importorskip("accelerate")
     out = tmp_path / "vs_trl.json"
-    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "vs_trl.py"), "--tiny", "--threads", "1", "--workloads", "W1",
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "vs_trl.py"), "--tiny", "--threads", "1", "--workloads", "W1,W3",
                            "--warmup", "1", "--steps", "2", "--repeats", "1", "--gemm", "256", "--p2", "--p2-seeds",
                            "1", "--p2-eval-every", "1", "--p2-max-steps", "2", "--json", str(out)],
                           capture_output=True, text=True, timeout=900)  # RLVR_CACHE: the session's private one
@@ -152,3 +152,12 @@ def test_smallest_run_against_trl(tmp_path):
         trained = s["tokens_per_step"]["grad"] if side == "rlvr" else 1
         assert (s["train_flops_per_s"] > 0) == (trained > 0), s
     assert {r["side"] for r in report["p2"]["runs"]} == {"trl", "rlvr"}
+    # W3: the same prompts on both sides, the 32k-vocabulary stand-in, every row trained (a dense reward), memory read
+    w3 = report["workloads"]["W3"]
+    assert w3["same_prompts"], proc.stdout
+    assert any(o.startswith("model.path=") for o in w3["overrides"])
+    for side in ("trl", "rlvr"):
+        s = w3["summary"][side]
+        assert s["steps"] == 2 and s["peak_rss_mib"] > s["rss_loaded_mib"] > 0
+        assert s["tokens_per_step"]["grad"] > 0
+    assert "peak RSS MiB" in proc.stdout
