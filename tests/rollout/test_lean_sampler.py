@@ -62,3 +62,36 @@ def test_a_seeded_generator_reproduces_and_leaves_the_global_rng_alone():
     a = sample_categorical(p, torch.Generator().manual_seed(4))
     b = sample_categorical(p, torch.Generator().manual_seed(4))
     assert torch.equal(a, b) and torch.equal(torch.random.get_rng_state(), state)
+
+
+def test_the_decode_head_equals_the_module_and_respects_hooks():
+    from rlvr.rollout.lean import HEAD_TRANSPOSE_ROWS, decode_head
+
+    g = torch.Generator().manual_seed(5)
+    for bias in (False, True):
+        head = torch.nn.Linear(16, 300, bias=bias)
+        with torch.no_grad():
+            head.weight.copy_(torch.randn(300, 16, generator=g))
+            if bias:
+                head.bias.copy_(torch.randn(300, generator=g))
+        h = torch.randn(8, 16, generator=g)
+        fast = decode_head(head, h)
+        assert fast.is_contiguous() and fast.shape == (8, 300)
+        torch.testing.assert_close(fast, head(h), rtol=1e-5, atol=1e-5)
+        # the layout changes the summation order at most: the same values to float reassociation
+        exact = (h.double() @ head.weight.double().t() + (head.bias.double() if bias else 0)).float()
+        torch.testing.assert_close(fast, exact, rtol=1e-5, atol=1e-5)
+    # a hook on the head, more rows than the threshold, or a narrow vocabulary: through the module
+    calls = []
+    handle = head.register_forward_hook(lambda m, a, o: calls.append(1))
+    decode_head(head, h)
+    handle.remove()
+    assert calls == [1]
+    wide = torch.randn(HEAD_TRANSPOSE_ROWS + 1, 16, generator=g)
+    torch.testing.assert_close(decode_head(head, wide), head(wide))
+    narrow = torch.nn.Linear(16, 100)
+    calls.clear()
+    handle = narrow.register_forward_hook(lambda m, a, o: calls.append(1))
+    decode_head(narrow, h)  # 100 < 8 x 16: the module runs (its hook fires)
+    handle.remove()
+    assert calls == [1]
