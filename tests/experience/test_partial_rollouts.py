@@ -71,13 +71,20 @@ def test_a_mid_generation_update_changes_later_tokens_only_and_is_recorded(kind,
     later = m.clone()
     later[:, :3] = False
     assert bool(later.any())
-    # the first token after the update (position 3) continues the same prefix in both runs, so where it is
-    # the same token its log-prob can only differ because the weights changed: it must differ
-    w = min(width, base.completion_ids.shape[1])
-    both = (later & base.completion_mask.bool()[:, :w] & (r.completion_ids[:, :w] == base.completion_ids[:, :w]))
-    both[:, 4:] = False
-    assert bool(both.any())
-    assert bool((r.rollout_logp[both] - base.rollout_logp[:, :w][both]).abs().gt(1e-4).all())
+    # the first token after the update (position 3): had it been drawn with the old weights, its recorded
+    # log-prob would be the old model's for the same ids (a forward through the plain engine's model, which
+    # was never updated; positions 0-2 check that this forward is the sampler's). It is not: the new weights
+    # drew it (over the old weights' cached keys/values of positions 0-2: partial rollouts keep the cache)
+    from rlvr.models.forward import plain_outputs
+
+    at3 = m[:, 3]
+    assert bool(at3.any())
+    with torch.no_grad():
+        logits = plain_outputs(plain.model, r.prompt_ids, r.prompt_mask, r.completion_ids[:, :4],
+                               r.completion_mask[:, :4]).float()
+    old = torch.log_softmax(logits, -1).gather(-1, r.completion_ids[:, :4, None]).squeeze(-1)
+    assert torch.allclose(r.rollout_logp[:, :3][m[:, :3]], old[:, :3][m[:, :3]], atol=1e-4)
+    assert bool((r.rollout_logp[at3, 3] - old[at3, 3]).abs().gt(1e-4).all())
 
 
 def test_the_worker_loads_published_weights_between_decode_steps(tiny_path, fast_config):

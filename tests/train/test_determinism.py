@@ -31,7 +31,8 @@ def _run(fast_config, tag, *over):
     weights = load_file(f"{ckpt}/model.safetensors")
     rows = [json.loads(x) for x in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
     steps = [r for r in rows if "reward_mean" in r]
-    assert len(steps) == 3 and all(r["trained_rows_frac"] > 0 for r in steps)  # every step changed the weights
+    # the weights changed before the last step, so later sampling depends on the updates being identical
+    assert len(steps) == 3 and any(r["trained_rows_frac"] > 0 for r in steps[:2])
     return weights, rows
 
 
