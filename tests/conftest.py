@@ -66,3 +66,30 @@ def stand_in(tmp_path_factory):
         return built[name]
 
     return get
+
+
+@pytest.fixture
+def arithmetic_experience():
+    """``arithmetic_experience(model, tok, n_prompts=4, G=3, max_new_tokens=6)``: one rollout batch of the
+    ``arithmetic`` task sampled by the HF engine (seeded), with rewards ``[1, 0, 0.5]`` per group so every
+    group has a spread: the input of a learner-update test."""
+
+    def make(model, tok, n_prompts=4, G=3, max_new_tokens=6):
+        import torch
+
+        from rlvr.experience.batch import PromptSampler
+        from rlvr.experience.producer import PromptDraws, RolloutProducer
+        from rlvr.rollout.base import SamplingParams
+        from rlvr.rollout.hf import HFRolloutEngine
+        from rlvr.tasks import make_task
+
+        task = make_task("arithmetic", num_train=100, num_eval=4)
+        producer = RolloutProducer(HFRolloutEngine(model, tok), task,
+                                   SamplingParams(temperature=1.0, max_new_tokens=max_new_tokens, n=G, seed=2),
+                                   n_prompts)
+        sampler = PromptSampler(task.problems("train"), 0)
+        exp = producer.produce(PromptDraws(sampler.problems, sampler.next_indices), seed=5)
+        exp.rewards = torch.tensor([1.0, 0.0, 0.5] * n_prompts)
+        return exp
+
+    return make

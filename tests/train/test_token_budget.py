@@ -32,19 +32,7 @@ def test_chunks_hold_whole_groups_within_the_budget():
     assert max(len(c) for c in micro_batches(groups, 8, 10_000, p_len, c_len)) == 8
 
 
-def _batch(model, tok, n_prompts=6, G=3):
-    from rlvr.experience.batch import PromptSampler
-    from rlvr.experience.producer import PromptDraws, RolloutProducer
-    from rlvr.rollout.base import SamplingParams
-    from rlvr.rollout.hf import HFRolloutEngine
-    from rlvr.tasks import make_task
-
-    task = make_task("arithmetic", num_train=100, num_eval=4)
-    producer = RolloutProducer(HFRolloutEngine(model, tok), task,
-                               SamplingParams(temperature=1.0, max_new_tokens=8, n=G, seed=2), n_prompts)
-    sampler = PromptSampler(task.problems("train"), 0)
-    exp = producer.produce(PromptDraws(sampler.problems, sampler.next_indices), seed=5)
-    exp.rewards = torch.tensor([1.0, 0.0, 0.5] * n_prompts)
+def _ragged(exp, tok):
     # ragged completions (a random model rarely stops): cut row i after 1 + 3i mod T tokens
     r = exp.rollout
     B, T = r.completion_ids.shape
@@ -57,14 +45,15 @@ def _batch(model, tok, n_prompts=6, G=3):
 
 @pytest.mark.parametrize("which", ["tiny", "qwen3_instruct"])
 @pytest.mark.parametrize("packed", [False, True])
-def test_an_update_under_a_token_budget_equals_one_micro_batch(which, packed, stand_in, fast_config, tmp_path):
+def test_an_update_under_a_token_budget_equals_one_micro_batch(which, packed, stand_in, fast_config, tmp_path,
+                                                              arithmetic_experience):
     from rlvr.models.load import load_model_and_tokenizer
     from rlvr.models.tiny import save_tiny
     from rlvr.train.learner import Learner
 
     path = stand_in(which) if which != "tiny" else str(save_tiny(tmp_path / "tiny", seed=6))
     base, tok = load_model_and_tokenizer(path)
-    exp = _batch(base, tok)
+    exp = _ragged(arithmetic_experience(base, tok, n_prompts=6, max_new_tokens=8), tok)
     r = exp.rollout
     lengths = r.completion_mask.sum(-1)
     assert lengths.min() < lengths.max()  # ragged completions
