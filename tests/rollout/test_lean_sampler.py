@@ -95,3 +95,12 @@ def test_the_decode_head_equals_the_module_and_respects_hooks():
     decode_head(narrow, h)  # 100 < 8 x 16: the module runs (its hook fires)
     handle.remove()
     assert calls == [1]
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -0.1])
+def test_non_finite_or_negative_probabilities_are_loud(bad):
+    p = torch.tensor([[0.2, 0.3, 0.5], [0.2, bad, 0.5]])
+    with pytest.raises(ValueError, match="NaN, inf"):
+        sample_categorical(p, None)
+    with pytest.raises(ValueError, match="no mass"):
+        sample_categorical(torch.zeros(1, 3), None)

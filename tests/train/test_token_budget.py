@@ -81,3 +81,12 @@ def test_an_update_under_a_token_budget_equals_one_micro_batch(which, packed, st
     assert float((g1 - g0).abs().max()) < 1e-6 * max(1.0, float(g0.abs().max()))
     for k in ("loss", "entropy", "grad_norm"):
         assert out[budget][0][k] == pytest.approx(out[0][0][k], rel=1e-5, abs=1e-7), k
+
+
+def test_a_group_over_the_budget_runs_alone_and_says_so(caplog):
+    p_len, c_len = torch.full((8,), 10), torch.full((8,), 30)
+    groups = [torch.arange(0, 4), torch.arange(4, 8)]  # 4 rows x 40 = 160 positions a group
+    with caplog.at_level("WARNING", logger="rlvr"):
+        chunks = list(micro_batches(groups, 256, 100, p_len, c_len))
+    assert [len(c) for c in chunks] == [4, 4]
+    assert sum("max_tokens_per_microbatch=100 is below one group" in r.message for r in caplog.records) == 1

@@ -198,9 +198,16 @@ def sample_categorical(probs: torch.Tensor, generator: torch.Generator | None) -
     token of probability 0 spans an empty interval and is never drawn (``u F(V)`` is kept below ``F(V)``),
     and float64 sums keep every interval to within ~1e-16 of its probability. It needs ``B`` random
     numbers a step where ``torch.multinomial`` draws ``B x V`` exponentials: at a 32k vocabulary that was
-    half of the sampler's time on a CPU (benchmarks/vs_trl.py W3, docs/speed.md)."""
+    half of the sampler's time on a CPU (benchmarks/vs_trl.py W3, docs/speed.md). Inverse transform
+    sampling: Devroye, "Non-Uniform Random Variate Generation" (1986), chapter II.2 (the inversion method).
+
+    Raises ValueError on a row with a NaN or infinite entry or no positive mass (where ``torch.multinomial``
+    raises too): a search over such sums would return some token silently."""
     cdf = probs.to(torch.float64).cumsum(-1)
     total = cdf[:, -1:]
+    if not bool((torch.isfinite(total) & (total > 0)).all()) or bool((probs < 0).any()):
+        raise ValueError("sampling probabilities hold NaN, inf, a negative entry or a row with no mass "
+                         "(non-finite logits: check the model's weights and the sampling temperature)")
     u = torch.rand(probs.shape[0], 1, generator=generator, dtype=torch.float64, device=probs.device)
     x = torch.minimum(u * total, torch.nextafter(total, torch.zeros_like(total)))
     return torch.searchsorted(cdf, x, right=True).squeeze(1)

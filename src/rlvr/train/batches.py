@@ -14,6 +14,10 @@ def split_groups(group: torch.Tensor, n: int, generator: torch.Generator) -> lis
     return [rows[i::n] for i in range(n)] if n > 1 else [rows]
 
 
+#: token budgets already warned about (a group larger than the budget), so the warning shows once per budget
+_OVER_BUDGET_WARNED: set[int] = set()
+
+
 def micro_batches(groups: list[torch.Tensor], size: int, max_tokens: int = 0,
                   prompt_lengths: torch.Tensor | None = None, completion_lengths: torch.Tensor | None = None):
     """Row indices in chunks of whole groups, each at most ``size`` rows and, with ``max_tokens > 0``
@@ -26,6 +30,11 @@ def micro_batches(groups: list[torch.Tensor], size: int, max_tokens: int = 0,
         p = int(prompt_lengths[rows].max()) if max_tokens and len(rows) else 0
         c = int(completion_lengths[rows].max()) if max_tokens and len(rows) else 0
         over_tokens = max_tokens and (count + len(rows)) * (max(longest_p, p) + max(longest_c, c)) > max_tokens
+        if max_tokens and len(rows) * (p + c) > max_tokens and max_tokens not in _OVER_BUDGET_WARNED:
+            _OVER_BUDGET_WARNED.add(max_tokens)
+            log_once(f"trainer.max_tokens_per_microbatch={max_tokens} is below one group ({len(rows)} rows x "
+                     f"{p + c} positions = {len(rows) * (p + c)}): groups are never split, so this micro-batch "
+                     "runs over the budget; raise the budget to at least group_size x (prompt + completion length)")
         if chunk and (count + len(rows) > size or over_tokens):
             yield torch.cat(chunk)
             chunk, count, longest_p, longest_c = [], 0, 0, 0
