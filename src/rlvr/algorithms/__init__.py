@@ -47,6 +47,7 @@ from .entropy import entropy_bonus, entropy_from_logits, sum_pi_squared_from_log
 from ._utils import clip_by_value
 from .advantages import asyppo_masks, compute_advantages
 from .policy_losses import policy_loss
+from .preference import bradley_terry_loss, distillation_advantage, pair_accuracy, reverse_kl_full
 from .value_losses import hl_gauss_target, hl_gauss_value, two_hot_target, value_loss
 from .rewards import (
     combine_rewards,
@@ -95,6 +96,10 @@ from .mismatch import (
 )
 
 __all__ = [
+    "bradley_terry_loss",
+    "distillation_advantage",
+    "pair_accuracy",
+    "reverse_kl_full",
     "ADVANTAGE_ESTIMATORS",
     "KL_ESTIMATORS",
     "LOSS_AGGREGATIONS",
