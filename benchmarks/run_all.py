@@ -101,6 +101,8 @@ def main(argv=None) -> int:
     __import__("vs_trl").main(["--if-available", *(["--steps", "5", "--repeats", "1"] if args.quick else ["--p2"])])
     # how rlvr's step grows with completion length and vocabulary (beside TRL where it is installed)
     __import__("scaling").main(["--lengths", "32,128", "--vocabs", "100,32768", "--steps", "1"] if args.quick else [])
+    # the remote reward protocol's own cost: a verifier behind the reference reward server vs in-process
+    __import__("reward_server").main(["--quick"] if args.quick else [])
     return 0
 
 

@@ -308,6 +308,13 @@ class RewardSection(_Section):
         "none", description="dynamic reward weighting (arXiv 2509.11452): hypervolume-guided meta-reward "
         "or gradient-based weight optimisation of reward.weights")
     dynamic_reg: float = Field(1e-5, gt=0, description="gradient method: the regularisation lambda")
+    components: list[dict[str, FreeValue]] = Field(default_factory=list, description="reward components beside "
+        "the verifier (rlvr.rewards.components): {type: reward_model|judge|remote|functions, name: ..., ...}; "
+        "their scores join the verifier's (reward/<name>) for reward.weights and reward.constraints")
+    on_failure: Literal["zero", "drop_group", "stop"] = Field(
+        "zero", description="a sample a component could not score (timeout, server down, unparsable verdict): "
+        "score 0 (counted), also drop its group from the loss, or stop the run after reward.max_failures")
+    max_failures: int = Field(0, ge=0, description="on_failure=stop: failed samples tolerated before stopping")
 
     @field_validator("combine")
     @classmethod
@@ -325,6 +332,15 @@ class RewardSection(_Section):
                              "component, e.g. {correct: 1.0, format: 0.5})")
         if self.dynamic_weights != "none" and not self.weights:
             raise ValueError(f"reward.dynamic_weights = {self.dynamic_weights!r} needs reward.weights")
+        from rlvr.rewards.components import check_component_spec
+
+        names = []
+        for i, spec in enumerate(self.components):
+            check_component_spec(spec, where=f"reward.components[{i}]")
+            names.append(spec.get("name"))
+        dup = sorted({n for n in names if n is not None and names.count(n) > 1})
+        if dup:
+            raise ValueError(f"reward.components: the name {dup[0]!r} is used twice; give each its own name")
         return self
 
 
@@ -788,6 +804,24 @@ def _check_replay(config) -> None:
                          "'reward'); set replay.inv_temp > 0")
 
 
+class DistillSection(_Section):
+    """On-policy distillation (GKD, Agarwal et al. 2024, arXiv 2306.13649; Lu et al. 2025, "On-Policy
+    Distillation"): a frozen teacher scores the student's own samples, and the sampled-token reverse KL
+    ``log pi_theta(y_t) - log pi_T(y_t)`` becomes a per-token negative advantage or reward
+    (:func:`rlvr.algorithms.distillation_advantage`). The teacher must share the student's tokenizer."""
+
+    teacher: str = Field("", description="the teacher checkpoint (an HF folder or hub id; empty: no distillation)")
+    coef: float = Field(1.0, gt=0, description="beta: the weight of the reverse-KL term")
+    placement: Literal["advantage", "reward"] = Field(
+        "advantage", description="advantage: A_t += -beta (log pi - log pi_T) after the estimator (Lu et al. "
+        "2025); reward: the same per-token term in token_rewards before the estimator (like kl.placement=reward "
+        "with the teacher as the reference)")
+    task_weight: float = Field(1.0, ge=0, description="weight of the task's advantage beside the teacher's "
+                               "(0: distillation alone)")
+    dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="the teacher's dtype (it "
+                                                              "runs on run.device, beside the learner)")
+
+
 class Config(_Section):
     run: RunSection = Field(default_factory=RunSection)
     model: ModelSection = Field(default_factory=ModelSection)
@@ -804,6 +838,7 @@ class Config(_Section):
     runtime: RuntimeSection = Field(default_factory=RuntimeSection)
     replay: ReplaySection = Field(default_factory=ReplaySection)
     plasticity: "PlasticitySection" = Field(default_factory=lambda: PlasticitySection())
+    distill: DistillSection = Field(default_factory=DistillSection)
 
     @model_validator(mode="before")
     @classmethod

@@ -84,6 +84,12 @@ def _parser() -> argparse.ArgumentParser:
     from rlvr.sandbox.cli import add_sandbox_parser
 
     add_sandbox_parser(sub)
+    from rlvr.cli.serve_reward import add_parser as add_serve_reward_parser
+
+    add_serve_reward_parser(sub)
+    from rlvr.cli.rm import add_parser as add_rm_parser
+
+    add_rm_parser(sub)
     x = sub.add_parser("export", help="a run's latest checkpoint as a Hugging Face folder (LoRA merged)")
     x.add_argument("run", help="a run folder (its latest checkpoint) or a checkpoint folder")
     x.add_argument("--to", required=True, metavar="DIR", help="the new folder (must not exist or be empty)")
@@ -125,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
 
         quiet_transformers()
     command = {"train": _train, "sft": _sft, "eval": _eval, "tts": _tts, "kl-table": _kl_table,
-               "compare": _compare, "sandbox": _sandbox,
+               "compare": _compare, "sandbox": _sandbox, "serve-reward": _serve_reward, "rm": _rm,
                "export": _export, "env": _env}[args.command]
     with warnings.catch_warnings():
         warnings.showwarning = _warning_printer(warnings.showwarning)
@@ -281,6 +287,18 @@ def _sandbox(args) -> int:
     from rlvr.sandbox.cli import main as sandbox_main
 
     return sandbox_main(args)
+
+
+def _serve_reward(args) -> int:
+    from rlvr.cli.serve_reward import run
+
+    return run(args)
+
+
+def _rm(args) -> int:
+    from rlvr.cli.rm import run
+
+    return run(args)
 
 
 def _export(args) -> int:

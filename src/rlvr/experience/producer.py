@@ -29,6 +29,7 @@ import torch
 from rlvr.experience.batch import (Experience, concat_experience, keep_informative_groups, overlong_penalty,
                                    truncate_groups)
 from rlvr.rollout.base import RolloutEngine, SamplingParams
+from rlvr.rewards.components import RewardPipeline, build_component
 from rlvr.tasks.base import score
 
 
@@ -282,8 +283,9 @@ class RolloutProducer:
     """Makes one :class:`Experience` of ``prompts_per_step`` groups per :meth:`produce` call."""
 
     def __init__(self, engine: RolloutEngine, task, params: SamplingParams, prompts_per_step: int,
-                 plan=None, selection=None, transforms=(), augments=()):
+                 plan=None, selection=None, transforms=(), augments=(), rewards: RewardPipeline | None = None):
         self.engine, self.task, self.params = engine, task, params
+        self.rewards = rewards or RewardPipeline()  # reward components beside the verifier (RMs, judges, ...)
         self.prompts_per_step = prompts_per_step
         self.plan = plan or PlainPlan()
         self.selection = selection or OneRound()
@@ -300,12 +302,18 @@ class RolloutProducer:
         t1 = time.perf_counter()
         rows = [problems[i] for i in rollout.prompt_index.tolist()]
         components = score(self.task, rows, rollout.texts)
+        extra, seconds = self.rewards(rows, rollout.texts, rollout.prompt_index)
+        components.update(extra)
+        if "reward_failed_group" in extra and bool(extra["reward_failed_group"].any()):  # reward.on_failure
+            keep = (1.0 - extra["reward_failed_group"]).to(rollout.loss_mask.dtype)[:, None]
+            rollout = dataclasses.replace(rollout, loss_mask=rollout.loss_mask * keep)  # drop_group: no loss
         rewards = components["reward"]
         for transform in self.transforms:
             rewards = transform(rewards, components, rollout)
         exp = Experience(rollout=rollout, rewards=rewards, reward_components=components,
                          group=rollout.prompt_index.clone(), problems=rows,
-                         timings={"generate": t1 - t0, "score": time.perf_counter() - t1})
+                         timings={"generate": t1 - t0, "score": time.perf_counter() - t1,
+                                  **{f"reward/{k}": v for k, v in seconds.items()}})
         for augment in self.augments:
             augment(self, problems, exp)
         return exp
@@ -319,8 +327,9 @@ def _seed_stream(seed: int | None):
         i += 1
 
 
-def build_producer(config, engine: RolloutEngine, task) -> RolloutProducer:
-    """The producer a config describes (the same in every runtime mode)."""
+def build_producer(config, engine: RolloutEngine, task, policy_path: str | None = None) -> RolloutProducer:
+    """The producer a config describes (the same in every runtime mode). ``policy_path``: the policy's starting
+    checkpoint (a judge with ``path: policy`` loads it)."""
     r, rw = config.rollout, config.reward
     params = SamplingParams(temperature=r.temperature, top_p=r.top_p, top_k=r.top_k, max_new_tokens=r.max_new_tokens,
                             n=r.group_size, batch_invariant=config.run.deterministic,
@@ -336,5 +345,8 @@ def build_producer(config, engine: RolloutEngine, task) -> RolloutProducer:
     if rw.weights:  # after the shaping above: name its components (e.g. overlong_penalty) in reward.weights
         transforms.append(CombineRewards(rw.combine, dict(rw.weights), dict(rw.combine_params)))
     augments = [GreedyBaseline()] if r.greedy_baseline else []
+    context = {"device": config.run.device, "policy_path": policy_path}
+    rewards = RewardPipeline([build_component(spec, **context) for spec in rw.components], rw.on_failure,
+                             rw.max_failures)
     return RolloutProducer(engine, task, params, r.prompts_per_step, plan=plan, selection=selection,
-                           transforms=transforms, augments=augments)
+                           transforms=transforms, augments=augments, rewards=rewards)

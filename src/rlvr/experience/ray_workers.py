@@ -84,7 +84,7 @@ class WorkerImpl:
             model = apply_lora(model, config.model.lora).to(getattr(torch, config.rollout_dtype()))
         model.eval().requires_grad_(False)
         engine = engine_on_module(config, model, tokenizer)  # rollout.engine: hf or lean
-        self.worker = RolloutWorker(worker_id, build_producer(config, engine, task), task.problems("train"),
+        self.worker = RolloutWorker(worker_id, build_producer(config, engine, task, model_path), task.problems("train"),
                                     _RemoteBuffer(buffer, timeout), threads=threads,
                                     debug=config.runtime.debug_checksums,
                                     resolve=lambda refs: ray.get(refs, timeout=timeout) if refs else [],

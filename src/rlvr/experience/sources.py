@@ -76,5 +76,5 @@ def make_source(config, producer, model, tokenizer, task, sampler, model_path=No
     if rt.backend == "ray":
         pool = RayPool(config, model_path, sampler, worker_threads)
     else:
-        pool = LocalPool(config, model, tokenizer, task, sampler, worker_threads)
+        pool = LocalPool(config, model, tokenizer, task, sampler, worker_threads, model_path)
     return with_replay(config, AsyncSource(config, pool, publisher), tokenizer, sampler)

@@ -110,8 +110,8 @@ class _LocalBuffer(StalenessBuffer):
 class LocalPool:
     """Rollout workers as threads of this process."""
 
-    def __init__(self, config, model, tokenizer, task, sampler, threads: int):
-        self.config, self.threads = config, threads
+    def __init__(self, config, model, tokenizer, task, sampler, threads: int, model_path: str | None = None):
+        self.config, self.threads, self.model_path = config, threads, model_path
         S = config.runtime.staleness()
         self.buffer = _LocalBuffer(sampler, S, config.run.seed)
         self._spec = (model, tokenizer, task, sampler)
@@ -125,7 +125,7 @@ class LocalPool:
         for i in range(self.config.runtime.num_rollout_workers):
             copy_ = copy.deepcopy(model).to(dtype).eval().requires_grad_(False)
             engine = engine_on_module(self.config, copy_, tokenizer)  # rollout.engine: hf or lean
-            worker = RolloutWorker(i, build_producer(self.config, engine, task), sampler.problems, self.buffer,
+            worker = RolloutWorker(i, build_producer(self.config, engine, task, self.model_path), sampler.problems, self.buffer,
                                    threads=self.threads, debug=self.config.runtime.debug_checksums,
                                    partial_rollouts=self.config.runtime.partial_rollouts)
             thread = threading.Thread(target=self._run, args=(worker,), name=f"rlvr-rollout-{i}", daemon=True)

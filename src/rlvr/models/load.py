@@ -166,3 +166,26 @@ def save_tokenizer(tokenizer, folder: str | Path) -> None:
         for name, value in user.items():
             setattr(tokenizer, name, value)
     tokenizer.save_pretrained(folder)
+
+
+def check_same_tokenizer(student, teacher, where: str = "distill.teacher") -> None:
+    """Raise ValueError (one line) unless ``teacher`` maps every token string to the same id as ``student``
+    and has the same special tokens: a teacher that scores the student's token ids must read them as the
+    student wrote them. (Cross-tokenizer distillation, e.g. ULD or GOLD, aligns texts instead; not here.)"""
+    sv, tv = student.get_vocab(), teacher.get_vocab()
+    diff = sorted(t for t in set(sv) | set(tv) if sv.get(t) != tv.get(t))
+    specials = [k for k in ("eos_token_id", "bos_token_id", "pad_token_id")
+                if getattr(student, k, None) != getattr(teacher, k, None) and k != "pad_token_id"]
+    if diff or specials:
+        what = (f"{len(diff)} token(s) differ, e.g. {diff[0]!r}: student id {sv.get(diff[0])}, teacher id "
+                f"{tv.get(diff[0])}" if diff else f"special token ids differ ({', '.join(specials)})")
+        raise ValueError(f"{where}: the teacher's tokenizer is not the student's ({what}); on-policy distillation "
+                         "scores the student's token ids under the teacher, so both need one tokenizer (use a "
+                         "teacher from the same model family, or distil its text with rlvr sft instead)")
+
+
+def load_teacher(path: str | Path, student_tokenizer, dtype: str = "float32", device: str = "cpu"):
+    """A frozen teacher for on-policy distillation, after :func:`check_same_tokenizer`."""
+    model, tokenizer = load_model_and_tokenizer(path, dtype, device)
+    check_same_tokenizer(student_tokenizer, tokenizer)
+    return model.eval().requires_grad_(False)

@@ -33,24 +33,51 @@ Errors (the rule, chosen so a run neither dies of one odd completion nor trains 
 * A function that fails on **every** sample of a batch of two or more (a bug, not an odd input)
   stops the run with :class:`RewardFunctionError`, one line naming the function, the first sample
   index and the error (the CLI prints it and exits with status 2).
+
+Async functions and timeouts (:mod:`rlvr.rewards.pool` runs the calls):
+
+* A function may be ``async def`` (TRL allows it): its coroutine is awaited on a dedicated event-loop
+  thread, so it works whether or not the caller is inside a running event loop. A plain function that
+  returns an awaitable is treated the same way.
+* ``timeout_s`` (default None: wait as long as it takes, today's behaviour) bounds each call. With
+  ``mode="batch"`` (the default, TRL's one call per batch) the whole batch has ``timeout_s``; with
+  ``mode="per_sample"`` each sample is its own call, ``workers`` at a time, each with ``timeout_s``.
+  Synchronous calls then run on daemon worker threads; a call past its deadline is abandoned (Python
+  cannot kill a thread: it runs on until it returns, see :mod:`rlvr.rewards.pool`), a coroutine past its
+  deadline is cancelled.
+* A timeout is a failure under the rule above, with two differences: a batch that times out is **not**
+  called again sample by sample (its time is spent; each of its samples gets 0 and one warning covers the
+  batch), and timeouts never stop the run, even on every sample (a stalled server is not a bug in the
+  function). ``RewardFunctions.timeouts`` counts the samples that timed out (they are in ``errors`` too)
+  and ``RewardFunctions.seconds`` the wall-clock seconds spent in each function.
+
+The reward component ``{type: functions}`` (:mod:`rlvr.rewards.execution`) calls the same functions
+the same way beside any task, with the reward pipeline's failure policy (a failure is NaN, not 0).
 """
 
 from __future__ import annotations
 
+import functools
 import importlib
 import importlib.util
 import inspect
 import math
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
-__all__ = ["RESERVED_NAMES", "RewardFunction", "RewardFunctionError", "RewardFunctions",
+from rlvr.rewards.pool import (DaemonPool, Outcome, RewardTimeoutError, gather_with_timeouts, is_async_callable,
+                               run_coroutine)
+
+__all__ = ["MODES", "RESERVED_NAMES", "RewardFunction", "RewardFunctionError", "RewardFunctions",
            "load_reward_function", "parse_reward_functions"]
 
 #: Component names a reward function may not take (the task's own outputs).
 RESERVED_NAMES = ("reward", "correct", "function_errors")
+#: How a function is called: ``batch`` (once per batch, TRL's way) or ``per_sample`` (once per sample, in a pool).
+MODES = ("batch", "per_sample")
 #: Failures of one function that are printed in full before only milestones are.
 _FIRST_WARNINGS = 3
 
@@ -194,15 +221,40 @@ class RewardFunctions:
         columns: the dataset's columns (other than the prompt), to check each function's required
             parameters when it is built; None skips the check.
         warn: where warnings go (default: a ``warning:`` line on stderr).
+        timeout_s: seconds a call may take before it counts as a failure (None: no limit; the calls
+            then run in the caller's thread, as they always did, unless ``mode="per_sample"``).
+        mode: ``batch`` (one call per batch, the timeout for the whole batch) or ``per_sample`` (one call
+            per sample, ``workers`` at a time, the timeout for each).
+        workers: how many calls run at once in ``per_sample`` mode.
+
+    Attributes:
+        errors: failures per function (samples; timeouts included).
+        timeouts: samples per function whose call timed out.
+        seconds: wall-clock seconds spent in each function, cumulative.
     """
 
     functions: list[RewardFunction]
     columns: Sequence[str] | None = None
     warn: Callable[[str], None] = _warn
     errors: dict[str, int] = field(default_factory=dict)
+    timeout_s: float | None = None
+    mode: str = "batch"
+    workers: int = 4
+    timeouts: dict[str, int] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise RewardFunctionError(f"reward functions: mode {self.mode!r}; expected one of {', '.join(MODES)}")
+        if isinstance(self.workers, bool) or not isinstance(self.workers, int) or self.workers < 1:
+            raise RewardFunctionError(f"reward functions: workers must be a positive integer, got {self.workers!r}")
+        if self.timeout_s is not None and (isinstance(self.timeout_s, bool) or not isinstance(self.timeout_s, (
+                int, float)) or not math.isfinite(self.timeout_s) or self.timeout_s <= 0):
+            raise RewardFunctionError(f"reward functions: timeout_s must be a positive number of seconds or null, "
+                                      f"got {self.timeout_s!r}")
         self._plan = {}
+        self._async = {}
+        self._pool: DaemonPool | None = None
         for f in self.functions:
             var_kw, names, required = f.accepts()
             if self.columns is not None:
@@ -214,7 +266,10 @@ class RewardFunctions:
                         f"{'is not a column' if len(missing) == 1 else 'are not columns'} of the dataset; "
                         f"its columns: {', '.join(self.columns) or 'none'} (plus prompts, completions)")
             self._plan[f.name] = None if var_kw else names
+            self._async[f.name] = is_async_callable(f.fn)
             self.errors.setdefault(f.name, 0)
+            self.timeouts.setdefault(f.name, 0)
+            self.seconds.setdefault(f.name, 0.0)
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -247,45 +302,132 @@ class RewardFunctions:
             rewards.append(total if applied else 0.0)
         return components, rewards, failures
 
+    def evaluate(self, f: RewardFunction, prompts: list, completions: list,
+                 columns: Mapping[str, list]) -> tuple[list[float], list[BaseException | None]]:
+        """``(values, errors)``: ``f``'s value on each sample (NaN for None, and NaN where it failed) and, per
+        sample, what failed it (None: nothing; a :class:`~rlvr.rewards.pool.RewardTimeoutError` for a
+        timeout). Counts timeouts and seconds; applies no failure rule (the callers have their own)."""
+        n = len(completions)
+        if n == 0:
+            return [], []
+        t0 = time.perf_counter()
+        try:
+            if self.mode == "per_sample":
+                values, errors = self._per_sample(f, prompts, completions, columns)
+            else:
+                values, errors = self._batch(f, prompts, completions, columns)
+        finally:
+            self.seconds[f.name] += time.perf_counter() - t0
+        self.timeouts[f.name] += sum(isinstance(e, RewardTimeoutError) for e in errors)
+        return values, errors
+
     def _kwargs(self, f: RewardFunction, prompts, completions, columns: Mapping[str, list]) -> dict:
         names = self._plan[f.name]
         kwargs = {"prompts": prompts, "completions": completions, **columns}
         return kwargs if names is None else {k: v for k, v in kwargs.items() if k in names}
 
-    def _call_one(self, f, prompts, completions, columns, n, labels) -> tuple[list[float], list[int]]:
+    def _get_pool(self) -> DaemonPool:
+        if self._pool is None:
+            self._pool = DaemonPool(self.workers, warn=self.warn)
+        return self._pool
+
+    def _call(self, f: RewardFunction, kwargs: dict) -> Any:
+        """One call's return value (an awaitable awaited), within ``timeout_s``; raises what failed it."""
+        if self.timeout_s is None:  # today's way: in this thread
+            return _resolve(f.fn(**kwargs), None)
+        if self._async[f.name]:
+            return run_coroutine(f.fn(**kwargs), self.timeout_s)
+        outcome = self._get_pool().run([functools.partial(_call_resolved, f.fn, kwargs, self.timeout_s)],
+                                       self.timeout_s)[0]
+        if outcome.error is not None:
+            raise outcome.error
+        return outcome.value
+
+    def _batch(self, f, prompts, completions, columns) -> tuple[list[float], list[BaseException | None]]:
+        n = len(completions)
         try:
-            return _check_output(f.fn(**self._kwargs(f, prompts, completions, columns)), n), []
-        except Exception as batch_error:  # noqa: BLE001 - a user's function; find the culprit samples
+            return _check_output(self._call(f, self._kwargs(f, prompts, completions, columns)), n), [None] * n
+        except RewardTimeoutError as err:  # the batch's time is spent: no second try sample by sample
+            return [math.nan] * n, [err] * n
+        except Exception as err:  # noqa: BLE001 - a user's function; find the culprit samples
             if n == 1:
-                return self._failed(f, [(0, batch_error)], n, labels)
+                return [math.nan], [err]
+        return self._per_sample(f, prompts, completions, columns)
+
+    def _per_sample(self, f, prompts, completions, columns) -> tuple[list[float], list[BaseException | None]]:
+        n = len(completions)
+        kwargs = [self._kwargs(f, [prompts[i]], [completions[i]], {k: [v[i]] for k, v in columns.items()})
+                  for i in range(n)]
+        if self.mode == "batch" and self.timeout_s is None:  # today's way: one by one, in this thread
+            outcomes = []
+            for kw in kwargs:
+                try:
+                    outcomes.append(Outcome(self._call(f, kw)))
+                except Exception as err:  # noqa: BLE001
+                    outcomes.append(Outcome(None, err))
+        elif self._async[f.name]:
+            outcomes = gather_with_timeouts([functools.partial(f.fn, **kw) for kw in kwargs], self.timeout_s,
+                                            self.workers)
+        else:
+            outcomes = self._get_pool().run([functools.partial(_call_resolved, f.fn, kw, self.timeout_s)
+                                             for kw in kwargs], self.timeout_s)
         values: list[float] = []
-        failed: list[tuple[int, BaseException]] = []
-        for i in range(n):
-            one = {k: [v[i]] for k, v in columns.items()}
-            try:
-                values.extend(_check_output(f.fn(**self._kwargs(f, [prompts[i]], [completions[i]], one)), 1))
-            except Exception as err:  # noqa: BLE001
-                failed.append((i, err))
-                values.append(0.0)
-        if len(failed) == n:
+        errors: list[BaseException | None] = []
+        for out in outcomes:
+            error = out.error
+            if error is None:
+                try:
+                    values.extend(_check_output(out.value, 1))
+                    errors.append(None)
+                    continue
+                except ValueError as err:
+                    error = err
+            values.append(math.nan)
+            errors.append(error)
+        return values, errors
+
+    def _call_one(self, f, prompts, completions, columns, n, labels) -> tuple[list[float], list[int]]:
+        values, errors = self.evaluate(f, prompts, completions, columns)
+        failed = [(i, err) for i, err in enumerate(errors) if err is not None]
+        if not failed:
+            return values, []
+        if n > 1 and len(failed) == n and not any(isinstance(err, RewardTimeoutError) for _, err in failed):
             i, err = failed[0]
             raise RewardFunctionError(
                 f"reward function {f.name!r} ({f.spec}) failed on every sample of a batch of {n}; first at "
                 f"sample {i}: {_describe(err)}") from None
-        self._failed(f, failed, n, labels)
-        return values, [i for i, _ in failed]
+        self.report_failures(f, failed, n, labels)
+        return [0.0 if err is not None else v for v, err in zip(values, errors)], [i for i, _ in failed]
 
-    def _failed(self, f, failed, n, labels) -> tuple[list[float], list[int]]:
-        values = [0.0] * n if n == 1 else None
+    def report_failures(self, f: RewardFunction, failed: Sequence[tuple[int, BaseException]], n: int,
+                        labels: Sequence[str] | None = None, consequence: str = "gets 0 from it") -> None:
+        """Count ``failed`` (``(sample index, error)``) in :attr:`errors` and warn: the first 3 failures of a
+        function in full, then at 10, 100, 1000... A batch that timed out as a whole is one warning."""
+        if n > 1 and len(failed) == n and isinstance(failed[0][1], RewardTimeoutError) and all(
+                err is failed[0][1] for _, err in failed):
+            before = self.errors[f.name]
+            self.errors[f.name] = count = before + n
+            if before < _FIRST_WARNINGS or any(_power_of_ten(k) for k in range(before + 1, count + 1)):
+                self.warn(f"reward function {f.name!r} timed out on a whole batch of {n}: {_describe(failed[0][1])}; "
+                          f"each sample {consequence} ({count} failures so far)")
+            return
         for i, err in failed:
             self.errors[f.name] += 1
             count = self.errors[f.name]
             if count <= _FIRST_WARNINGS or _power_of_ten(count):
                 where = f" (prompt {labels[i][:40]!r})" if labels is not None and i < len(labels) else ""
                 self.warn(f"reward function {f.name!r} failed on sample {i} of a batch of {n}{where}: "
-                          f"{_describe(err)}; that sample gets 0 from it ({count} failure"
+                          f"{_describe(err)}; that sample {consequence} ({count} failure"
                           f"{'s' if count > 1 else ''} so far)")
-        return (values if values is not None else []), [i for i, _ in failed]
+
+
+def _resolve(out: Any, timeout_s: float | None) -> Any:
+    """A call's return value, an awaitable awaited on the reward loop."""
+    return run_coroutine(out, timeout_s) if inspect.isawaitable(out) else out
+
+
+def _call_resolved(fn: Callable[..., Any], kwargs: dict, timeout_s: float | None) -> Any:
+    return _resolve(fn(**kwargs), timeout_s)
 
 
 def _power_of_ten(k: int) -> bool:

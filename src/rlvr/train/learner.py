@@ -84,7 +84,7 @@ class Learner:
     ``consecutive_skipped`` the current streak (the training loop stops the run at
     ``trainer.max_consecutive_skipped``). Both are checkpointed, so a resumed run counts on."""
 
-    def __init__(self, model: torch.nn.Module, config: Config, critics=None):
+    def __init__(self, model: torch.nn.Module, config: Config, critics=None, teacher: torch.nn.Module | None = None):
         self.model = model
         self.critics = critics  # rlvr.train.critic.Critics when the estimator needs values (PPO, AsyPPO)
         if config.uses_critic() and critics is None:
@@ -104,6 +104,7 @@ class Learner:
         if config.kl.placement != "none" or needs_ref:
             # LoRA: the reference is the policy's own base (adapter disabled), no second copy
             self.ref_model = model if is_peft_model(model) else copy.deepcopy(model).eval().requires_grad_(False)
+        self.teacher = teacher  # on-policy distillation (distill.teacher), frozen
         self.policy_version = 0
         # second wave: coefficients that controllers move (rlvr.control.callbacks), clamps, controllers
         self.kl_coef = config.kl.coef
@@ -280,6 +281,11 @@ class Learner:
             b.old_logp = self._logprobs(self.model, exp)
         with reference_weights(self.ref_model):
             b.ref_logp = self._logprobs(self.ref_model, exp, policy=False) if self.ref_model is not None else None
+        if self.teacher is not None:  # on-policy distillation: the teacher scores the student's own tokens
+            b.teacher_logp = self._logprobs(self.teacher, exp, policy=False).to(b.old_logp.device) * mask
+            rkl = (b.old_logp - b.teacher_logp) * mask
+            b.metrics["distill/reverse_kl"] = float(rkl.sum() / mask.sum().clamp(min=1))  # per token, k1
+            b.metrics["distill/teacher_logp"] = float(b.teacher_logp.sum() / mask.sum().clamp(min=1))
         b.metrics["old_logp_reused"] = float(reuse)  # 1: old_logp = the engine's rollout_logp; 0: recomputed
         if b.ref_logp is not None and cfg.kl.placement != "none":  # verl's current_kl (adaptive controller)
             kl_seq = (A.kl_penalty(b.old_logp, b.ref_logp, cfg.kl.estimator, **self.kl_hp) * mask).sum(-1)
@@ -298,6 +304,11 @@ class Learner:
         for ctl in self.controllers_in("rewards"):  # dynamic reward weights (rlvr.control.controllers)
             rewards = ctl.rewards(rewards, exp, self)
         token_rewards = _outcome_on_last_token(rewards, mask)
+        distill = cfg.distill
+        if b.teacher_logp is not None and distill.placement == "reward":  # the teacher's term in the reward
+            token_rewards = distill.task_weight * token_rewards + A.distillation_advantage(
+                b.old_logp, b.teacher_logp, mask, distill.coef)
+            rewards = token_rewards.sum(-1)
         if cfg.kl.placement == "reward":
             kl_tok = A.kl_penalty(b.old_logp, b.ref_logp, cfg.kl.estimator, **self.kl_hp) * mask
             token_rewards = token_rewards - self.kl_coef * kl_tok
@@ -316,6 +327,9 @@ class Learner:
         b.advantages, b.returns = A.compute_advantages(
             cfg.algorithm.advantage_estimator, rewards=rewards, token_rewards=token_rewards,
             mask=mask, group=exp.group, **extra, **cfg.algorithm.advantage_params)
+        if b.teacher_logp is not None and distill.placement == "advantage":  # Lu et al. 2025: A_t += -beta rkl_t
+            b.advantages = distill.task_weight * b.advantages + A.distillation_advantage(
+                b.old_logp, b.teacher_logp, mask, distill.coef)
         if b.values is not None:
             b.metrics.update(critic_metrics(b.values, b.returns, mask))
             if b.values.shape[0] > 1:  # a critic ensemble (AsyPPO): disagreement masks, spec 4.3

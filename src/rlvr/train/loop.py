@@ -115,14 +115,22 @@ def _train(config: Config, run_dir: Path, resume, log, stop_after: int | None) -
         if config.algorithm.advantage_estimator == "asyppo" and config.critic.num_critics == 1:
             log("note: critic.num_critics = 1, so AsyPPO's disagreement masks are disabled (they need "
                 "M >= 2 critics); this run is PPO with GAE")
-    learner = Learner(model, config, critics)
+    teacher = None
+    if config.distill.teacher:  # on-policy distillation: a frozen teacher with the student's tokenizer
+        from rlvr.models.load import load_teacher
+
+        teacher = load_teacher(config.distill.teacher, tokenizer, config.distill.dtype, config.run.device)
+        log(f"distill: teacher {config.distill.teacher} ({sum(p.numel() for p in teacher.parameters()) / 1e6:.2f}M "
+            f"parameters), beta {config.distill.coef}, {config.distill.placement}, task weight "
+            f"{config.distill.task_weight}")
+    learner = Learner(model, config, critics, teacher=teacher)
     callbacks = build_callbacks(config)  # controllers, reference resets, diagnostics (rlvr.control.callbacks)
     r = config.rollout
     engine = make_engine(config, model, tokenizer, model_path)  # hf shares the learner's weights; vllm pulls them
     if note := generation_config_note(config, model):  # what of the model's generation_config the engine ignores
         log(note)
     sampler = PromptSampler(task.problems("train"), config.run.seed)
-    source = make_source(config, build_producer(config, engine, task), model, tokenizer, task, sampler,
+    source = make_source(config, build_producer(config, engine, task, model_path), model, tokenizer, task, sampler,
                          model_path=model_path)
     if config.runtime.decoupled():
         learner_threads, worker_threads = thread_split(config.runtime, config.run.threads)
@@ -346,6 +354,9 @@ def rollout_metrics(exp: Experience) -> dict[str, float]:
     for name, values in exp.reward_components.items():
         if name not in ("reward", "correct"):
             out[f"reward/{name}"] = float(values.nanmean())  # NaN: a reward function returned None
+    for key, seconds in exp.timings.items():  # each reward component's wall-clock (rlvr.rewards.components)
+        if key.startswith("reward/"):
+            out[f"time_{key}"] = seconds
     return out
 
 

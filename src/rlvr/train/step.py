@@ -26,6 +26,7 @@ class StepBatch:
     old_logp: torch.Tensor | None = None  # [B, T] behaviour log-probs (recomputed, or the engine's when provably equal)
     old_mean_logp: torch.Tensor | None = None  # [B, T] vocabulary-mean log-prob (ROVER), when the loss reads it
     ref_logp: torch.Tensor | None = None  # [B, T] reference log-probs, when a KL term or the loss needs them
+    teacher_logp: torch.Tensor | None = None  # [B, T] the distillation teacher's log-probs (distill.teacher)
     sum_pi_squared: torch.Tensor | None = None  # [B, T] sum_v pi_v^2, when the estimator reads it (optimal baseline)
     # 2. advantages
     rewards: torch.Tensor | None = None  # [B] after the controllers of the reward stage (and KL in the reward)
