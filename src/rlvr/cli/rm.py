@@ -108,6 +108,9 @@ def _pairs(args) -> int:
             rng.shuffle(cands)
             for a, b in cands[:args.pairs_per_prompt]:
                 rows.append({"prompt": batch[k].prompt, "chosen": a, "rejected": b, "margin": distinct[a] - distinct[b]})
+    if not rows:
+        raise ValueError(f"rm pairs: no pairs: every completion of each prompt scored the same {args.component!r}; "
+                         "sample more (--samples, --prompts, --temperature) or label by another component")
     tmp = out.with_name(out.name + ".tmp")
     tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
     tmp.replace(out)
