@@ -42,6 +42,9 @@ ACCEPTED: dict[tuple[str, str], str] = {
     ("model.path", "path"): "a local checkpoint folder is a path by design",
     ("critic.model_path", "unknown"): "'actor', a hub id or a local folder; checked when the critic loads",
     ("critic.model_path", "path"): "a local checkpoint folder is a path by design",
+    ("distill.teacher", "empty"): "empty means no distillation (the default)",
+    ("distill.teacher", "unknown"): "a hub id or a local folder; only loading the teacher can tell",
+    ("distill.teacher", "path"): "a local checkpoint folder is a path by design",
     ("task.name", "unknown"): "tasks may be registered (register_task) after the config is loaded; "
                               "make_task names the known ones when the run starts",
     ("rollout.dynamic_sampling.metric", "unknown"): "reward components are the task's; the set is only "

@@ -82,3 +82,25 @@ def test_component_scores_join_the_verifiers_and_drop_group_masks_the_loss(tmp_p
     lm = exp.rollout.loss_mask
     assert torch.all(lm[dropped] == 0) and torch.equal(lm[~dropped], exp.rollout.completion_mask[~dropped])
     assert "reward/rm" in exp.timings
+
+
+def test_a_hung_reward_function_is_a_counted_failure_and_the_run_goes_on(tmp_path, fast_config):
+    """A `functions` component whose function hangs on some samples: with a per-sample timeout the training
+    run finishes, and the failures are in metrics.jsonl."""
+    from rlvr.train.loop import train
+
+    (tmp_path / "slow.py").write_text(
+        "import time\n"
+        "def slow(prompts, completions, **kw):\n"
+        "    if len(completions[0]) % 2:\n"
+        "        time.sleep(30)\n"
+        "    return [1.0]\n")
+    spec = f"{{type: functions, functions: ['{tmp_path / 'slow.py'}:slow'], mode: per_sample, timeout_s: 0.3, workers: 8}}"
+    cfg = fast_config(f"reward.components=[{spec}]", "trainer.steps=2", "rollout.max_new_tokens=6")
+    result = train(cfg, log=lambda *_: None)
+    rows = [json.loads(line) for line in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
+    steps = [r for r in rows if "reward/slow" in r]
+    assert len(steps) == 2
+    assert sum(r["reward/reward_failures"] for r in steps) > 0
+    assert all(0 <= r["reward/slow"] < 1 for r in steps)  # a hung sample scores 0, the others 1
+    assert all(r["time_reward/slow"] < 5 for r in steps)
