@@ -311,15 +311,25 @@ class RewardSection(_Section):
     components: list[dict[str, FreeValue]] = Field(default_factory=list, description="reward components beside "
         "the verifier (rlvr.rewards.components): {type: reward_model|judge|remote|functions, name: ..., ...}; "
         "their scores join the verifier's (reward/<name>) for reward.weights and reward.constraints")
-    on_failure: Literal["zero", "drop_group", "stop"] = Field(
-        "zero", description="a sample a component could not score (timeout, server down, unparsable verdict): "
-        "score 0 (counted), also drop its group from the loss, or stop the run after reward.max_failures")
+    on_failure: str = Field(
+        "zero", description="a key of rlvr.rewards.components.FAILURE_POLICIES, for a sample a component could not "
+        "score (timeout, server down, unparsable verdict): zero (score 0, counted), drop_group (also no loss on its "
+        "group) or stop (after reward.max_failures)")
     max_failures: int = Field(0, ge=0, description="on_failure=stop: failed samples tolerated before stopping")
 
     @field_validator("combine")
     @classmethod
     def _known_combiner(cls, v: str) -> str:
         return _check_registry(v, "REWARD_COMBINERS")
+
+    @field_validator("on_failure")
+    @classmethod
+    def _known_failure_policy(cls, v: str) -> str:
+        from rlvr.rewards.components import FAILURE_POLICIES
+
+        if v not in FAILURE_POLICIES:
+            raise ValueError(f"unknown failure policy {v!r}; known: {', '.join(FAILURE_POLICIES)}")
+        return v
 
     @model_validator(mode="after")
     def _known_params(self) -> "RewardSection":

@@ -7,6 +7,7 @@ import json
 import os
 import random
 import re
+import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -156,6 +157,24 @@ def atomic_write_text(path: Path, text: str, where: str = "run.output_dir") -> N
             _unlink_quietly(tmp)
         if isinstance(err, OSError):
             raise storage_error(path, err, where=where) from err
+        raise
+
+
+@contextmanager
+def atomic_dir(to: Path, replace: bool = False):
+    """A temporary folder beside ``to`` to write into; renamed to ``to`` when the block ends without an error,
+    removed when it raises, so ``to`` is never half-written. ``to`` must not exist or be an empty folder
+    (``replace=True``: an existing folder is removed first)."""
+    to = Path(to)
+    to.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=to.parent, prefix=f".tmp-{to.name}-"))
+    try:
+        yield tmp
+        if to.exists():
+            shutil.rmtree(to) if replace else to.rmdir()
+        os.replace(tmp, to)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
         raise
 
 

@@ -122,3 +122,27 @@ def test_a_text_the_reward_model_cannot_score_is_a_counted_failure(tiny_path):
     drop = RewardPipeline([comp], on_failure="drop_group")
     out, _ = drop(problems * 2, ["2", "2", "2", "2222222222222"], group=torch.tensor([0, 0, 1, 1]))
     assert out["reward_failed_group"].tolist() == [0.0, 0.0, 1.0, 1.0]
+
+
+def test_a_chat_reward_model_and_judge_see_the_question_not_the_policys_rendered_prompt(stand_in, tmp_path):
+    """The dataset task renders its prompts with the policy's chat template; a reward model or judge with its own
+    template must be shown the user's question once, not the rendered prompt wrapped in a second template."""
+    from rlvr.rewards.components import question_of
+    from rlvr.tasks import make_task
+
+    path = stand_in("qwen3_instruct")
+    data = tmp_path / "d.jsonl"
+    data.write_text(json.dumps({"prompt": "What is 2+2?", "answer": "4"}) + "\n")
+    problem = make_task("dataset", path=str(data), tokenizer=path, eval_fraction=0.0,
+                        instruction="Answer with a number.").problems("train")[0]
+    assert problem.prompt.count("<|im_start|>") >= 2  # the policy's rendered prompt
+    assert question_of(problem) == "What is 2+2?\n\nAnswer with a number."
+    rm = build_component({"type": "reward_model", "name": "rm", "path": path})
+    text = rm.texts([problem], ["4"])[0]
+    assert text.count("<|im_start|>user") == 1 and "What is 2+2?\n\nAnswer with a number." in text
+    judge = build_component({"type": "judge", "name": "j", "path": path, "yes_words": ["Y"], "no_words": ["N"]})
+    shown = judge.render(problem, "4")
+    assert shown.count("<|im_start|>user") == 1 and "What is 2+2?" in shown
+    # a judge prompt longer than the judge's context is a counted failure, not a silently cut prompt
+    judge.model.config.max_position_embeddings = len(judge.tokenizer(shown)["input_ids"]) - 1
+    assert math.isnan(judge([problem], ["4"])["j"][0]) and judge.unparsable == 1

@@ -28,7 +28,7 @@ def test_rm_pairs_then_rm_train(tmp_path, fast_overrides, capsys):
     assert main(["rm", "pairs", "--config", CONCISE, "--component", "short", "--out", str(pairs),
                  "--prompts", "24", "--samples", "4", *small]) == 0
     rows = [json.loads(line) for line in pairs.read_text().splitlines()]
-    assert rows and all(set(r) == {"prompt", "chosen", "rejected", "margin"} for r in rows)
+    assert rows and all(set(r) == {"prompt", "question", "chosen", "rejected", "margin"} for r in rows)
     assert all(r["chosen"] != r["rejected"] and r["margin"] > 0 for r in rows)
     assert main(["rm", "train", "--config", CONCISE, "--data", str(pairs), "--out", str(tmp_path / "rm"),
                  "--eval-fraction", "0.3", "--epochs", "1", "--batch-size", "8", *small]) == 0

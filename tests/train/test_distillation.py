@@ -22,11 +22,20 @@ from rlvr.tasks import make_task
 from rlvr.train.learner import Learner
 
 
-@pytest.fixture(scope="module")
-def setup(tmp_path_factory):
+@pytest.fixture(scope="module", params=["tiny", "qwen3_instruct"])
+def setup(request, tmp_path_factory):
+    """The built-in character model, and a Qwen3-shaped stand-in (subword BPE tokenizer, ChatML template; its
+    eos <|im_end|> is also the pad token) with a narrower teacher of the same family."""
+    from rlvr.models.stand_in import save_stand_in
+
     root = tmp_path_factory.mktemp("distill")
-    student_path, teacher_path = save_tiny(root / "student", seed=3), save_tiny(root / "teacher", seed=4,
-                                                                              hidden_size=128, intermediate_size=256)
+    if request.param == "tiny":
+        student_path = save_tiny(root / "student", seed=3)
+        teacher_path = save_tiny(root / "teacher", seed=4, hidden_size=128, intermediate_size=256)
+    else:
+        student_path = save_stand_in(request.param, root / "student", seed=3)
+        # the same seed: the stand-in's BPE tokenizer depends on it (another seed is refused by the check)
+        teacher_path = save_stand_in(request.param, root / "teacher", seed=3, hidden_size=32, intermediate_size=64)
     model, tok = load_model_and_tokenizer(student_path)
     task = make_task("arithmetic", num_train=200, num_eval=10)
     torch.manual_seed(0)
@@ -116,9 +125,16 @@ def test_a_teacher_equal_to_the_student_with_task_weight_zero_gives_no_gradient(
     assert float(got.abs().max()) < 1e-7 and abs(metrics["distill/reverse_kl"]) < 1e-6
 
 
+def tmp_path_factory_dir():
+    import tempfile
+
+    return tempfile.mkdtemp(prefix="rlvr-tiny-")
+
+
 def test_the_teacher_must_share_the_students_tokenizer(setup, stand_in):
     _, tok, _, teacher_path = setup
+    other = stand_in("qwen3_instruct") if len(tok) < 1000 else save_tiny(tmp_path_factory_dir(), seed=1)
     with pytest.raises(ValueError, match="distill.teacher: the teacher's tokenizer is not the student's"):
-        load_teacher(stand_in("qwen3_instruct"), tok)
+        load_teacher(other, tok)
     _, other = load_model_and_tokenizer(teacher_path)
     check_same_tokenizer(tok, other)  # the same character tokenizer: fine

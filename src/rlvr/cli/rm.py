@@ -76,9 +76,11 @@ def _pairs(args) -> int:
     import torch
 
     from rlvr.models.load import load_model_and_tokenizer
+    from rlvr.rewards.components import question_of
     from rlvr.rollout.base import SamplingParams
     from rlvr.rollout.factory import engine_on_module
     from rlvr.tasks.base import score
+    from rlvr.utils import atomic_write_text
 
     config, task, path = _start(args)
     if args.component not in task.reward_names:
@@ -107,13 +109,12 @@ def _pairs(args) -> int:
             cands = [(a, b) for a in distinct for b in distinct if distinct[a] > distinct[b]]
             rng.shuffle(cands)
             for a, b in cands[:args.pairs_per_prompt]:
-                rows.append({"prompt": batch[k].prompt, "chosen": a, "rejected": b, "margin": distinct[a] - distinct[b]})
+                rows.append({"prompt": batch[k].prompt, "question": question_of(batch[k]), "chosen": a, "rejected": b,
+                             "margin": distinct[a] - distinct[b]})
     if not rows:
         raise ValueError(f"rm pairs: no pairs: every completion of each prompt scored the same {args.component!r}; "
                          "sample more (--samples, --prompts, --temperature) or label by another component")
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    tmp.replace(out)
+    atomic_write_text(out, "".join(json.dumps(r) + "\n" for r in rows), where="--out")
     _log(f"rm pairs: {len(rows)} pairs labelled by {args.component!r} from {len(problems)} problems x "
          f"{args.samples} samples of {path}")
     print(out)

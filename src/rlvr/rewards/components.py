@@ -34,8 +34,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Protocol, Sequence, runtime_checkable
 
-__all__ = ["BUILTIN_TYPES", "REWARD_COMPONENTS", "FAILURE_POLICIES", "RewardComponent", "RewardComponentError", "RewardPipeline",
-           "build_component", "check_component_spec", "register_component"]
+__all__ = ["BUILTIN_TYPES", "REWARD_COMPONENTS", "FAILURE_POLICIES", "RewardComponent", "RewardComponentError",
+           "RewardPipeline", "build_component", "check_component_spec", "question_of", "register_component"]
 
 
 class RewardComponentError(ValueError):
@@ -71,6 +71,26 @@ def register_component(name: str):
         return cls
 
     return deco
+
+
+def question_of(problem) -> str:
+    """The question a problem asks, as a user wrote it: ``meta["question"]`` when the task keeps it (the
+    dataset task does, because its prompt text may already be rendered with the policy's chat template,
+    which a reward model or judge with its own template must not see twice), else the prompt itself (a
+    string, or the last user turn of a list of messages)."""
+    meta = getattr(problem, "meta", None)
+    if meta is None and isinstance(problem, Mapping):
+        meta = problem.get("meta")
+    if isinstance(meta, Mapping) and isinstance(meta.get("question"), str):
+        return meta["question"]
+    prompt = problem.get("prompt") if isinstance(problem, Mapping) else getattr(problem, "prompt", None)
+    if isinstance(prompt, str):
+        return prompt
+    if isinstance(prompt, (list, tuple)) and prompt and all(isinstance(m, Mapping) for m in prompt):
+        users = [m for m in prompt if m.get("role") == "user"] or list(prompt)
+        return str(users[-1].get("content", ""))
+    raise RewardComponentError(f"a problem's prompt must be a string or a list of messages, got "
+                               f"{type(prompt).__name__}")
 
 
 #: Built-in component types and the module whose import registers each (imported on first use).
@@ -124,10 +144,34 @@ def build_component(spec: Mapping[str, Any], **context) -> RewardComponent:
     return factory(**params)
 
 
-#: What happens to a sample whose component value failed (NaN): ``zero`` scores it 0; ``drop_group``
-#: scores it 0 and gives every row of its group zero loss weight (``reward_failed_group`` = 1, read by
-#: the learner's loss mask); ``stop`` stops the run once ``max_failures`` failures have been counted.
-FAILURE_POLICIES = ("zero", "drop_group", "stop")
+def fail_zero(pipeline: "RewardPipeline", out: dict, failed, group) -> None:
+    """``zero``: a failed sample keeps the score 0 it was given (counted in ``reward_failures``)."""
+
+
+def fail_drop_group(pipeline: "RewardPipeline", out: dict, failed, group) -> None:
+    """``drop_group``: also ``reward_failed_group`` = 1 on every row of a group with a failed sample; the
+    producer zeroes those rows' loss mask, so the group trains nothing this step."""
+    import torch
+
+    if group is None:
+        raise RewardComponentError("reward.on_failure=drop_group needs the rows' group ids")
+    group = torch.as_tensor(group)
+    out["reward_failed_group"] = torch.isin(group, torch.unique(group[failed > 0])).float()
+
+
+def fail_stop(pipeline: "RewardPipeline", out: dict, failed, group) -> None:
+    """``stop``: the run stops once more than ``max_failures`` samples have failed, counted over the run."""
+    total = sum(pipeline.failures.values())
+    if total > pipeline.max_failures:
+        worst = max(pipeline.failures, key=pipeline.failures.get)
+        raise RewardComponentError(f"reward components failed on {total} samples (most: {worst!r}, "
+                                   f"{pipeline.failures[worst]}), more than reward.max_failures = "
+                                   f"{pipeline.max_failures}; see the warnings above, or set reward.on_failure=zero")
+
+
+#: ``reward.on_failure`` -> what happens to a scored batch with failed (NaN) samples, after each is scored 0.
+FAILURE_POLICIES: dict[str, Callable[..., None]] = {"zero": fail_zero, "drop_group": fail_drop_group,
+                                                    "stop": fail_stop}
 
 
 @dataclass
@@ -185,18 +229,7 @@ class RewardPipeline:
             failed += bad.float()
             out[name] = torch.where(bad, torch.zeros_like(v), v)
         out["reward_failures"] = failed
-        total = sum(self.failures.values())
-        if self.on_failure == "stop" and total > self.max_failures:
-            worst = max(self.failures, key=self.failures.get)
-            raise RewardComponentError(f"reward components failed on {total} samples (most: {worst!r}, "
-                                       f"{self.failures[worst]}), more than reward.max_failures = "
-                                       f"{self.max_failures}; see the warnings above, or set reward.on_failure=zero")
-        if self.on_failure == "drop_group":
-            if group is None:
-                raise RewardComponentError("reward.on_failure=drop_group needs the rows' group ids")
-            group = torch.as_tensor(group)
-            bad_groups = torch.unique(group[failed > 0])
-            out["reward_failed_group"] = torch.isin(group, bad_groups).float()
+        FAILURE_POLICIES[self.on_failure](self, out, failed, group)
         return out, seconds
 
 

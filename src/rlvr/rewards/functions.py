@@ -414,7 +414,7 @@ class RewardFunctions:
         for i, err in failed:
             self.errors[f.name] += 1
             count = self.errors[f.name]
-            if count <= _FIRST_WARNINGS or _power_of_ten(count):
+            if warn_this_time(count):
                 where = f" (prompt {labels[i][:40]!r})" if labels is not None and i < len(labels) else ""
                 self.warn(f"reward function {f.name!r} failed on sample {i} of a batch of {n}{where}: "
                           f"{_describe(err)}; that sample {consequence} ({count} failure"
@@ -428,6 +428,11 @@ def _resolve(out: Any, timeout_s: float | None) -> Any:
 
 def _call_resolved(fn: Callable[..., Any], kwargs: dict, timeout_s: float | None) -> Any:
     return _resolve(fn(**kwargs), timeout_s)
+
+
+def warn_this_time(count: int) -> bool:
+    """Whether the ``count``-th failure of one thing is printed: the first few, then at 10, 100, 1000..."""
+    return count <= _FIRST_WARNINGS or _power_of_ten(count)
 
 
 def _power_of_ten(k: int) -> bool:

@@ -41,7 +41,7 @@ import string
 from collections.abc import Sequence
 from typing import Any
 
-from rlvr.rewards.components import RewardComponentError, register_component
+from rlvr.rewards.components import RewardComponentError, question_of, register_component
 
 __all__ = ["DEFAULT_TEMPLATES", "JUDGE_MODES", "NO_WORDS", "YES_WORDS", "LLMJudge", "parse_score",
            "verdict_token_ids", "yes_probability"]
@@ -180,17 +180,6 @@ def _template_fields(template: str, mode: str) -> set[str]:
     return fields
 
 
-def _question(problem) -> str:
-    """The text of a problem's prompt: a string, or the last user turn of a list of messages."""
-    prompt = getattr(problem, "prompt", None)
-    if isinstance(prompt, str):
-        return prompt
-    if isinstance(prompt, (list, tuple)) and prompt and all(isinstance(m, dict) for m in prompt):
-        users = [m for m in prompt if m.get("role") == "user"] or list(prompt)
-        return str(users[-1].get("content", ""))
-    raise ValueError(f"judge: a problem's prompt must be a string or a list of messages, got {type(prompt).__name__}")
-
-
 @register_component("judge")
 class LLMJudge:
     """A causal LM as a reward component (see the module docstring for the two modes).
@@ -289,7 +278,7 @@ class LLMJudge:
 
     def fill(self, problem, text: str) -> str:
         """The template filled for one sample (before the chat template)."""
-        values: dict[str, Any] = {"question": _question(problem), "answer": text}
+        values: dict[str, Any] = {"question": question_of(problem), "answer": text}
         if "reference" in self._fields:
             reference = getattr(problem, "answer", None)
             if reference is None:
@@ -321,17 +310,28 @@ class LLMJudge:
         if len(problems) != len(texts):
             raise ValueError(f"judge {self.name!r}: {len(problems)} problems for {len(texts)} texts")
         prompts = [self.render(p, t) for p, t in zip(problems, texts)]
-        values: list[float] = []
-        verdicts: list[str] = []
-        for i in range(0, len(prompts), self.batch_size):
-            chunk = prompts[i:i + self.batch_size]
-            v, raw = self._yes_no(chunk) if self.mode == "yes_no" else self._score(chunk)
-            values += v
-            verdicts += raw
+        if not prompts:
+            return {self.name: []}
+        # a prompt the judge's context cannot hold (with its verdict) is not cut: it is a counted failure (NaN)
+        room = self.context_length() - (self.max_new_tokens if self.mode == "score" else 0)
+        lengths = [len(ids) for ids in self.tokenizer(prompts, add_special_tokens=not self.chat_template)["input_ids"]]
+        fits = [i for i, n in enumerate(lengths) if n <= room]
+        values: list[float] = [math.nan] * len(prompts)
+        verdicts: list[str] = [""] * len(prompts)
+        read = self._yes_no if self.mode == "yes_no" else self._score
+        for i in range(0, len(fits), self.batch_size):
+            idx = fits[i:i + self.batch_size]
+            v, raw = read([prompts[j] for j in idx])
+            for j, value, verdict in zip(idx, v, raw):
+                values[j], verdicts[j] = value, verdict
         self.last_verdicts = verdicts
         self.judged += len(values)
         self.unparsable += sum(1 for v in values if not math.isfinite(v))
         return {self.name: values}
+
+    def context_length(self) -> int:
+        """The longest sequence the judge reads: its ``max_position_embeddings`` (unbounded if it has none)."""
+        return int(getattr(self.model.config, "max_position_embeddings", 0) or 1 << 30)
 
     def next_token_logits(self, prompts: list[str]):
         """``[B, V]`` float32 logits of the token after each prompt (one left-padded forward)."""

@@ -65,6 +65,7 @@ from typing import Any, Mapping, Sequence
 from urllib.parse import urlsplit
 
 from rlvr.rewards.components import RewardComponentError, register_component
+from rlvr.rewards.functions import warn_this_time
 
 __all__ = ["MAX_BODY_BYTES", "PROTOCOL", "RemoteReward", "RewardServer", "ServedProblem", "parse_score_request"]
 
@@ -73,7 +74,6 @@ PROTOCOL = 1
 #: Largest request body the server reads (larger ones get 413).
 MAX_BODY_BYTES = 64 << 20
 #: Failed requests of one client that are printed in full before only milestones are.
-_FIRST_WARNINGS = 3
 _REQUEST_FIELDS = ("problems", "texts", "names", "protocol")
 _PROBLEM_FIELDS = ("prompt", "answer", "meta")
 
@@ -225,7 +225,7 @@ class RemoteReward:
         with self._lock:
             self.failed_chunks += 1
             count = self.failed_chunks
-        if count <= _FIRST_WARNINGS or _power_of_ten(count):
+        if warn_this_time(count):
             detail = str(error) if isinstance(error, (_Retryable, _Fatal)) else f"{type(error).__name__}: {error}"
             print(f"warning: remote reward {self.url}: a request of {len(texts)} samples (samples {start}-"
                   f"{start + len(texts) - 1} of {total}) failed after {tries} tr{'y' if tries == 1 else 'ies'}: "
@@ -384,12 +384,6 @@ def _check_number(field_name: str, value: Any, positive: bool) -> float:
         raise RewardComponentError(f"reward.components (type 'remote'): {field_name} = {value!r}; expected a "
                                    f"number {'> 0' if positive else '>= 0'} (seconds)")
     return float(value)
-
-
-def _power_of_ten(k: int) -> bool:
-    while k >= 10 and k % 10 == 0:
-        k //= 10
-    return k == 1
 
 
 # --------------------------------------------------------------------------- server

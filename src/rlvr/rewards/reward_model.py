@@ -17,9 +17,10 @@ cannot move the read-out, unlike a read-out that searches for the pad id).
 
 Text. With the RM tokenizer's chat template (``chat_template``: None = when it has one) a sample is the
 messages ``[user: question, assistant: completion]`` rendered by that template (the question is
-``problem.meta["question"]`` when the task keeps it, else the prompt text); without one it is
-``prompt + completion``, the exact text the policy saw and wrote. A text longer than ``max_length``
-tokens is not cut (cutting can change what it says): it scores NaN, a counted failure.
+``problem.meta["question"]`` when the task keeps it, else the prompt text: :func:`rlvr.rewards.components.question_of`,
+the user's turn before the policy's own template); without one it is ``prompt + completion``, the exact text the
+policy saw and wrote. A text longer than ``max_length`` tokens is not cut (cutting can change what it says): it
+scores NaN, a counted failure.
 """
 
 from __future__ import annotations
@@ -27,7 +28,6 @@ from __future__ import annotations
 import json
 import math
 import random
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,7 +36,7 @@ from typing import Any, Callable, Sequence
 import torch
 
 from rlvr.algorithms import bradley_terry_loss, pair_accuracy
-from rlvr.rewards.components import RewardComponentError, register_component
+from rlvr.rewards.components import RewardComponentError, question_of, register_component
 
 __all__ = ["RM_RECORD", "NORMALIZATIONS", "RewardModel", "load_reward_model", "rm_scores", "rm_text",
            "train_reward_model"]
@@ -117,12 +117,6 @@ def rm_scores(model, tokenizer, texts: Sequence[str], batch_size: int = 32, max_
     return out
 
 
-def _question(problem) -> str | None:
-    meta = getattr(problem, "meta", None) or {}
-    q = meta.get("question") if isinstance(meta, dict) else None
-    return q if isinstance(q, str) else None
-
-
 @register_component("reward_model")
 class RewardModel:
     """The ``reward_model`` reward component: a trained scalar-head RM scores each completion.
@@ -158,7 +152,7 @@ class RewardModel:
             self.mean, self.std = float(cal["mean"]), max(float(cal["std"]), 1e-6)
 
     def texts(self, problems: Sequence[Any], completions: Sequence[str]) -> list[str]:
-        return [rm_text(self.tokenizer, p.prompt, c, _question(p), self.chat_template)
+        return [rm_text(self.tokenizer, p.prompt, c, question_of(p), self.chat_template)
                 for p, c in zip(problems, completions)]
 
     def __call__(self, problems: Sequence[Any], texts: Sequence[str]) -> dict[str, list[float]]:
@@ -266,28 +260,13 @@ def train_reward_model(model, tokenizer, train: Sequence[Pair], held_out: Sequen
 
 
 def save_reward_model(model, tokenizer, record: dict, to: str | Path) -> Path:
-    """Write the RM (weights, tokenizer files as loaded, ``rlvr_rm.json``) to ``to`` atomically."""
-    import os
-    import shutil
-    import tempfile
-
+    """Write the RM (weights, tokenizer files as loaded, ``rlvr_rm.json``) to ``to`` atomically (an existing
+    folder is replaced only once the new one is complete)."""
     from rlvr.models.load import save_tokenizer
+    from rlvr.utils import atomic_dir
 
-    to = Path(to)
-    to.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=to.parent, prefix=f".tmp-{to.name}-"))
-    try:
+    with atomic_dir(Path(to), replace=True) as tmp:
         model.save_pretrained(tmp)
         save_tokenizer(tokenizer, tmp)
         (tmp / RM_RECORD).write_text(json.dumps(record, indent=1, sort_keys=True) + "\n")
-        if to.exists():
-            shutil.rmtree(to)
-        os.replace(tmp, to)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return to
-
-
-def _warn(message: str) -> None:
-    print(f"warning: {message}", file=sys.stderr, flush=True)
+    return Path(to)

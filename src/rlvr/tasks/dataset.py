@@ -385,8 +385,12 @@ class DatasetTask:
         raw = row[self.prompt_field]
         key = json.dumps(raw, sort_keys=True, ensure_ascii=False) if not isinstance(raw, str) else raw
         answer = row.get(self.answer_field)
+        user = [m for m in self._messages(raw) if m.get("role") == "user"]
         meta = {"row": row, "index": index, "split": split, "key": key,
-                "conversational": _is_messages(raw)}
+                "conversational": _is_messages(raw),
+                # the last user turn as written, before any chat template: what a reward model or judge
+                # with its own template is shown (rlvr.rewards.components.question_of)
+                "question": str(user[-1].get("content", "")) if user else str(raw)}
         return Problem(prompt=self._prompt_text(raw), answer="" if answer is None else str(answer), meta=meta)
 
     def problems(self, split: str, n: int | None = None) -> list[Problem]:

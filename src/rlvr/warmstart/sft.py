@@ -552,21 +552,15 @@ def sft_model(model_path: str | Path, task, sft_cfg, to: str | Path, dtype: str 
     if result.val_accuracy is not None:
         log(f"sft: validation {sft_cfg.target_metric} {result.val_accuracy:.3f} after {result.steps} steps "
             f"({len(val)} validation problems)")
-    to.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=to.parent, prefix=f".tmp-{to.name}-"))
-    try:
+    from rlvr.utils import atomic_dir
+
+    with atomic_dir(to) as tmp:  # to: absent or an empty folder (checked above)
         model.save_pretrained(tmp)
         save_tokenizer(tokenizer, tmp)  # the user's tokenizer files, as they were
         record = {"model": str(model_path), "steps": result.steps, "val_accuracy": result.val_accuracy,
                   "checks": result.checks, "sft": sft_cfg.model_dump(mode="json"),
                   "seconds": round(time.perf_counter() - started, 1), "built_with": _build_environment()}
         (tmp / RECORD_FILE).write_text(json.dumps(record, indent=1, sort_keys=True) + "\n")
-        if to.exists():
-            to.rmdir()
-        os.replace(tmp, to)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return to
 
 
