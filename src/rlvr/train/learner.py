@@ -58,6 +58,7 @@ from rlvr.models.logprobs import completion_logits, completion_outputs, logprob_
 from rlvr.models.lora import is_peft_model, reference_weights
 from rlvr.models.prefix import PrefixSharing, has_active_dropout
 from rlvr.optim import make_optimizer
+from rlvr.parallel import DataParallel
 from rlvr.rollout.factory import SAMPLES_WITH_HF_GENERATE
 from rlvr.train.batches import log_once, micro_batches, padded_tokens, sort_groups_by_length, split_groups
 from rlvr.train.critic import explained_variance
@@ -84,13 +85,22 @@ class Learner:
     ``consecutive_skipped`` the current streak (the training loop stops the run at
     ``trainer.max_consecutive_skipped``). Both are checkpointed, so a resumed run counts on."""
 
-    def __init__(self, model: torch.nn.Module, config: Config, critics=None, teacher: torch.nn.Module | None = None):
+    def __init__(self, model: torch.nn.Module, config: Config, critics=None, teacher: torch.nn.Module | None = None,
+                 dist: DataParallel | None = None):
         self.model = model
         self.critics = critics  # rlvr.train.critic.Critics when the estimator needs values (PPO, AsyPPO)
         if config.uses_critic() and critics is None:
             raise ValueError(f"advantage estimator '{config.algorithm.advantage_estimator}' needs a critic")
         self.config = config
+        self.dist = dist  # trainer.dist: this rank's place in a data-parallel / FSDP2 learner group, or None
         t = config.trainer
+        self.ref_model = None
+        needs_ref = "ref_logp" in wanted_inputs(A.POLICY_LOSSES[config.algorithm.policy_loss])
+        if config.kl.placement != "none" or needs_ref:
+            # LoRA: the reference is the policy's own base (adapter disabled), no second copy
+            self.ref_model = model if is_peft_model(model) else copy.deepcopy(model).eval().requires_grad_(False)
+        if dist is not None:  # shard (or replicate) in place before the optimizer sees the parameters
+            dist.wrap(model)
         self.optimizer, self.scheduler = make_optimizer(
             model, t.lr, t.weight_decay, t.betas, t.warmup_steps, schedule=t.lr_schedule,
             total_steps=t.steps * t.ppo_epochs * t.num_minibatches, min_lr_ratio=t.min_lr_ratio,
@@ -99,11 +109,6 @@ class Learner:
                                     pack_tokens=t.pack_tokens)
         self.chunked_head = ChunkedHead(t.chunked_head, log=log_once)  # trainer.chunked_head (rlvr.models.lm_head)
         self.old_logp_reason = ""  # why the latest update reused or recomputed old_logp
-        self.ref_model = None
-        needs_ref = "ref_logp" in wanted_inputs(A.POLICY_LOSSES[config.algorithm.policy_loss])
-        if config.kl.placement != "none" or needs_ref:
-            # LoRA: the reference is the policy's own base (adapter disabled), no second copy
-            self.ref_model = model if is_peft_model(model) else copy.deepcopy(model).eval().requires_grad_(False)
         self.teacher = teacher  # on-policy distillation (distill.teacher), frozen
         self.policy_version = 0
         # second wave: coefficients that controllers move (rlvr.control.callbacks), clamps, controllers
@@ -264,6 +269,8 @@ class Learner:
         self.advantages_stage(b, step)  # 2. rewards -> advantages
         self.weights_stage(b)  # 3. per-token weights known before the update
         self.optimize_stage(b, step)  # 4-5. loss terms per micro-batch, optimizer steps with the non-finite guard
+        if self.dist is not None:  # each rank summed its own micro-batches' metrics: the minibatch's are the sum
+            b.sums = merge_sums(self.dist.gather_objects(b.sums))
         return self.step_metrics(b, t0, shared_before)
 
     # 1 ----------------------------------------------------------------------------------------------
@@ -413,12 +420,18 @@ class Learner:
             metric_tokens = tm.sum()
             agg_metric = dict(agg, batch_num_tokens=metric_tokens, batch_num_seqs=(tm.sum(-1) > 0).sum())
         self.optimizer.zero_grad(set_to_none=True)
-        if not mb_groups:  # every row skipped: step on zero gradients, as the full computation would
+        chunks = self._rank_chunks(b.exp, mb_groups)  # one process: every micro-batch; a group: this rank's
+        if not chunks:  # every row skipped: step on zero gradients, as the full computation would
             for p in self.model.parameters():
                 if p.requires_grad:
                     p.grad = torch.zeros_like(p)
-        finite, ran = True, False
-        for idx in self._row_chunks(b.exp, mb_groups):
+        finite = True
+        for i, idx in enumerate(chunks):
+            if self.dist is not None:  # accumulate locally; reduce across ranks with the last micro-batch
+                self.dist.gradient_sync(self.model, i == len(chunks) - 1)
+                if idx is None:  # this rank has fewer micro-batches: a zero-weight one keeps collectives in step
+                    self._idle_micro_batch(b.exp, torch.cat(mb_groups)[:1])
+                    continue
             mm = mask[idx]
             logp, entropy_tok, mean_lp = self._forward_stats(self.model, b.exp, idx)
             inputs = self.loss_inputs_of(b, idx, mean_lp, len(mb_groups))
@@ -435,13 +448,31 @@ class Learner:
                 if part is not None:
                     loss = part if loss is None else loss + part
             loss.backward()
-            if not ran:  # metrics other than the loss average over the minibatches that trained rows
-                _acc(b.sums, "trained_minibatches", 1.0)
-                ran = True
             value = loss.item()
             finite = finite and math.isfinite(value)
             _acc(b.sums, "loss", value)
+        # metrics other than the loss average over the minibatches that trained rows (counted once in a group)
+        if chunks and (self.dist is None or self.dist.driver):
+            _acc(b.sums, "trained_minibatches", 1.0)
+        if self.dist is not None:  # a NaN on one rank makes every rank skip
+            finite = self.dist.all_true(finite)
         return self.optimizer_step(finite)
+
+    def _rank_chunks(self, exp: Experience, mb_groups: list[torch.Tensor]) -> list:
+        """The micro-batches this process trains: all of them in one process; in a learner group, those of
+        this rank's share of the groups (:meth:`rlvr.parallel.DataParallel.share`), padded with ``None`` (a
+        zero-weight micro-batch) to the most any rank has, so every rank makes the same collective calls."""
+        if self.dist is None:
+            return list(self._row_chunks(exp, mb_groups)) if mb_groups else []
+        per_rank = [list(self._row_chunks(exp, share)) if share else [] for share in self.dist.shares(mb_groups)]
+        mine = per_rank[self.dist.rank]
+        return mine + [None] * (max(len(c) for c in per_rank) - len(mine))
+
+    def _idle_micro_batch(self, exp: Experience, idx: torch.Tensor) -> None:
+        """A forward/backward of one row whose loss is multiplied by 0: it adds exactly zero to the gradient,
+        and makes the same all-gathers and reductions as the other ranks' micro-batches."""
+        logp = self._forward_stats(self.model, exp, idx)[0]
+        (logp * 0.0).sum().backward()
 
     def loss_inputs_of(self, b: StepBatch, idx: torch.Tensor, mean_logp: torch.Tensor, num_prompts: int) -> dict:
         """The batch inputs the policy loss names in its signature (:data:`BATCH_INPUTS`), for the rows ``idx``."""
@@ -463,6 +494,8 @@ class Learner:
         """Clip the gradient norm and step, or, when the loss or the norm is NaN/inf, skip: parameters,
         AdamW state and the learning-rate schedule stay as they were (counted in ``skipped_steps``)."""
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.trainer.max_grad_norm)
+        if hasattr(grad_norm, "full_tensor"):  # a sharded model's norm is a DTensor (over every shard)
+            grad_norm = grad_norm.full_tensor()
         if finite and math.isfinite(float(grad_norm)):
             self.optimizer.step()
             self.scheduler.step()
@@ -627,6 +660,16 @@ def loss_mask(exp: Experience) -> torch.Tensor:
     """``[B, T]`` float: the tokens the loss trains on (:attr:`rlvr.rollout.base.Rollout.loss_mask`; for a
     single-turn completion, every completion token). The forward passes attend to the completion mask."""
     return exp.rollout.loss_mask.float()
+
+
+def merge_sums(per_rank: list[dict]) -> dict:
+    """The metric sums of a learner group's ranks, added key by key (each rank summed its own micro-batches,
+    every one normalised by the whole minibatch's counts)."""
+    out: dict = {}
+    for sums in per_rank:
+        for key, value in sums.items():
+            _acc(out, key, value)
+    return out
 
 
 def _acc(sums: dict, key: str, value: float) -> None:

@@ -1,0 +1,190 @@
+"""Data-parallel and FSDP2-sharded learners on torch.distributed: the process group, the wrapping, and the
+collectives the learner makes (``trainer.dist``).
+
+The learner is SPMD with a driver (``../shared/design/scale-out.md``): every rank holds the same
+:class:`~rlvr.experience.batch.Experience` (rank 0 makes it and broadcasts it), computes the same advantages and
+the same split into minibatches, and trains its share of each minibatch's *whole groups*
+(:meth:`DataParallel.share`). The loss normalisers count the whole minibatch, and the gradients are *summed*
+across ranks (``set_gradient_divide_factor(1)`` with sum reductions), so N ranks compute the single-process
+gradient, to float reassociation.
+
+Engines, both from ``torch.distributed.fsdp.fully_shard`` (FSDP2), applied in place so the model stays the
+Hugging Face module it was (its attributes, its head, its generation config):
+
+* ``fsdp2``: parameters, gradients and optimizer state sharded over a 1-D mesh of all ranks; each decoder
+  block is its own unit (all-gathered for its forward and backward, resharded after).
+* ``ddp``: the same call over a 2-D ``(replicate=N, shard=1)`` mesh (HSDP with shards of one rank): every
+  rank holds the whole model, forwards run locally, and the backward all-reduces gradients across ranks:
+  DistributedDataParallel's semantics, without its wrapper (whose forward the learner's chunked-head and
+  shared-prefix forwards would bypass).
+
+Collective discipline: every rank makes the same sequence of collective calls. Forwards of a sharded model
+are collective, so every rank runs the same number of micro-batches (:meth:`DataParallel.pad`: a rank with
+fewer runs zero-weight ones); the "this step is finite" decision is all-reduced (:meth:`all_true`); gradient
+clipping reads the norm over all shards. :meth:`arrive` is a monitored barrier: a rank that does not reach it
+within ``trainer.dist.timeout_s`` is named in the error.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+from dataclasses import dataclass, field
+
+import torch
+import torch.distributed as dist
+
+#: ``trainer.dist.engine``: none (one process), ddp (replicated parameters, summed gradients), fsdp2 (sharded)
+DIST_ENGINES = ("none", "ddp", "fsdp2")
+
+
+def launched_world_size() -> int:
+    """The world size a launcher (torchrun, a Ray learner group) put in the environment; 1 without one."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def _backend(device: str) -> str:
+    if device.startswith("cuda") and dist.is_nccl_available():
+        return "cpu:gloo,cuda:nccl"
+    return "gloo"  # the CPU wheel has no NCCL: "cpu:gloo,cuda:nccl" fails there (scale-out.md, section 3)
+
+
+@dataclass
+class DataParallel:
+    """This process's place in the learner group and the group's collectives."""
+
+    engine: str
+    rank: int
+    world_size: int
+    timeout_s: float = 600.0
+    device: str = "cpu"
+    collective_seconds: float = field(default=0.0, repr=False)  # seconds in the collectives below, in all
+
+    @classmethod
+    def init(cls, engine: str, timeout_s: float = 600.0, device: str = "cpu") -> "DataParallel":
+        """Join (or form) the default process group from the launcher's environment (``RANK``, ``WORLD_SIZE``,
+        ``MASTER_ADDR``, ``MASTER_PORT``: torchrun, or a Ray learner group); a lone process without a launcher
+        forms a group of one."""
+        if engine not in DIST_ENGINES or engine == "none":
+            raise ValueError(f"trainer.dist.engine must be one of {', '.join(DIST_ENGINES[1:])} here, not {engine!r}")
+        if not dist.is_initialized():
+            if "RANK" not in os.environ:  # no launcher: a group of one (FSDP2 with world size 1)
+                os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1",
+                                  MASTER_PORT=os.environ.get("MASTER_PORT", str(_free_port())))
+            dist.init_process_group(_backend(device), timeout=datetime.timedelta(seconds=timeout_s))
+        if device.startswith("cuda"):
+            local = int(os.environ.get("LOCAL_RANK", "0"))
+            device = f"cuda:{local}"
+            torch.cuda.set_device(local)
+        return cls(engine, dist.get_rank(), dist.get_world_size(), timeout_s, device)
+
+    @property
+    def driver(self) -> bool:
+        """Rank 0 drives: rollouts, rewards, weight publication, logging, checkpoint bookkeeping."""
+        return self.rank == 0
+
+    # ------------------------------------------------------------------ the model
+    def wrap(self, model: torch.nn.Module, mp_policy=None) -> torch.nn.Module:
+        """``fully_shard`` each decoder block, then the root, in place; gradients summed across ranks (not
+        averaged: the loss normalisers are already global). Build the optimizer after this."""
+        from torch.distributed.device_mesh import init_device_mesh
+        from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
+
+        kind = self.device.split(":")[0]
+        if self.engine == "ddp":
+            mesh = init_device_mesh(kind, (self.world_size, 1), mesh_dim_names=("replicate", "shard"))
+        else:
+            mesh = init_device_mesh(kind, (self.world_size,), mesh_dim_names=("shard",))
+        kwargs = {"mesh": mesh, "mp_policy": mp_policy or MixedPrecisionPolicy()}
+        for block in decoder_blocks(model):
+            fully_shard(block, **kwargs)
+        fully_shard(model, **kwargs)
+        for module in model.modules():
+            if isinstance(module, FSDPModule):
+                module.set_gradient_divide_factor(1.0)  # a sum: N ranks give the single-process gradient
+                module.set_force_sum_reduction_for_comms(True)  # gloo has no PREMUL_SUM
+        return model
+
+    def gradient_sync(self, model: torch.nn.Module, sync: bool) -> None:
+        """Defer the gradient reduction to the minibatch's last micro-batch (gradient accumulation)."""
+        model.set_requires_gradient_sync(sync)
+
+    @staticmethod
+    def full_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+        """The unsharded state dict on every rank's CPU (a collective: every rank calls it, in the same order),
+        with the Hugging Face names of the unwrapped model."""
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+    # ------------------------------------------------------------------ work split
+    def share(self, items: list) -> list:
+        """This rank's share of a minibatch's groups (whole groups, round robin: ``items[rank::N]``)."""
+        return items[self.rank::self.world_size]
+
+    def shares(self, items: list) -> list[list]:
+        """Every rank's share (every rank can compute them: the experience is the same on all)."""
+        return [items[r::self.world_size] for r in range(self.world_size)]
+
+    # ------------------------------------------------------------------ collectives
+    def _timed(self, fn, *args, **kwargs):
+        import time
+
+        t0 = time.perf_counter()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            self.collective_seconds += time.perf_counter() - t0
+
+    def all_true(self, flag: bool) -> bool:
+        """Whether ``flag`` holds on every rank (an all-reduce MIN): a NaN on one rank makes every rank skip."""
+        t = torch.tensor([1 if flag else 0], dtype=torch.int32, device=self.device)
+        self._timed(dist.all_reduce, t, op=dist.ReduceOp.MIN)
+        return bool(t.item())
+
+    def gather_objects(self, obj) -> list:
+        """``obj`` of every rank, in rank order (all-gather of picklable objects)."""
+        out = [None] * self.world_size
+        self._timed(dist.all_gather_object, out, obj)
+        return out
+
+    def broadcast(self, obj=None):
+        """Rank 0's ``obj`` on every rank (broadcast of a picklable object)."""
+        box = [obj if self.driver else None]
+        self._timed(dist.broadcast_object_list, box, src=0)
+        return box[0]
+
+    def arrive(self, what: str) -> None:
+        """A monitored barrier: a rank that does not arrive within ``timeout_s`` is named in the error
+        (gloo; the other backends get a plain barrier)."""
+        try:
+            if dist.get_backend() == "gloo":
+                self._timed(dist.monitored_barrier, timeout=datetime.timedelta(seconds=self.timeout_s),
+                            wait_all_ranks=True)
+            else:
+                self._timed(dist.barrier)
+        except RuntimeError as err:
+            raise RuntimeError(f"learner rank {self.rank}: not every rank reached '{what}' within "
+                               f"trainer.dist.timeout_s={self.timeout_s:g} s ({err})") from err
+
+    def close(self) -> None:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def decoder_blocks(model: torch.nn.Module) -> list[torch.nn.Module]:
+    """The model's repeated blocks (each its own FSDP2 unit): the modules whose class the Hugging Face model
+    names in ``_no_split_modules`` (e.g. ``LlamaDecoderLayer``); empty for a model that names none."""
+    names: set[str] = set()
+    for module in model.modules():
+        names.update(getattr(module, "_no_split_modules", None) or [])
+    # by class (and base class: FSDP2 renames a wrapped block's class FSDP<name>)
+    return [m for m in model.modules() if any(c.__name__ in names for c in type(m).__mro__)]
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

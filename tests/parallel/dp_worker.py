@@ -1,0 +1,86 @@
+"""One rank of a learner group, launched by ``torchrun`` from tests/parallel/test_data_parallel.py.
+
+``python -m torch.distributed.run --nproc_per_node N tests/parallel/dp_worker.py CASES_JSON``: for each case, load
+the model and the experiences the test wrote, train ``Learner(..., dist=DataParallel)`` on them, and write from
+rank 0 the full state dict after every update, the step metrics, and what each rank trained.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import torch
+
+
+def run_case(case: dict, dist) -> None:
+    from rlvr.config import load_config
+    from rlvr.models.load import load_model_and_tokenizer
+    from rlvr.train.learner import Learner
+
+    cfg = load_config(case["config"], case["overrides"])
+    model, _ = load_model_and_tokenizer(case["model"])
+    critics = None
+    if cfg.uses_critic():
+        from rlvr.train.critic import Critics
+
+        critics = Critics.build(cfg, case["model"])
+    if cfg.model.lora.enabled:
+        from rlvr.models.lora import apply_lora
+
+        torch.manual_seed(0)  # the adapter's initialisation, as seed_everything does before it in a run
+        model = apply_lora(model, cfg.model.lora, base_path=case["model"])
+    experiences = torch.load(case["experiences"], weights_only=False)
+    learner = Learner(model, cfg, critics, dist=dist)
+    out = {"states": [], "metrics": []}
+    for step, exp in enumerate(experiences):
+        if case.get("nan_on_rank") is not None and step == case.get("nan_step", 1) \
+                and dist.rank == case["nan_on_rank"]:
+            _poison(model)  # a NaN on one rank: every rank must skip this step
+        metrics = learner.update(exp, step)
+        if case.get("nan_on_rank") is not None and step == case.get("nan_step", 1):
+            _heal(model)
+        state = dist.full_state_dict(model)
+        if dist.driver:
+            out["states"].append({k: v.clone() for k, v in state.items()})
+            out["metrics"].append(metrics)
+    out["skipped_steps"] = dist.gather_objects(learner.skipped_steps)
+    if dist.driver:
+        torch.save(out, case["out"])
+
+
+_saved: dict = {}
+
+
+def _poison(model) -> None:
+    """Make this rank's loss NaN for one step: a hook on the first decoder block's output."""
+    from rlvr.parallel.data_parallel import decoder_blocks
+
+    block = decoder_blocks(model)[0]
+    _saved["hook"] = block.register_forward_hook(
+        lambda mod, args, output: (output[0] * float("nan"),) + tuple(output[1:]) if isinstance(output, tuple)
+        else output * float("nan"))
+
+
+def _heal(model) -> None:
+    if "hook" in _saved:
+        _saved.pop("hook").remove()
+
+
+def main() -> None:
+    from rlvr.parallel import DataParallel
+
+    torch.set_num_threads(1)
+    cases = json.loads(open(sys.argv[1]).read())
+    group = None
+    for case in cases:
+        group = DataParallel.init(case["engine"], timeout_s=120)
+        group.engine = case["engine"]
+        run_case(case, group)
+        group.arrive(f"case {case['name']}")
+    if group is not None:
+        group.close()
+
+
+if __name__ == "__main__":
+    main()
