@@ -520,6 +520,18 @@ class KLSection(_Section):
         return _check_registry(v, "KL_ESTIMATORS")
 
 
+class DistSection(_Section):
+    """A learner that spans processes (``rlvr.parallel``): launch with ``torchrun --nproc_per_node N -m rlvr train``
+    (or ``rlvr train --nproc N``); the world size comes from the launcher."""
+
+    engine: Literal["none", "ddp", "fsdp2"] = Field(
+        "none", description="none: one learner process; ddp: every rank holds the whole model, gradients summed "
+        "across ranks; fsdp2: parameters, gradients and optimizer state sharded across ranks (torch FSDP2). "
+        "Every rank trains whole groups of each minibatch; N ranks compute the single-process update")
+    timeout_s: float = Field(600.0, gt=0, description="seconds a rank waits for the others at a collective "
+                             "before the run stops with an error naming the rank that did not arrive")
+
+
 class TrainerSection(_Section):
     steps: int = Field(100, ge=0, description="RL steps (one rollout batch each)")
     lr: float = Field(5e-5, gt=0)
@@ -586,6 +598,7 @@ class TrainerSection(_Section):
     adamw_impl: Literal["auto", "fused", "foreach", "for-loop"] = Field(
         "auto", description="AdamW kernel: auto = fused where torch has it for the parameters (CPU, CUDA), "
         "else foreach; for-loop = torch's reference loop (same update to float reassociation)")
+    dist: DistSection = Field(default_factory=DistSection)
     autocast: Literal["none", "bf16"] = Field("none", description="bf16: the learner's forward passes "
                                               "(old/ref log-probs, training forward; backward follows) run "
                                               "under torch.autocast(bfloat16) with fp32 master weights, "
@@ -902,10 +915,24 @@ class Config(_Section):
         self._check_partial_rollouts()
         _check_replay(self)
         self._check_second_wave()
+        self._check_dist()
         if self.critic.num_critics > 1 and self.algorithm.advantage_estimator != "asyppo":
             raise ValueError(f"critic.num_critics = {self.critic.num_critics} needs "
                              "algorithm.advantage_estimator=asyppo (gae uses one critic); set one of them")
         return self
+
+    def _check_dist(self) -> None:
+        """What a learner group (trainer.dist) does not run yet: each of these changes the learner on rank 0 only."""
+        if self.trainer.dist.engine == "none":
+            return
+        blocked = {"kl.reset_every / kl.reset_max_kl (reference resets)": self.kl.reset_every
+                   or self.kl.reset_max_kl is not None,
+                   "plasticity.every / plasticity.regrama (diagnostics on the weights)": self.plasticity.every
+                   or self.plasticity.regrama}
+        for what, on in blocked.items():
+            if on:
+                raise ValueError(f"trainer.dist.engine={self.trainer.dist.engine}: {what} is not supported with a "
+                                 "learner group yet; turn it off or set trainer.dist.engine=none")
 
     def _check_partial_rollouts(self) -> None:
         if not self.runtime.partial_rollouts:

@@ -117,6 +117,29 @@ class DataParallel:
 
         return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
 
+    @staticmethod
+    def load_full_state_dict(model: torch.nn.Module, state: dict) -> None:
+        """Load rank 0's unsharded ``state`` into every rank's shards (a collective; other ranks pass ``{}``)."""
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+        set_model_state_dict(model, state, options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
+
+    @staticmethod
+    def optimizer_state(model: torch.nn.Module, optimizer) -> dict:
+        """The optimizer's unsharded state on rank 0's CPU, keyed by parameter name (a collective)."""
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+        return get_optimizer_state_dict(model, optimizer,
+                                        options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+    @staticmethod
+    def load_optimizer_state(model: torch.nn.Module, optimizer, state: dict) -> None:
+        """Rank 0's unsharded optimizer ``state`` into every rank's shards (a collective)."""
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+        set_optimizer_state_dict(model, optimizer, state,
+                                 options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
+
     # ------------------------------------------------------------------ work split
     def share(self, items: list) -> list:
         """This rank's share of a minibatch's groups (whole groups, round robin: ``items[rank::N]``)."""
@@ -166,6 +189,14 @@ class DataParallel:
         except RuntimeError as err:
             raise RuntimeError(f"learner rank {self.rank}: not every rank reached '{what}' within "
                                f"trainer.dist.timeout_s={self.timeout_s:g} s ({err})") from err
+
+    def peak_memory_mb(self) -> float:
+        """This rank's peak memory: the GPU's allocated peak on CUDA, else the process's peak resident set."""
+        if self.device.startswith("cuda"):
+            return torch.cuda.max_memory_allocated() / 2**20
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
     def close(self) -> None:
         if dist.is_initialized():

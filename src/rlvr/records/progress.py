@@ -101,6 +101,9 @@ class StepProgress:
             for key, name in self.fields:
                 if _is_number(record.get(key)):
                     postfix[name] = f"{record[key]:.3f}"
+            if _is_number(record.get("dist/ranks")):  # a learner group: its ranks, seconds in collectives
+                postfix["ranks"] = int(record["dist/ranks"])
+                postfix["coll"] = f"{record.get('time_collectives', 0.0):.2f}s"
             if postfix:
                 self._bar.set_postfix(postfix)
         elif self.mode == "lines" and (step % self.every == 0 or step >= self.total):
@@ -112,6 +115,8 @@ class StepProgress:
         for key, name in self.fields:
             if _is_number(record.get(key)):
                 parts.append(f"{name} {record[key]:.3f}")
+        if _is_number(record.get("dist/ranks")):  # a learner group: its ranks and rank 0's seconds in collectives
+            parts.append(f"{int(record['dist/ranks'])} ranks, {record.get('time_collectives', 0.0):.2f} s collectives")
         done = step - self.initial
         if done > 0:
             per_step = (self._clock() - self._t0) / done

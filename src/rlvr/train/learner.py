@@ -270,7 +270,9 @@ class Learner:
         self.weights_stage(b)  # 3. per-token weights known before the update
         self.optimize_stage(b, step)  # 4-5. loss terms per micro-batch, optimizer steps with the non-finite guard
         if self.dist is not None:  # each rank summed its own micro-batches' metrics: the minibatch's are the sum
-            b.sums = merge_sums(self.dist.gather_objects(b.sums))
+            ranks = self.dist.gather_objects((b.sums, self.dist.peak_memory_mb()))
+            b.sums = merge_sums([sums for sums, _ in ranks])
+            b.metrics.update({f"dist/peak_memory_mb/rank{r}": mb for r, (_, mb) in enumerate(ranks)})
         return self.step_metrics(b, t0, shared_before)
 
     # 1 ----------------------------------------------------------------------------------------------
@@ -581,7 +583,11 @@ class Learner:
 
     # ------------------------------------------------------------------ checkpoint state
     def state_dict(self) -> dict:
-        state = {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+        """Everything a resumed run needs besides the weights. In a learner group every rank calls it (the
+        optimizer's shards are gathered to rank 0, whose copy is the one to save)."""
+        optimizer = (self.optimizer.state_dict() if self.dist is None
+                     else self.dist.optimizer_state(self.model, self.optimizer))
+        state = {"optimizer": optimizer, "scheduler": self.scheduler.state_dict(),
                  "policy_version": self.policy_version, "skipped_steps": self.skipped_steps,
                  "consecutive_skipped": self.consecutive_skipped}
         state.update({"kl_coef": self.kl_coef, "entropy_coef": self.entropy_coef,
@@ -594,7 +600,12 @@ class Learner:
         return state
 
     def load_state_dict(self, state: dict) -> None:
-        self.optimizer.load_state_dict(state["optimizer"])
+        """The inverse of :meth:`state_dict`; in a learner group every rank calls it with the same ``state``
+        except the optimizer's, which rank 0 holds and sends to every rank's shards."""
+        if self.dist is None:
+            self.optimizer.load_state_dict(state["optimizer"])
+        else:
+            self.dist.load_optimizer_state(self.model, self.optimizer, state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.policy_version = int(state["policy_version"])
         self.kl_coef = float(state.get("kl_coef", self.kl_coef))

@@ -17,6 +17,7 @@ policy versions behind (:class:`rlvr.experience.async_source.AsyncSource`).
 
 from __future__ import annotations
 
+import copy
 import os
 import sys
 import time
@@ -42,6 +43,8 @@ from rlvr.records.progress import StepProgress
 from rlvr.records.trackers import open_trackers
 from rlvr.rollout.factory import generation_config_note, make_engine
 from rlvr.tasks import defaults as task_defaults, make_task
+from rlvr.parallel import DataParallel
+from rlvr.train.group import GroupLearner, follow
 from rlvr.train.learner import Learner, NonFiniteStepsError
 from rlvr.utils import atomic_write_text, deterministic_algorithms, seed_everything, storage_guard, write_run_meta
 from rlvr.warmstart.sft import resolve_model_path
@@ -88,23 +91,27 @@ def train(config: Config | None = None, resume: str | Path | None = None, log=pr
     if threads.NOTE:
         log(threads.NOTE)
     require_extras(config)  # a missing extra (tracker, peft, vllm) fails here, before anything is built
+    group = None
+    if config.trainer.dist.engine != "none":  # a learner group (rlvr.parallel): rank 0 drives, the others follow
+        group = DataParallel.init(config.trainer.dist.engine, config.trainer.dist.timeout_s, config.run.device)
     seed_everything(config.run.seed)
-    with deterministic_algorithms(config.run.deterministic):  # + batch-invariant sampling (SamplingParams)
-        return _train(config, run_dir, resume, log, stop_after)
+    try:
+        with deterministic_algorithms(config.run.deterministic):  # + batch-invariant sampling (SamplingParams)
+            if group is not None and not group.driver:
+                return _follow(group)
+            return _train(config, run_dir, resume, log, stop_after, group)
+    finally:
+        if group is not None:
+            group.close()
 
 
-def _train(config: Config, run_dir: Path, resume, log, stop_after: int | None) -> RunResult | None:
-    """The run itself (see :func:`train`)."""
-    task = make_task(config.task.name, **config.task.options)
-
-    # --- components
-    model_path = resolve_model_path(config, task, config.logging.progress, log)  # status lines when not a tty
+def _models(config: Config, model_path: str, log):
+    """The policy, its tokenizer, the critics and the distillation teacher, as the config asks."""
     model, tokenizer = load_model_and_tokenizer(model_path, config.model.dtype, config.run.device)
     if config.model.lora.enabled:  # only the adapter trains; the reference is the base (rlvr.models.lora)
         from rlvr.models.lora import apply_lora
 
         model = apply_lora(model, config.model.lora, base_path=model_path)
-    task_defaults.apply_token_budget(config, task, tokenizer, log)  # before anything reads max_new_tokens
     critics = None
     if config.uses_critic():
         from rlvr.train.critic import Critics
@@ -123,14 +130,46 @@ def _train(config: Config, run_dir: Path, resume, log, stop_after: int | None) -
         log(f"distill: teacher {config.distill.teacher} ({sum(p.numel() for p in teacher.parameters()) / 1e6:.2f}M "
             f"parameters), beta {config.distill.coef}, {config.distill.placement}, task weight "
             f"{config.distill.task_weight}")
-    learner = Learner(model, config, critics, teacher=teacher)
+    return model, tokenizer, critics, teacher
+
+
+def _follow(group: DataParallel) -> None:
+    """Ranks 1..N-1 of a learner group: the same learner as rank 0's (its config, model, critics, teacher;
+    resumed from its checkpoint), then do what rank 0 says (:func:`rlvr.train.group.follow`)."""
+    config, model_path = group.broadcast()
+    model, _, critics, teacher = _models(config, model_path, log=lambda *a: None)
+    learner = Learner(model, config, critics, teacher=teacher, dist=group)
+    ckpt = group.broadcast()
+    group.load_full_state_dict(model, {})  # rank 0's weights (started or resumed) into this rank's shards
+    if ckpt is not None and critics is not None:
+        critics.load_pretrained(ckpt)
+    follow(learner, group)
+
+
+def _train(config: Config, run_dir: Path, resume, log, stop_after: int | None,
+           group: DataParallel | None = None) -> RunResult | None:
+    """The run itself (see :func:`train`); in a learner group, rank 0's part."""
+    task = make_task(config.task.name, **config.task.options)
+
+    # --- components
+    model_path = resolve_model_path(config, task, config.logging.progress, log)  # status lines when not a tty
+    model, tokenizer, critics, teacher = _models(config, model_path, log)
+    task_defaults.apply_token_budget(config, task, tokenizer, log)  # before anything reads max_new_tokens
+    policy = model  # what the rollout engine samples from, checkpoints save and weight sync publishes
+    if group is not None:  # the learner's model is sharded: the engine samples from an unsharded copy
+        group.broadcast((config, model_path))
+        policy = copy.deepcopy(model)
+        learner = GroupLearner(Learner(model, config, critics, teacher=teacher, dist=group), group, policy)
+        log(f"learner: {group.world_size} rank(s), {group.engine} on {config.run.device} (rank 0 drives)")
+    else:
+        learner = Learner(model, config, critics, teacher=teacher)
     callbacks = build_callbacks(config)  # controllers, reference resets, diagnostics (rlvr.control.callbacks)
     r = config.rollout
-    engine = make_engine(config, model, tokenizer, model_path)  # hf shares the learner's weights; vllm pulls them
-    if note := generation_config_note(config, model):  # what of the model's generation_config the engine ignores
+    engine = make_engine(config, policy, tokenizer, model_path)  # hf shares the learner's weights; vllm pulls them
+    if note := generation_config_note(config, policy):  # what of the model's generation_config the engine ignores
         log(note)
     sampler = PromptSampler(task.problems("train"), config.run.seed)
-    source = make_source(config, build_producer(config, engine, task, model_path), model, tokenizer, task, sampler,
+    source = make_source(config, build_producer(config, engine, task, model_path), policy, tokenizer, task, sampler,
                          model_path=model_path)
     if config.runtime.decoupled():
         learner_threads, worker_threads = thread_split(config.runtime, config.run.threads)
@@ -157,10 +196,14 @@ def _train(config: Config, run_dir: Path, resume, log, stop_after: int | None) -
         if config.model.lora.enabled:  # the checkpoint holds the adapter
             from rlvr.models.lora import load_adapter_checkpoint
 
-            load_adapter_checkpoint(model, ckpt)
+            load_adapter_checkpoint(policy, ckpt)
         else:
             restored, _ = load_model_and_tokenizer(ckpt, config.model.dtype, config.run.device)
-            model.load_state_dict(restored.state_dict())
+            policy.load_state_dict(restored.state_dict())
+    if group is not None:  # rank 0's weights (started or resumed) into every rank's shards
+        group.broadcast(None if ckpt is None else str(ckpt))
+        learner.load_weights()
+    if ckpt is not None:
         state = load_trainer_state(ckpt)
         learner.load_state_dict(state["learner"])
         callbacks.load_state_dict(state.get("callbacks", {}))
@@ -185,7 +228,7 @@ def _train(config: Config, run_dir: Path, resume, log, stop_after: int | None) -
         log(task_defaults.start_report(before, len(eval_problems), model_path))
 
     def checkpoint(step: int) -> None:
-        save_checkpoint(run_dir, step, model, tokenizer,
+        save_checkpoint(run_dir, step, policy, tokenizer,
                         {"learner": learner.state_dict(), "source": source.state_dict(),
                          "callbacks": callbacks.state_dict()},
                         keep=config.logging.keep_checkpoints,
@@ -193,7 +236,7 @@ def _train(config: Config, run_dir: Path, resume, log, stop_after: int | None) -
 
     # --- the loop
     bar = StepProgress(total=config.trainer.steps, initial=start, desc="RL", enabled=config.logging.progress)
-    sync = source.publish_weights(model, learner.policy_version, start)  # the workers' first weights
+    sync = source.publish_weights(policy, learner.policy_version, start)  # the workers' first weights
     callbacks.on_train_begin(learner)
     done = start
     truncated, warned_truncation = [], False  # truncated_frac of recent steps (truncation_warning)
@@ -207,8 +250,10 @@ def _train(config: Config, run_dir: Path, resume, log, stop_after: int | None) -
                                                                               builtin=config.model.path == BUILTIN_TINY)):
                 task_defaults.warn(flat)
             metrics = learner.update(experience, step)
+            if group is not None:  # the shards gathered into the engine's copy
+                metrics.update(learner.publish())
             metrics.update(callbacks.on_step_end(step, learner, experience, metrics))
-            next_sync = source.publish_weights(model, learner.policy_version, step + 1)
+            next_sync = source.publish_weights(policy, learner.policy_version, step + 1)
 
             record = {"step": step + 1, "policy_version": learner.policy_version, "staleness": staleness,
                       **rollout_metrics(experience), **metrics, **runtime_metrics(experience, waited, t0, sync)}
@@ -248,6 +293,8 @@ def _train(config: Config, run_dir: Path, resume, log, stop_after: int | None) -
         raise
     finally:
         source.close()
+        if group is not None and done < config.trainer.steps:  # stopped early (or failed): the other ranks stop
+            learner.close()
     bar.close()
 
     steps = config.trainer.steps
@@ -258,6 +305,8 @@ def _train(config: Config, run_dir: Path, resume, log, stop_after: int | None) -
         after = _last_eval(logger)
     if config.logging.plots:
         logger.plot()
+    if group is not None:
+        learner.close()
     table = summary_table(before, after, len(eval_problems), r.temperature, config.eval.samples_per_problem)
     atomic_write_text(run_dir / "summary.md", table + "\n")
     log(table)

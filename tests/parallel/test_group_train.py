@@ -1,0 +1,69 @@
+"""``torchrun -m rlvr train`` with a learner group: the run a single process makes, a resume that continues it
+exactly, and one line per step saying how many ranks ran.
+
+Each launch costs about 10 s of start-up on 2 cores (imports, rendezvous), so there are two: a 2-rank FSDP2
+run of 3 steps with a checkpoint at step 2, and its resume from that checkpoint (step 3's checkpoint removed).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _torchrun(args: list[str], nproc: int = 2) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "src")}
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
+                           str(nproc), "-m", "rlvr", "train", *args], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
+    return done
+
+
+def _weights(run: Path, step: int) -> dict:
+    return load_file(run / "checkpoints" / f"step_{step:06d}" / "model.safetensors")
+
+
+@pytest.mark.slow
+def test_a_learner_group_trains_resumes_and_matches_one_process(tmp_path, fast_overrides):
+    from rlvr.config import load_config
+    from rlvr.train.loop import train
+
+    common = [*fast_overrides, "trainer.steps=3", "logging.checkpoint_every=2", "logging.keep_checkpoints=3",
+              "rollout.prompts_per_step=5", "rollout.group_size=3", "trainer.micro_batch_size=3", "run.seed=3",
+              "reward.weights={correct: 1.0, format: 1.0}"]  # a signal for a barely warm-started model
+    group = _torchrun(["--config", "configs/grpo_arithmetic_tiny.yaml", *common, "trainer.dist.engine=fsdp2",
+                       f"run.output_dir={tmp_path / 'group'}", "logging.progress=true"])
+    run = next((tmp_path / "group").iterdir())
+    assert "learner: 2 rank(s), fsdp2" in group.stdout
+    assert "2 ranks" in group.stderr  # the progress line (logging.progress, not a terminal: one line per step)
+    records = [line for line in (run / "metrics.jsonl").read_text().splitlines() if '"dist/ranks"' in line]
+    assert len(records) == 3
+    a0 = _weights(run, 2)
+
+    # resume from step 2 (step 3's checkpoint removed): step 3 again, exactly
+    resumed = tmp_path / "resumed"
+    shutil.copytree(run, resumed)
+    shutil.rmtree(resumed / "checkpoints" / "step_000003")
+    _torchrun(["--resume", str(resumed)])
+    a, b = _weights(run, 3), _weights(resumed, 3)
+    assert max(float((a[k] - a0[k]).abs().max()) for k in a) > 1e-4  # step 3 trained
+    assert max(float((a[k] - b[k]).abs().max()) for k in a) == 0.0
+
+    # one process, same config: the same run to float reassociation (rollouts sampled from the same weights)
+    torch.set_num_threads(1)
+    single = train(load_config("configs/grpo_arithmetic_tiny.yaml",
+                               [*common, f"run.output_dir={tmp_path / 'single'}"]), log=lambda *a: None)
+    s = _weights(single.run_dir, 3)
+    assert s.keys() == a.keys()
+    print("group vs one process:", max(float((a[k] - s[k]).abs().max()) for k in a))
+    assert max(float((a[k] - s[k]).abs().max()) for k in a) < 1e-5
