@@ -20,11 +20,13 @@ from safetensors.torch import load_file
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _torchrun(args: list[str], nproc: int = 2) -> subprocess.CompletedProcess:
+def _torchrun(args: list[str], nproc: int = 2, launcher: str = "torchrun") -> subprocess.CompletedProcess:
+    """``torchrun --standalone --nproc_per_node N -m rlvr train ARGS``, or ``rlvr train --nproc N ARGS``."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "src")}
-    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
-                           str(nproc), "-m", "rlvr", "train", *args], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=600)
+    head = ([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
+             "-m", "rlvr", "train"] if launcher == "torchrun" else
+            [sys.executable, "-m", "rlvr", "train", "--nproc", str(nproc)])
+    done = subprocess.run([*head, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
     return done
 
@@ -54,7 +56,7 @@ def test_a_learner_group_trains_resumes_and_matches_one_process(tmp_path, fast_o
     resumed = tmp_path / "resumed"
     shutil.copytree(run, resumed)
     shutil.rmtree(resumed / "checkpoints" / "step_000003")
-    _torchrun(["--resume", str(resumed)])
+    _torchrun(["--resume", str(resumed)], launcher="rlvr")  # rlvr train --nproc 2 --resume DIR
     a, b = _weights(run, 3), _weights(resumed, 3)
     assert max(float((a[k] - a0[k]).abs().max()) for k in a) > 1e-4  # step 3 trained
     assert max(float((a[k] - b[k]).abs().max()) for k in a) == 0.0
@@ -67,3 +69,14 @@ def test_a_learner_group_trains_resumes_and_matches_one_process(tmp_path, fast_o
     assert s.keys() == a.keys()
     print("group vs one process:", max(float((a[k] - s[k]).abs().max()) for k in a))
     assert max(float((a[k] - s[k]).abs().max()) for k in a) < 1e-5
+
+
+def test_launch_errors_name_the_fix(tmp_path, monkeypatch, capsys):
+    from rlvr.cli import main
+
+    assert main(["train", "--nproc", "2", "--config", "configs/grpo_arithmetic_tiny.yaml"]) == 2
+    assert "trainer.dist.engine=ddp" in capsys.readouterr().err
+    monkeypatch.setenv("WORLD_SIZE", "2")  # torchrun without trainer.dist: two separate runs in one folder
+    assert main(["train", "--config", "configs/grpo_arithmetic_tiny.yaml", f"run.output_dir={tmp_path}"]) == 2
+    assert "WORLD_SIZE=2" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())

@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -49,6 +50,8 @@ def _parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="RL training (GRPO by default) on a task")
     t.add_argument("--config", help="YAML config (see configs/)")
     t.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its latest checkpoint")
+    t.add_argument("--nproc", type=int, metavar="N", help="a learner of N processes on this machine (with "
+                   "trainer.dist.engine ddp or fsdp2): runs torchrun --standalone --nproc_per_node N -m rlvr train")
     t.add_argument("overrides", nargs="*", help="dotted overrides, e.g. trainer.lr=1e-5")
 
     s = sub.add_parser("sft", help="supervised warm start on the task's reference answers: the built-in tiny "
@@ -199,19 +202,47 @@ def _local_path(target: str) -> bool:
 
 
 def _train(args) -> int:
+    if args.nproc is not None:
+        return _launch(args)
     if args.resume:
         if args.overrides or args.config:
             raise ConfigError("--resume takes the run's own config.yaml; drop --config and overrides")
-        load_config(Path(args.resume) / "config.yaml")  # a broken run config fails here, in one line
+        _check_launch(load_config(Path(args.resume) / "config.yaml"))  # a broken run config fails here, in one line
         from rlvr.train.loop import train
 
         train(resume=args.resume)
     else:
         config = load_config(args.config, args.overrides)  # a bad override fails here, before any model is built
+        _check_launch(config)
         from rlvr.train.loop import train
 
         train(config)
     return 0
+
+
+def _check_launch(config) -> None:
+    """A launcher's N processes without trainer.dist would be N separate runs writing one run folder."""
+    from rlvr.parallel import launched_world_size
+
+    world = launched_world_size()
+    if world > 1 and config.trainer.dist.engine == "none":
+        raise ConfigError(f"launched as {world} processes (WORLD_SIZE={world}) but trainer.dist.engine=none: each "
+                          "would train alone; set trainer.dist.engine=ddp or fsdp2")
+
+
+def _launch(args) -> int:
+    """``rlvr train --nproc N ...``: the same command under torchrun (N processes on this machine)."""
+    if args.nproc < 1:
+        raise ConfigError(f"--nproc {args.nproc}: give at least 1 process")
+    config = (load_config(Path(args.resume) / "config.yaml") if args.resume
+              else load_config(args.config, args.overrides))
+    if config.trainer.dist.engine == "none":
+        raise ConfigError(f"--nproc {args.nproc} needs a learner group: add trainer.dist.engine=ddp (every rank "
+                          "holds the model) or trainer.dist.engine=fsdp2 (the model sharded across ranks)")
+    rest = (["--resume", args.resume] if args.resume else ["--config", args.config] if args.config else [])
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(args.nproc),
+               "-m", "rlvr", "train", *rest, *args.overrides]
+    return subprocess.call(command)
 
 
 def _sft(args) -> int:
