@@ -61,7 +61,7 @@ class DataParallel:
     collective_seconds: float = field(default=0.0, repr=False)  # seconds in the collectives below, in all
 
     @classmethod
-    def init(cls, engine: str, timeout_s: float = 600.0, device: str = "cpu") -> "DataParallel":
+    def init(cls, engine: str, timeout_s: float = 600.0, device: str = "cpu") -> DataParallel:
         """Join (or form) the default process group from the launcher's environment (``RANK``, ``WORLD_SIZE``,
         ``MASTER_ADDR``, ``MASTER_PORT``: torchrun, or a Ray learner group); a lone process without a launcher
         forms a group of one."""
@@ -113,21 +113,30 @@ class DataParallel:
     def full_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
         """The unsharded state dict on every rank's CPU (a collective: every rank calls it, in the same order),
         with the Hugging Face names of the unwrapped model."""
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+        from torch.distributed.checkpoint.state_dict import (
+            StateDictOptions,
+            get_model_state_dict,
+        )
 
         return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
 
     @staticmethod
     def load_full_state_dict(model: torch.nn.Module, state: dict) -> None:
         """Load rank 0's unsharded ``state`` into every rank's shards (a collective; other ranks pass ``{}``)."""
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+        from torch.distributed.checkpoint.state_dict import (
+            StateDictOptions,
+            set_model_state_dict,
+        )
 
         set_model_state_dict(model, state, options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
 
     @staticmethod
     def optimizer_state(model: torch.nn.Module, optimizer) -> dict:
         """The optimizer's unsharded state on rank 0's CPU, keyed by parameter name (a collective)."""
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+        from torch.distributed.checkpoint.state_dict import (
+            StateDictOptions,
+            get_optimizer_state_dict,
+        )
 
         return get_optimizer_state_dict(model, optimizer,
                                         options=StateDictOptions(full_state_dict=True, cpu_offload=True))
@@ -135,7 +144,10 @@ class DataParallel:
     @staticmethod
     def load_optimizer_state(model: torch.nn.Module, optimizer, state: dict) -> None:
         """Rank 0's unsharded optimizer ``state`` into every rank's shards (a collective)."""
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+        from torch.distributed.checkpoint.state_dict import (
+            StateDictOptions,
+            set_optimizer_state_dict,
+        )
 
         set_optimizer_state_dict(model, optimizer, state,
                                  options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
