@@ -528,6 +528,9 @@ class DistSection(_Section):
         "none", description="none: one learner process; ddp: every rank holds the whole model, gradients summed "
         "across ranks; fsdp2: parameters, gradients and optimizer state sharded across ranks (torch FSDP2). "
         "Every rank trains whole groups of each minibatch; N ranks compute the single-process update")
+    launcher: Literal["torchrun", "ray"] = Field(
+        "torchrun", description="what rlvr train --nproc N starts: torchrun (N processes on this machine), or ray "
+        "(N Ray actors in one placement group, one CPU or GPU each, on this machine or runtime.ray_address)")
     timeout_s: float = Field(600.0, gt=0, description="seconds a rank waits for the others at a collective "
                              "before the run stops with an error naming the rank that did not arrive")
 

@@ -1,8 +1,9 @@
 """``torchrun -m rlvr train`` with a learner group: the run a single process makes, a resume that continues it
-exactly, and one line per step saying how many ranks ran.
+exactly, the same group as Ray actors, and one line per step saying how many ranks ran.
 
-Each launch costs about 10 s of start-up on 2 cores (imports, rendezvous), so there are two: a 2-rank FSDP2
-run of 3 steps with a checkpoint at step 2, and its resume from that checkpoint (step 3's checkpoint removed).
+Each launch costs about 10 s of start-up on 2 cores (imports, rendezvous; Ray's start), so there are three: a
+2-rank FSDP2 run of 3 steps with a checkpoint at step 2, its resume from that checkpoint (step 3's checkpoint
+removed) through ``rlvr train --nproc 2``, and the run again with ``trainer.dist.launcher=ray``.
 """
 
 from __future__ import annotations
@@ -60,6 +61,12 @@ def test_a_learner_group_trains_resumes_and_matches_one_process(tmp_path, fast_o
     a, b = _weights(run, 3), _weights(resumed, 3)
     assert max(float((a[k] - a0[k]).abs().max()) for k in a) > 1e-4  # step 3 trained
     assert max(float((a[k] - b[k]).abs().max()) for k in a) == 0.0
+
+    # the same group as two Ray actors in a placement group (trainer.dist.launcher=ray): the torchrun run, exactly
+    _torchrun(["--config", "configs/grpo_arithmetic_tiny.yaml", *common, "trainer.dist.engine=fsdp2",
+               "trainer.dist.launcher=ray", f"run.output_dir={tmp_path / 'ray'}"], launcher="rlvr")
+    r = _weights(next((tmp_path / "ray").iterdir()), 3)
+    assert max(float((a[k] - r[k]).abs().max()) for k in a) == 0.0
 
     # one process, same config: the same run to float reassociation (rollouts sampled from the same weights)
     torch.set_num_threads(1)

@@ -50,8 +50,9 @@ def _parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="RL training (GRPO by default) on a task")
     t.add_argument("--config", help="YAML config (see configs/)")
     t.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its latest checkpoint")
-    t.add_argument("--nproc", type=int, metavar="N", help="a learner of N processes on this machine (with "
-                   "trainer.dist.engine ddp or fsdp2): runs torchrun --standalone --nproc_per_node N -m rlvr train")
+    t.add_argument("--nproc", type=int, metavar="N", help="a learner of N processes (with trainer.dist.engine ddp "
+                   "or fsdp2): torchrun --standalone --nproc_per_node N -m rlvr train on this machine, or N Ray "
+                   "actors with trainer.dist.launcher=ray")
     t.add_argument("overrides", nargs="*", help="dotted overrides, e.g. trainer.lr=1e-5")
 
     s = sub.add_parser("sft", help="supervised warm start on the task's reference answers: the built-in tiny "
@@ -239,6 +240,11 @@ def _launch(args) -> int:
     if config.trainer.dist.engine == "none":
         raise ConfigError(f"--nproc {args.nproc} needs a learner group: add trainer.dist.engine=ddp (every rank "
                           "holds the model) or trainer.dist.engine=fsdp2 (the model sharded across ranks)")
+    if config.trainer.dist.launcher == "ray":  # N Ray actors, one per rank (rlvr.train.ray_group)
+        from rlvr.train.ray_group import launch_ray_group
+
+        launch_ray_group(config, args.nproc, resume=args.resume)
+        return 0
     rest = (["--resume", args.resume] if args.resume else ["--config", args.config] if args.config else [])
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(args.nproc),
                "-m", "rlvr", "train", *rest, *args.overrides]
