@@ -200,8 +200,9 @@ class ChunkedHead:
     plain path on that batch (log-probs within ``check_tol``); a disagreement turns it off for that model,
     with the reason in ``reasons``."""
 
-    def __init__(self, setting: str = "auto", log=None, check_tol: float = 1e-4):
+    def __init__(self, setting: str = "auto", log=None, check_tol: float = 1e-4, agree=None):
         self.setting, self.log, self.check_tol = str(setting).lower(), log, check_tol
+        self.agree = agree or (lambda ok: ok)  # a learner group: on only where the check passes on every rank
         self.state: dict[int, str | None] = {}
         self.reasons: list[str] = []
 
@@ -235,7 +236,8 @@ class ChunkedHead:
                 return False
         if key not in self.state:
             err = check()
-            if not err <= self.check_tol:
-                return self._off(model, f"its log-probs differ from the plain path by {err:.2e}")
+            if not self.agree(err <= self.check_tol):
+                return self._off(model, f"its log-probs differ from the plain path by {err:.2e}"
+                                 if not err <= self.check_tol else "its check failed on another learner rank")
             self.state[key] = None
         return self.state[key] is None

@@ -213,9 +213,12 @@ class PrefixSharing:
     """
 
     def __init__(self, setting: str = "auto", min_savings: float = 0.25, check_tol: float = 1e-3, log=None,
-                 pack_tokens: int = 0):
+                 pack_tokens: int = 0, agree=None):
         self.setting, self.min_savings, self.check_tol = str(setting).lower(), min_savings, check_tol
         self.log = log
+        # a learner group: a check passes only where it passes on every rank (every rank must then run the same
+        # forwards, whose collectives would otherwise not match); agree(ok) -> ok on all ranks
+        self.agree = agree or (lambda ok: ok)
         self.pack_tokens = pack_tokens  # trainer.pack_tokens: batches up to this many tokens run packed
         self.state: dict[int, str | None] = {}  # id(model) -> None (ok) or the reason for the plain path
         self.packs: dict[int, bool] = {}  # id(model) -> whether its packed forward passed the check
@@ -256,9 +259,9 @@ class PrefixSharing:
             try:
                 err = self._check(model, prompt_ids, prompt_mask, completion_ids, completion_mask)
             except Exception as exc:  # noqa: BLE001 - any failure means: not for this model
-                return self._refuse(model, f"the shared-prefix forward failed ({type(exc).__name__}: {exc})")
-            if err is not None:
-                return self._refuse(model, err)
+                err = f"the shared-prefix forward failed ({type(exc).__name__}: {exc})"
+            if not self.agree(err is None):
+                return self._refuse(model, err or "its check failed on another learner rank")
             self.state[key] = None
             if self.pack_tokens > 0:
                 why = packing_support(model)
@@ -268,6 +271,8 @@ class PrefixSharing:
                                           packed_prefix_outputs)
                     except Exception as exc:  # noqa: BLE001 - the cache path still works
                         why = f"it failed ({type(exc).__name__}: {exc})"
+                    if not self.agree(why is None):
+                        why = why or "its check failed on another learner rank"
                 self.packs[key] = why is None
                 if why is not None and self.log is not None:
                     self.log(f"note: packed forward off for {type(underlying_model(model)).__name__}: {why}")

@@ -105,9 +105,11 @@ class Learner:
             model, t.lr, t.weight_decay, t.betas, t.warmup_steps, schedule=t.lr_schedule,
             total_steps=t.steps * t.ppo_epochs * t.num_minibatches, min_lr_ratio=t.min_lr_ratio,
             impl=t.adamw_impl)
+        agree = dist.all_true if dist is not None else None  # a group decides each forward path together
         self.prefix = PrefixSharing(t.shared_prefix, log=log_once,  # trainer.shared_prefix (rlvr.models.prefix)
-                                    pack_tokens=t.pack_tokens)
-        self.chunked_head = ChunkedHead(t.chunked_head, log=log_once)  # trainer.chunked_head (rlvr.models.lm_head)
+                                    pack_tokens=t.pack_tokens, agree=agree)
+        self.chunked_head = ChunkedHead(t.chunked_head, log=log_once,  # trainer.chunked_head (rlvr.models.lm_head)
+                                        agree=agree)
         self.old_logp_reason = ""  # why the latest update reused or recomputed old_logp
         self.teacher = teacher  # on-policy distillation (distill.teacher), frozen
         self.policy_version = 0
