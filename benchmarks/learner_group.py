@@ -53,12 +53,12 @@ def _summary(run: Path, reference: dict | None) -> tuple[dict, dict]:
     return out, weights
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--ranks", type=int, nargs="+", default=[1, 2, 3])
     ap.add_argument("--engine", default="fsdp2", choices=["ddp", "fsdp2"])
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     out = Path(tempfile.mkdtemp(prefix="rlvr_group_"))
     common = ["--config", "configs/grpo_arithmetic_tiny.yaml", f"trainer.steps={args.steps}", "eval.num_problems=20",
               f"logging.checkpoint_every={args.steps}", "logging.plots=false", "logging.progress=false"]

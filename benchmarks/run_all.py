@@ -103,6 +103,8 @@ def main(argv=None) -> int:
     __import__("scaling").main(["--lengths", "32,128", "--vocabs", "100,32768", "--steps", "1"] if args.quick else [])
     # the remote reward protocol's own cost: a verifier behind the reference reward server vs in-process
     __import__("reward_server").main(["--quick"] if args.quick else [])
+    # a learner group: 1, 2, 3 ranks (torchrun, gloo) against one process on the default recipe
+    __import__("learner_group").main(["--steps", "4", "--ranks", "2"] if args.quick else [])
     return 0
 
 
