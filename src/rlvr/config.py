@@ -524,6 +524,8 @@ class DistSection(_Section):
     """A learner that spans processes (``rlvr.parallel``): launch with ``torchrun --nproc_per_node N -m rlvr train``
     (or ``rlvr train --nproc N``); the world size comes from the launcher."""
 
+    # the keys of rlvr.parallel.MESHES and none; not imported from there: config must not import torch (OpenMP's
+    # wait policy is set before torch loads, rlvr.threads)
     engine: Literal["none", "ddp", "fsdp2"] = Field(
         "none", description="none: one learner process; ddp: every rank holds the whole model, gradients summed "
         "across ranks; fsdp2: parameters, gradients and optimizer state sharded across ranks (torch FSDP2). "
@@ -931,7 +933,9 @@ class Config(_Section):
         blocked = {"kl.reset_every / kl.reset_max_kl (reference resets)": self.kl.reset_every
                    or self.kl.reset_max_kl is not None,
                    "plasticity.every / plasticity.regrama (diagnostics on the weights)": self.plasticity.every
-                   or self.plasticity.regrama}
+                   or self.plasticity.regrama,
+                   "reward.dynamic_weights=gradient (per-component gradients read from the local shards)":
+                   self.reward.dynamic_weights == "gradient"}
         for what, on in blocked.items():
             if on:
                 raise ValueError(f"trainer.dist.engine={self.trainer.dist.engine}: {what} is not supported with a "

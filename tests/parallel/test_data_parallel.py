@@ -3,7 +3,8 @@
 One ``torchrun`` launch of 2 ranks (gloo, 1 thread each; tests/parallel/dp_worker.py) trains several cases on
 the same experiences as a single-process :class:`~rlvr.train.learner.Learner` in this process: DDP and FSDP2 on
 GRPO with uneven work per rank (5 groups over 2 ranks, micro-batches of one group, one group with zero advantage),
-FSDP2 on PPO with a critic and on LoRA, and a NaN on one rank. A launch costs about 10 s of start-up, so every
+FSDP2 on PPO with a critic, on LoRA and on the Qwen3-shaped stand-in (BPE tokenizer, chat template), and a NaN on
+one rank. A launch costs about 10 s of start-up, so every
 case shares it.
 """
 
@@ -30,7 +31,11 @@ CASES = {
     "lora_fsdp2": ("fsdp2", "configs/grpo_arithmetic_tiny.yaml",
                    GRPO + ["model.lora.enabled=true", "model.lora.r=4"]),
     "nan_fsdp2": ("fsdp2", "configs/grpo_arithmetic_tiny.yaml", GRPO),
+    # a real architecture: the Qwen3-shaped stand-in (byte-level BPE, ChatML template, untied head, q/k norms)
+    "qwen3_fsdp2": ("fsdp2", "configs/grpo_arithmetic_tiny.yaml", GRPO),
 }
+#: cases on the Qwen3 stand-in (its own model folder and experiences); the others use the tiny model
+QWEN3 = {"qwen3_fsdp2"}
 STEPS = 2  # 2 updates of 2 minibatches: 4 optimizer steps
 
 
@@ -83,27 +88,33 @@ def _single_process(case: str, model_path: str, experiences: list, extra: tuple 
 
 @pytest.fixture(scope="module")
 def group_run(tmp_path_factory):
-    """Launch 2 ranks once over every case; returns ``(model_path, experiences, {case: rank 0's output})``."""
+    """Launch 2 ranks once over every case; returns ``{case: (model_path, experiences, rank 0's output)}``."""
     from rlvr.models.load import load_model_and_tokenizer
+    from rlvr.models.stand_in import save_stand_in
     from rlvr.models.tiny import save_tiny
 
     tmp = tmp_path_factory.mktemp("dp")
-    model_path = str(save_tiny(tmp / "tiny", seed=2))
-    model, tok = load_model_and_tokenizer(model_path)
-    torch.manual_seed(0)
-    experiences = _experiences(model, tok, STEPS)
-    torch.save(experiences, tmp / "experiences.pt")
-    cases = [{"name": name, "engine": engine, "config": config, "overrides": overrides, "model": model_path,
-              "experiences": str(tmp / "experiences.pt"), "out": str(tmp / f"{name}.pt"),
-              **({"nan_on_rank": 1, "nan_step": 0} if name.startswith("nan") else {})}
-             for name, (engine, config, overrides) in CASES.items()]
+    inputs = {}
+    for kind, path in (("tiny", save_tiny(tmp / "tiny", seed=2)), ("qwen3", save_stand_in("qwen3_instruct", tmp / "qwen3"))):
+        model, tok = load_model_and_tokenizer(str(path))
+        torch.manual_seed(0)
+        experiences = _experiences(model, tok, STEPS)
+        torch.save(experiences, tmp / f"{kind}_experiences.pt")
+        inputs[kind] = (str(path), experiences, str(tmp / f"{kind}_experiences.pt"))
+    cases = []
+    for name, (engine, config, overrides) in CASES.items():
+        model_path, _, exp_file = inputs["qwen3" if name in QWEN3 else "tiny"]
+        cases.append({"name": name, "engine": engine, "config": config, "overrides": overrides, "model": model_path,
+                      "experiences": exp_file, "out": str(tmp / f"{name}.pt"),
+                      **({"nan_on_rank": 1, "nan_step": 0} if name.startswith("nan") else {})})
     (tmp / "cases.json").write_text(json.dumps(cases))
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "src")}
     done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                            str(ROOT / "tests/parallel/dp_worker.py"), str(tmp / "cases.json")],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-6000:]
-    return model_path, experiences, {c["name"]: torch.load(c["out"], weights_only=False) for c in cases}
+    return {c["name"]: (c["model"], inputs["qwen3" if c["name"] in QWEN3 else "tiny"][1],
+                        torch.load(c["out"], weights_only=False)) for c in cases}
 
 
 def _max_diff(a: dict, b: dict) -> float:
@@ -112,9 +123,10 @@ def _max_diff(a: dict, b: dict) -> float:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("case", ["grpo_ddp", "grpo_fsdp2", "ppo_fsdp2", "lora_fsdp2"])
+@pytest.mark.parametrize("case", ["grpo_ddp", "grpo_fsdp2", "ppo_fsdp2", "lora_fsdp2", "qwen3_fsdp2"])
 def test_two_ranks_compute_the_single_process_update(group_run, case):
-    model_path, experiences, outputs = group_run
+    model_path, experiences, output = group_run[case]
+    outputs = {case: output}
     reference = _single_process(case, model_path, experiences)
     bounds = [2e-6] * STEPS
     if case.startswith("ppo"):
@@ -132,11 +144,19 @@ def test_two_ranks_compute_the_single_process_update(group_run, case):
 
 @pytest.mark.slow
 def test_a_nan_on_one_rank_makes_every_rank_skip(group_run):
-    model_path, _, outputs = group_run
-    out = outputs["nan_fsdp2"]
+    model_path, _, out = group_run["nan_fsdp2"]
     # rank 1's NaN in the first update reaches both of its optimizer steps (2 minibatches): every rank skipped both
     assert out["skipped_steps"] == [2, 2]
     assert out["metrics"][0]["skipped_steps"] == 2 and out["metrics"][1]["skipped_steps"] == 2
     start = _single_process("nan_fsdp2", model_path, [])[0]
     assert _max_diff(out["states"][0], start) == 0.0  # the poisoned update left the weights as they were
     assert _max_diff(out["states"][1], out["states"][0]) > 1e-4  # and the next update trains again
+
+
+def test_the_config_offers_every_engine_the_group_has():
+    import typing
+
+    from rlvr.config import DistSection
+    from rlvr.parallel import DIST_ENGINES
+
+    assert typing.get_args(DistSection.model_fields["engine"].annotation) == DIST_ENGINES

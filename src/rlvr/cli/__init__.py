@@ -232,7 +232,7 @@ def _check_launch(config) -> None:
 
 
 def _launch(args) -> int:
-    """``rlvr train --nproc N ...``: the same command under torchrun (N processes on this machine)."""
+    """``rlvr train --nproc N ...``: the same command as N ranks, started by ``trainer.dist.launcher``."""
     if args.nproc < 1:
         raise ConfigError(f"--nproc {args.nproc}: give at least 1 process")
     config = (load_config(Path(args.resume) / "config.yaml") if args.resume
@@ -240,15 +240,27 @@ def _launch(args) -> int:
     if config.trainer.dist.engine == "none":
         raise ConfigError(f"--nproc {args.nproc} needs a learner group: add trainer.dist.engine=ddp (every rank "
                           "holds the model) or trainer.dist.engine=fsdp2 (the model sharded across ranks)")
-    if config.trainer.dist.launcher == "ray":  # N Ray actors, one per rank (rlvr.train.ray_group)
-        from rlvr.train.ray_group import launch_ray_group
+    return LAUNCHERS[config.trainer.dist.launcher](config, args)
 
-        launch_ray_group(config, args.nproc, resume=args.resume)
-        return 0
+
+def _launch_torchrun(config, args) -> int:
+    """N processes on this machine: ``torchrun --standalone --nproc_per_node N -m rlvr train ...``."""
     rest = (["--resume", args.resume] if args.resume else ["--config", args.config] if args.config else [])
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(args.nproc),
                "-m", "rlvr", "train", *rest, *args.overrides]
     return subprocess.call(command)
+
+
+def _launch_ray(config, args) -> int:
+    """N Ray actors, one per rank, in a placement group (:mod:`rlvr.train.ray_group`)."""
+    from rlvr.train.ray_group import launch_ray_group
+
+    launch_ray_group(config, args.nproc, resume=args.resume)
+    return 0
+
+
+#: ``trainer.dist.launcher`` -> what starts the ranks of ``rlvr train --nproc N``
+LAUNCHERS = {"torchrun": _launch_torchrun, "ray": _launch_ray}
 
 
 def _sft(args) -> int:

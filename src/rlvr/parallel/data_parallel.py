@@ -34,8 +34,14 @@ from dataclasses import dataclass, field
 import torch
 import torch.distributed as dist
 
-#: ``trainer.dist.engine``: none (one process), ddp (replicated parameters, summed gradients), fsdp2 (sharded)
-DIST_ENGINES = ("none", "ddp", "fsdp2")
+#: ``trainer.dist.engine`` -> the FSDP2 device mesh of N ranks: ``(shape, dimension names)``. ddp: replicate across
+#: all ranks, shards of one rank (whole parameters everywhere, gradients all-reduced); fsdp2: shard across all ranks.
+MESHES = {
+    "ddp": lambda n: ((n, 1), ("replicate", "shard")),
+    "fsdp2": lambda n: ((n,), ("shard",)),
+}
+#: every ``trainer.dist.engine``: none (one learner process) and the meshes above
+DIST_ENGINES = ("none", *MESHES)
 
 
 def launched_world_size() -> int:
@@ -65,12 +71,12 @@ class DataParallel:
         """Join (or form) the default process group from the launcher's environment (``RANK``, ``WORLD_SIZE``,
         ``MASTER_ADDR``, ``MASTER_PORT``: torchrun, or a Ray learner group); a lone process without a launcher
         forms a group of one."""
-        if engine not in DIST_ENGINES or engine == "none":
-            raise ValueError(f"trainer.dist.engine must be one of {', '.join(DIST_ENGINES[1:])} here, not {engine!r}")
+        if engine not in MESHES:
+            raise ValueError(f"trainer.dist.engine must be one of {', '.join(MESHES)} here, not {engine!r}")
         if not dist.is_initialized():
             if "RANK" not in os.environ:  # no launcher: a group of one (FSDP2 with world size 1)
                 os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1",
-                                  MASTER_PORT=os.environ.get("MASTER_PORT", str(_free_port())))
+                                  MASTER_PORT=os.environ.get("MASTER_PORT", str(free_port())))
             dist.init_process_group(_backend(device), timeout=datetime.timedelta(seconds=timeout_s))
         if device.startswith("cuda"):
             local = int(os.environ.get("LOCAL_RANK", "0"))
@@ -90,11 +96,8 @@ class DataParallel:
         from torch.distributed.device_mesh import init_device_mesh
         from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 
-        kind = self.device.split(":")[0]
-        if self.engine == "ddp":
-            mesh = init_device_mesh(kind, (self.world_size, 1), mesh_dim_names=("replicate", "shard"))
-        else:
-            mesh = init_device_mesh(kind, (self.world_size,), mesh_dim_names=("shard",))
+        shape, names = MESHES[self.engine](self.world_size)
+        mesh = init_device_mesh(self.device.split(":")[0], shape, mesh_dim_names=names)
         kwargs = {"mesh": mesh, "mp_policy": mp_policy or MixedPrecisionPolicy()}
         for block in decoder_blocks(model):
             fully_shard(block, **kwargs)
@@ -225,9 +228,10 @@ def decoder_blocks(model: torch.nn.Module) -> list[torch.nn.Module]:
     return [m for m in model.modules() if any(c.__name__ in names for c in type(m).__mro__)]
 
 
-def _free_port() -> int:
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port free on ``host`` now (bound to port 0 and released): a process group's rendezvous."""
     import socket
 
     with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
+        s.bind((host, 0))
         return s.getsockname()[1]

@@ -12,9 +12,9 @@ under torchrun (``../shared/design/scale-out.md``, section 4).
 from __future__ import annotations
 
 import os
-import socket
 
 from rlvr.experience.ray_workers import import_ray
+from rlvr.parallel import free_port
 
 
 class RankActor:
@@ -24,10 +24,7 @@ class RankActor:
         """This node's address and a free port on it (actor 0's are the group's rendezvous)."""
         import ray
 
-        with socket.socket() as s:
-            s.bind(("", 0))
-            port = s.getsockname()[1]
-        return ray.util.get_node_ip_address(), port
+        return ray.util.get_node_ip_address(), free_port("")  # "": every interface, as the other ranks connect
 
     def run(self, config_dict: dict | None, resume: str | None, rank: int, world_size: int, addr: str,
             port: int, threads: int) -> str | None:
