@@ -533,6 +533,9 @@ class DistSection(_Section):
     launcher: Literal["torchrun", "ray"] = Field(
         "torchrun", description="what rlvr train --nproc N starts: torchrun (N processes on this machine), or ray "
         "(N Ray actors in one placement group, one CPU or GPU each, on this machine or runtime.ray_address)")
+    meta_init: bool = Field(True, description="ranks 1..N-1 build the model on the meta device (no memory, no "
+                            "weights read) and receive rank 0's weights into their shards; false: every rank loads "
+                            "model.path")
     timeout_s: float = Field(600.0, gt=0, description="seconds a rank waits for the others at a collective "
                              "before the run stops with an error naming the rank that did not arrive")
 

@@ -19,7 +19,12 @@ def run_case(case: dict, dist) -> None:
     from rlvr.train.learner import Learner
 
     cfg = load_config(case["config"], case["overrides"])
-    model, _ = load_model_and_tokenizer(case["model"])
+    if dist.driver or not case.get("meta_init", True):
+        model, _ = load_model_and_tokenizer(case["model"])
+    else:  # ranks 1..N-1 build on the meta device, as a run does (trainer.dist.meta_init)
+        from rlvr.models.load import build_on_meta
+
+        model = build_on_meta(case["model"])
     critics = None
     if cfg.uses_critic():
         from rlvr.train.critic import Critics
@@ -31,6 +36,19 @@ def run_case(case: dict, dist) -> None:
         torch.manual_seed(0)  # the adapter's initialisation, as seed_everything does before it in a run
         model = apply_lora(model, cfg.model.lora, base_path=case["model"])
     experiences = torch.load(case["experiences"], weights_only=False)
+    if case.get("skip_rebuild"):  # the trap: to_empty leaves rotary inv_freq uninitialised on rank 1
+        import rlvr.parallel.data_parallel as dp
+
+        rebuild, dp.rebuild_buffers = dp.rebuild_buffers, lambda model: None
+        try:
+            Learner(model, cfg, critics, dist=dist)
+        except RuntimeError as err:
+            if dist.driver:
+                torch.save({"error": str(err)}, case["out"])
+            return
+        finally:
+            dp.rebuild_buffers = rebuild
+        raise AssertionError("an uninitialised rotary buffer went unnoticed")
     learner = Learner(model, cfg, critics, dist=dist)
     out = {"states": [], "metrics": []}
     for step, exp in enumerate(experiences):

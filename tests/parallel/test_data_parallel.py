@@ -31,11 +31,15 @@ CASES = {
     "lora_fsdp2": ("fsdp2", "configs/grpo_arithmetic_tiny.yaml",
                    GRPO + ["model.lora.enabled=true", "model.lora.r=4"]),
     "nan_fsdp2": ("fsdp2", "configs/grpo_arithmetic_tiny.yaml", GRPO),
+    # rank 1 builds on the meta device but skips rebuilding the rotary buffers: the check must catch it
+    "unbuilt_rotary_fsdp2": ("fsdp2", "configs/grpo_arithmetic_tiny.yaml", GRPO),
     # a real architecture: the Qwen3-shaped stand-in (byte-level BPE, ChatML template, untied head, q/k norms)
     "qwen3_fsdp2": ("fsdp2", "configs/grpo_arithmetic_tiny.yaml", GRPO),
 }
 #: cases on the Qwen3 stand-in (its own model folder and experiences); the others use the tiny model
-QWEN3 = {"qwen3_fsdp2"}
+QWEN3 = {"qwen3_fsdp2", "unbuilt_rotary_fsdp2"}
+#: rank 1 builds the model on the meta device in every case (as a run does) except these: it loads model.path
+EAGER = {"grpo_ddp"}
 STEPS = 2  # 2 updates of 2 minibatches: 4 optimizer steps
 
 
@@ -106,6 +110,7 @@ def group_run(tmp_path_factory):
         model_path, _, exp_file = inputs["qwen3" if name in QWEN3 else "tiny"]
         cases.append({"name": name, "engine": engine, "config": config, "overrides": overrides, "model": model_path,
                       "experiences": exp_file, "out": str(tmp / f"{name}.pt"),
+                      "meta_init": name not in EAGER, "skip_rebuild": name.startswith("unbuilt"),
                       **({"nan_on_rank": 1, "nan_step": 0} if name.startswith("nan") else {})})
     (tmp / "cases.json").write_text(json.dumps(cases))
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "src")}
@@ -160,3 +165,12 @@ def test_the_config_offers_every_engine_the_group_has():
     from rlvr.parallel import DIST_ENGINES
 
     assert typing.get_args(DistSection.model_fields["engine"].annotation) == DIST_ENGINES
+
+
+@pytest.mark.slow
+def test_an_uninitialised_rotary_buffer_is_caught(group_run):
+    """Rank 1 built the Qwen3 stand-in on the meta device and skipped rebuilding its non-persistent buffers
+    (``to_empty`` leaves rotary ``inv_freq`` uninitialised; no state dict carries it): every rank stops, naming
+    the buffers. In every other case rank 1 built on meta too, rebuilt them, and matched one process."""
+    err = group_run["unbuilt_rotary_fsdp2"][2]["error"]
+    assert "learner rank 1" in err and "model.rotary_emb.inv_freq" in err and "trainer.dist.meta_init=false" in err

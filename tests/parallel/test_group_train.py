@@ -54,6 +54,10 @@ def test_a_learner_group_trains_resumes_and_matches_one_process(tmp_path, fast_o
     assert "2 ranks" in out  # the progress line (logging.progress, not a terminal: one line per step)
     records = [line for line in (run / "metrics.jsonl").read_text().splitlines() if '"dist/ranks"' in line]
     assert len(records) == 3
+    # the checkpoint: the HF export from rank 0, and each rank's shards of the model and the optimizer (DCP)
+    shards = run / "checkpoints" / "step_000002" / "shards"
+    assert sorted(p.name for p in shards.iterdir()) == [".metadata", "__0_0.distcp", "__1_0.distcp"]
+    assert "optimizer" not in torch.load(shards.parent / "trainer_state.pt", weights_only=False)["learner"]
     a2, a = _weights(run, 2), _weights(run, 3)
     assert max(float((a[k] - a2[k]).abs().max()) for k in a) > 1e-4  # step 3 trained
 

@@ -20,7 +20,7 @@ import os
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast
 
 BUILTIN_TINY = "builtin:tiny"
 
@@ -60,6 +60,19 @@ def load_model_and_tokenizer(path: str | Path, dtype: str = "float32", device: s
         set_runtime(tokenizer, pad_token=tokenizer.eos_token)
     set_runtime(tokenizer, padding_side="left")  # the engines pad prompts on the left; never saved
     return model.to(device), tokenizer
+
+
+def build_on_meta(path: str | Path, dtype: str = "float32"):
+    """The causal LM of the checkpoint at ``path`` built on the ``meta`` device: its structure and config, no
+    memory and no weights read. A learner group's ranks 1..N-1 build it so (``trainer.dist.meta_init``) and
+    receive rank 0's weights into their shards (:meth:`rlvr.parallel.DataParallel.shard`)."""
+    quiet_transformers()
+    try:
+        config = AutoConfig.from_pretrained(str(path))
+    except OSError as err:
+        raise ValueError(f"model.path = '{path}': cannot read its config: {err}") from None
+    with torch.device("meta"):
+        return AutoModelForCausalLM.from_config(config, dtype=getattr(torch, dtype))
 
 
 def load_tokenizer(path: str | Path):

@@ -108,6 +108,42 @@ class DataParallel:
                 module.set_force_sum_reduction_for_comms(True)  # gloo has no PREMUL_SUM
         return model
 
+    def shard(self, model: torch.nn.Module, mp_policy=None) -> torch.nn.Module:
+        """Wrap ``model`` (:meth:`wrap`) and give every rank rank 0's weights, in place.
+
+        Rank 0 holds the weights (loaded from the checkpoint); the other ranks may have built the model on the
+        ``meta`` device (no memory, no weights read: :func:`rlvr.models.load.build_on_meta`). Their shards are
+        allocated after wrapping, the non-persistent buffers that no state dict carries (rotary ``inv_freq``)
+        are rebuilt by the model's own initialiser (:func:`rebuild_buffers`), rank 0's parameters and
+        persistent buffers are broadcast into every rank's shards, and every rank's buffers are checked against
+        rank 0's (:meth:`check_buffers`: an uninitialised rotary buffer is an error, not a silently wrong
+        forward). A collective: every rank calls it for the same models in the same order."""
+        state = model.state_dict() if self.driver else {}  # rank 0's full weights (held through the wrapping)
+        on_meta = any(t.is_meta for t in (*model.parameters(), *model.buffers()))
+        if on_meta and self.driver:
+            raise ValueError("rank 0 must hold the model's weights; only ranks 1..N-1 may build it on the meta device")
+        self.wrap(model, mp_policy)
+        if on_meta:
+            model.to_empty(device=self.device)
+            rebuild_buffers(model)
+        self.load_full_state_dict(model, state)
+        del state
+        self.check_buffers(model)
+        return model
+
+    def check_buffers(self, model: torch.nn.Module) -> None:
+        """Every rank's buffers equal rank 0's, bit for bit; a buffer left on the meta device or rebuilt wrong
+        (an uninitialised rotary ``inv_freq`` after ``to_empty``) raises, naming it and the rank."""
+        mine = {name: _digest(b) for name, b in model.named_buffers()}
+        ranks = self.gather_objects(mine)
+        for rank, theirs in enumerate(ranks):
+            bad = sorted(n for n in set(theirs) | set(ranks[0]) if theirs.get(n) != ranks[0].get(n))
+            if bad:
+                raise RuntimeError(
+                    f"learner rank {rank}: buffer(s) {', '.join(bad)} differ from rank 0's after building the model "
+                    f"on the meta device (no state dict carries them and this model's _init_weights did not rebuild "
+                    f"them); set trainer.dist.meta_init=false to load the weights on every rank")
+
     def gradient_sync(self, model: torch.nn.Module, sync: bool) -> None:
         """Defer the gradient reduction to the minibatch's last micro-batch (gradient accumulation)."""
         model.set_requires_gradient_sync(sync)
@@ -132,17 +168,6 @@ class DataParallel:
         )
 
         set_model_state_dict(model, state, options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
-
-    @staticmethod
-    def optimizer_state(model: torch.nn.Module, optimizer) -> dict:
-        """The optimizer's unsharded state on rank 0's CPU, keyed by parameter name (a collective)."""
-        from torch.distributed.checkpoint.state_dict import (
-            StateDictOptions,
-            get_optimizer_state_dict,
-        )
-
-        return get_optimizer_state_dict(model, optimizer,
-                                        options=StateDictOptions(full_state_dict=True, cpu_offload=True))
 
     @staticmethod
     def load_optimizer_state(model: torch.nn.Module, optimizer, state: dict) -> None:
@@ -216,6 +241,56 @@ class DataParallel:
     def close(self) -> None:
         if dist.is_initialized():
             dist.destroy_process_group()
+
+
+def save_sharded(model: torch.nn.Module, optimizer, folder) -> None:
+    """Write this rank's shards of ``model`` and ``optimizer`` under ``folder`` with ``torch.distributed.checkpoint``
+    (a collective: each rank writes its own file, rank 0 the metadata; the folder must be one every rank can
+    reach, e.g. a shared file system across machines)."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict
+
+    model_state, optimizer_state = get_state_dict(model, optimizer)
+    dcp.save({"model": model_state, "optimizer": optimizer_state}, checkpoint_id=str(folder))
+
+
+def load_sharded(model: torch.nn.Module, optimizer, folder) -> None:
+    """Read ``model``'s and ``optimizer``'s shards back from ``folder`` (:func:`save_sharded`), each rank its
+    own part with nothing gathered; any world size, including one process without a process group (the
+    checkpoint is resharded on load)."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+    model_state, optimizer_state = get_state_dict(model, optimizer)
+    state = {"model": model_state, "optimizer": optimizer_state}
+    dcp.load(state, checkpoint_id=str(folder))
+    set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"])
+
+
+def rebuild_buffers(model: torch.nn.Module) -> None:
+    """Recompute the non-persistent buffers of a model materialised from the meta device (``to_empty`` leaves
+    them uninitialised; no state dict carries them): each module holding one is re-initialised by the Hugging
+    Face model's own ``_init_weights``, which computes rotary ``inv_freq`` from the config (prime-rl's
+    ``init_buffers_post_meta`` does the same by hand). Buffers it does not know stay as they were, and
+    :meth:`DataParallel.check_buffers` reports them."""
+    from transformers import PreTrainedModel
+
+    root = next((m for m in model.modules() if isinstance(m, PreTrainedModel)), None)
+    if root is None:
+        return
+    for module in model.modules():
+        if module._non_persistent_buffers_set:
+            with torch.no_grad():
+                root._init_weights(module)
+
+
+def _digest(t: torch.Tensor) -> str:
+    import hashlib
+
+    if t.is_meta:
+        return "meta"
+    t = t.detach().cpu().contiguous()
+    return f"{t.dtype}{tuple(t.shape)}" + hashlib.sha1(t.reshape(-1).view(torch.uint8).numpy().tobytes()).hexdigest()
 
 
 def decoder_blocks(model: torch.nn.Module) -> list[torch.nn.Module]:

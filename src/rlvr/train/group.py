@@ -17,10 +17,11 @@ import time
 import torch
 
 from rlvr.parallel import DataParallel
+from rlvr.parallel.data_parallel import load_sharded, save_sharded
 from rlvr.train.learner import Learner
 
 #: what rank 0 can tell the other ranks to do next (each is one collective sequence on every rank)
-COMMANDS = ("update", "publish", "state", "load", "stop")
+COMMANDS = ("update", "publish", "save", "load", "stop")
 
 
 class GroupLearner:
@@ -64,17 +65,22 @@ class GroupLearner:
         self.policy.load_state_dict(state)
         return {"time_gather": time.perf_counter() - t0}
 
-    def state_dict(self) -> dict:
-        self._tell("state")
-        return self.learner.state_dict()
+    def save_shards(self, folder) -> None:
+        """Every rank writes its shards of the model and the optimizer under ``folder`` (``torch.distributed.
+        checkpoint``; a resume reads them back with no gather)."""
+        self._tell("save", str(folder))
+        save_sharded(self.learner.model, self.learner.optimizer, folder)
 
     def load_state_dict(self, state: dict) -> None:
-        self._tell("load", {k: v for k, v in state.items() if k != "optimizer"})
+        """The trainer state on every rank. A group's checkpoint keeps the optimizer in its shards
+        (:func:`resume_shards`); a single-process checkpoint's optimizer state is sent from rank 0."""
+        self._tell("load", {k: v for k, v in state.items() if k != "optimizer"}, "optimizer" in state)
         self.learner.load_state_dict(state)
 
-    def load_weights(self) -> None:
-        """``policy``'s weights (a checkpoint loaded into it) into every rank's shards."""
-        self.group.load_full_state_dict(self.learner.model, self.policy.state_dict())
+    def resume_shards(self, checkpoint) -> str:
+        """Every rank's shards from ``checkpoint`` (rank 0 has loaded its weights into ``policy``): a group's
+        checkpoint is read back shard by shard (model and optimizer), any other is sent from ``policy``."""
+        return resume_shards(self.learner, self.group, checkpoint, self.policy)
 
     def close(self) -> None:
         self._tell("stop")
@@ -91,12 +97,31 @@ def follow(learner: Learner, group: DataParallel) -> None:
             learner.update(exp, step)
         elif command == "publish":
             group.full_state_dict(learner.model)
-        elif command == "state":
-            learner.state_dict()
+        elif command == "save":
+            save_sharded(learner.model, learner.optimizer, args[0])
         elif command == "load":
-            (state,) = args
-            learner.load_state_dict({**state, "optimizer": {}})
+            state, with_optimizer = args
+            learner.load_state_dict({**state, **({"optimizer": {}} if with_optimizer else {})})
         elif command == "stop":
             return
         else:
             raise RuntimeError(f"learner rank {group.rank}: unknown command {command!r} from rank 0")
+
+
+#: the folder of a learner group's checkpoint that holds every rank's shards (model and optimizer)
+SHARDS = "shards"
+
+
+def resume_shards(learner: Learner, group: DataParallel, checkpoint, policy: torch.nn.Module | None = None) -> str:
+    """Every rank's part of a resume, at the same point of start-up: a checkpoint with ``shards/`` (a learner
+    group's, of any world size) is read back shard by shard, with the optimizer, and nothing is gathered;
+    another (a single-process run's) sends rank 0's ``policy`` weights into the shards. Returns which."""
+    from pathlib import Path
+
+    folder = Path(checkpoint) / SHARDS
+    sharded = group.broadcast(folder.is_dir() if group.driver else None)  # rank 0's view decides for all
+    if sharded:
+        load_sharded(learner.model, learner.optimizer, folder)
+        return "shards"
+    group.load_full_state_dict(learner.model, policy.state_dict() if group.driver else {})
+    return "weights"

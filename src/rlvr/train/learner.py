@@ -100,7 +100,9 @@ class Learner:
             # LoRA: the reference is the policy's own base (adapter disabled), no second copy
             self.ref_model = model if is_peft_model(model) else copy.deepcopy(model).eval().requires_grad_(False)
         if dist is not None:  # shard (or replicate) in place before the optimizer sees the parameters
-            dist.wrap(model)
+            dist.shard(model)  # rank 0's weights into every rank's shards (the others may have built on meta)
+            if self.ref_model is not None and self.ref_model is not model:  # the frozen reference, sharded alike
+                dist.shard(self.ref_model)
         self.optimizer, self.scheduler = make_optimizer(
             model, t.lr, t.weight_decay, t.betas, t.warmup_steps, schedule=t.lr_schedule,
             total_steps=t.steps * t.ppo_epochs * t.num_minibatches, min_lr_ratio=t.min_lr_ratio,
@@ -585,13 +587,13 @@ class Learner:
 
     # ------------------------------------------------------------------ checkpoint state
     def state_dict(self) -> dict:
-        """Everything a resumed run needs besides the weights. In a learner group every rank calls it (the
-        optimizer's shards are gathered to rank 0, whose copy is the one to save)."""
-        optimizer = (self.optimizer.state_dict() if self.dist is None
-                     else self.dist.optimizer_state(self.model, self.optimizer))
-        state = {"optimizer": optimizer, "scheduler": self.scheduler.state_dict(),
-                 "policy_version": self.policy_version, "skipped_steps": self.skipped_steps,
-                 "consecutive_skipped": self.consecutive_skipped}
+        """Everything a resumed run needs besides the weights. In a learner group the optimizer's state is not
+        here: every rank saves its shards of it with the model's (:func:`rlvr.parallel.data_parallel.
+        save_sharded`)."""
+        state = {"optimizer": self.optimizer.state_dict()} if self.dist is None else {}
+        state.update({"scheduler": self.scheduler.state_dict(),
+                      "policy_version": self.policy_version, "skipped_steps": self.skipped_steps,
+                      "consecutive_skipped": self.consecutive_skipped})
         state.update({"kl_coef": self.kl_coef, "entropy_coef": self.entropy_coef,
                       "ref_reset_step": self.ref_reset_step,
                       "controllers": {k: c.state_dict() for k, c in self.controllers.items()}})
@@ -602,11 +604,13 @@ class Learner:
         return state
 
     def load_state_dict(self, state: dict) -> None:
-        """The inverse of :meth:`state_dict`; in a learner group every rank calls it with the same ``state``
-        except the optimizer's, which rank 0 holds and sends to every rank's shards."""
-        if self.dist is None:
+        """The inverse of :meth:`state_dict`; in a learner group every rank calls it with the same ``state``.
+        A state without the optimizer's (a learner group's: it is in the checkpoint's shards) leaves it to
+        :func:`rlvr.parallel.data_parallel.load_sharded`; a single-process state's optimizer is sent from
+        rank 0 into every rank's shards."""
+        if "optimizer" in state and self.dist is None:
             self.optimizer.load_state_dict(state["optimizer"])
-        else:
+        elif "optimizer" in state:
             self.dist.load_optimizer_state(self.model, self.optimizer, state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.policy_version = int(state["policy_version"])

@@ -36,7 +36,7 @@ from rlvr.experience.batch import Experience, PromptSampler
 from rlvr.experience.producer import build_producer
 from rlvr.experience.staleness import RolloutTimeout, RolloutWorkerError
 from rlvr.extras import require_extras
-from rlvr.models.load import BUILTIN_TINY, load_model_and_tokenizer
+from rlvr.models.load import BUILTIN_TINY, build_on_meta, load_model_and_tokenizer
 from rlvr.records.checkpoint import latest_checkpoint, load_trainer_state, remove_leftovers, save_checkpoint
 from rlvr.records.logger import RunLogger
 from rlvr.records.progress import StepProgress
@@ -44,7 +44,8 @@ from rlvr.records.trackers import open_trackers
 from rlvr.rollout.factory import generation_config_note, make_engine
 from rlvr.tasks import defaults as task_defaults, make_task
 from rlvr.parallel import DataParallel
-from rlvr.train.group import GroupLearner, follow
+from rlvr.parallel.data_parallel import load_sharded
+from rlvr.train.group import SHARDS, GroupLearner, follow, resume_shards
 from rlvr.train.learner import Learner, NonFiniteStepsError
 from rlvr.utils import atomic_write_text, deterministic_algorithms, seed_everything, storage_guard, write_run_meta
 from rlvr.warmstart.sft import resolve_model_path
@@ -105,9 +106,13 @@ def train(config: Config | None = None, resume: str | Path | None = None, log=pr
             group.close()
 
 
-def _models(config: Config, model_path: str, log):
-    """The policy, its tokenizer, the critics and the distillation teacher, as the config asks."""
-    model, tokenizer = load_model_and_tokenizer(model_path, config.model.dtype, config.run.device)
+def _models(config: Config, model_path: str, log, meta: bool = False):
+    """The policy, its tokenizer, the critics and the distillation teacher, as the config asks; ``meta``: the
+    policy built on the meta device, no weights and no tokenizer (a learner group's ranks 1..N-1)."""
+    if meta:
+        model, tokenizer = build_on_meta(model_path, config.model.dtype), None
+    else:
+        model, tokenizer = load_model_and_tokenizer(model_path, config.model.dtype, config.run.device)
     if config.model.lora.enabled:  # only the adapter trains; the reference is the base (rlvr.models.lora)
         from rlvr.models.lora import apply_lora
 
@@ -137,10 +142,11 @@ def _follow(group: DataParallel) -> None:
     """Ranks 1..N-1 of a learner group: the same learner as rank 0's (its config, model, critics, teacher;
     resumed from its checkpoint), then do what rank 0 says (:func:`rlvr.train.group.follow`)."""
     config, model_path = group.broadcast()
-    model, _, critics, teacher = _models(config, model_path, log=lambda *a: None)
-    learner = Learner(model, config, critics, teacher=teacher, dist=group)
+    model, _, critics, teacher = _models(config, model_path, log=lambda *a: None, meta=config.trainer.dist.meta_init)
+    learner = Learner(model, config, critics, teacher=teacher, dist=group)  # rank 0's weights into the shards
     ckpt = group.broadcast()
-    group.load_full_state_dict(model, {})  # rank 0's weights (started or resumed) into this rank's shards
+    if ckpt is not None:  # this rank's shards of the checkpoint (or rank 0's resumed weights)
+        resume_shards(learner, group, ckpt)
     if ckpt is not None and critics is not None:
         critics.load_pretrained(ckpt)
     follow(learner, group)
@@ -200,12 +206,15 @@ def _train(config: Config, run_dir: Path, resume, log, stop_after: int | None,
         else:
             restored, _ = load_model_and_tokenizer(ckpt, config.model.dtype, config.run.device)
             policy.load_state_dict(restored.state_dict())
-    if group is not None:  # rank 0's weights (started or resumed) into every rank's shards
+    if group is not None:  # every rank's shards of the checkpoint (model and optimizer), or rank 0's weights
         group.broadcast(None if ckpt is None else str(ckpt))
-        learner.load_weights()
+        if ckpt is not None:
+            learner.resume_shards(ckpt)
     if ckpt is not None:
         state = load_trainer_state(ckpt)
         learner.load_state_dict(state["learner"])
+        if group is None and "optimizer" not in state["learner"]:  # a learner group's checkpoint, in one process
+            load_sharded(model, learner.optimizer, ckpt / SHARDS)
         callbacks.load_state_dict(state.get("callbacks", {}))
         if critics is not None:
             critics.load_pretrained(ckpt)
@@ -227,12 +236,17 @@ def _train(config: Config, run_dir: Path, resume, log, stop_after: int | None,
     if start == 0:
         log(task_defaults.start_report(before, len(eval_problems), model_path))
 
+    def save_extra(folder: Path) -> None:  # beside the HF export: critics, a learner group's shards
+        if critics is not None:
+            critics.save_pretrained(folder)
+        if group is not None:
+            learner.save_shards(folder / SHARDS)
+
     def checkpoint(step: int) -> None:
         save_checkpoint(run_dir, step, policy, tokenizer,
                         {"learner": learner.state_dict(), "source": source.state_dict(),
                          "callbacks": callbacks.state_dict()},
-                        keep=config.logging.keep_checkpoints,
-                        save_extra=critics.save_pretrained if critics is not None else None)
+                        keep=config.logging.keep_checkpoints, save_extra=save_extra)
 
     # --- the loop
     bar = StepProgress(total=config.trainer.steps, initial=start, desc="RL", enabled=config.logging.progress)
