@@ -536,6 +536,9 @@ class DistSection(_Section):
     meta_init: bool = Field(True, description="ranks 1..N-1 build the model on the meta device (no memory, no "
                             "weights read) and receive rank 0's weights into their shards; false: every rank loads "
                             "model.path")
+    bucket_mb: float = Field(256.0, gt=0, description="after each update the shards are gathered into rank 0's "
+                             "copy of the model (which the rollout engine, weight sync and checkpoints read) in "
+                             "buckets of this many MiB: no rank holds more than one bucket beyond its shards")
     timeout_s: float = Field(600.0, gt=0, description="seconds a rank waits for the others at a collective "
                              "before the run stops with an error naming the rank that did not arrive")
 

@@ -1,12 +1,15 @@
 """One rank of a learner group, launched by ``torchrun`` from tests/parallel/test_data_parallel.py.
 
 ``python -m torch.distributed.run --nproc_per_node N tests/parallel/dp_worker.py CASES_JSON``: for each case, load
-the model and the experiences the test wrote, train ``Learner(..., dist=DataParallel)`` on them, and write from
-rank 0 the full state dict after every update, the step metrics, and what each rank trained.
+the model and the experiences the test wrote and train them as a run does: rank 0 drives a
+:class:`~rlvr.train.group.GroupLearner` (an update, then the shards gathered into its unsharded copy, bucket by
+bucket), the other ranks follow its commands. Rank 0 writes the copy's weights after every update, the
+full and sparse weight-sync payloads a run would publish from it, the step metrics, and each rank's skipped steps.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import sys
 
@@ -16,7 +19,9 @@ import torch
 def run_case(case: dict, dist) -> None:
     from rlvr.config import load_config
     from rlvr.models.load import load_model_and_tokenizer
+    from rlvr.train.group import GroupLearner, follow_one
     from rlvr.train.learner import Learner
+    from rlvr.weights.sync import WeightPublisher
 
     cfg = load_config(case["config"], case["overrides"])
     if dist.driver or not case.get("meta_init", True):
@@ -49,22 +54,34 @@ def run_case(case: dict, dist) -> None:
         finally:
             dp.rebuild_buffers = rebuild
         raise AssertionError("an uninitialised rotary buffer went unnoticed")
+    policy = copy.deepcopy(model) if dist.driver else None  # the unsharded copy a run's engine samples from
     learner = Learner(model, cfg, critics, dist=dist)
-    out = {"states": [], "metrics": []}
+    group = GroupLearner(learner, dist, policy) if dist.driver else None
+    publishers = {"full": WeightPublisher("full"), "sparse": WeightPublisher("sparse", dtype=torch.bfloat16)}
+    out = {"states": [], "metrics": [], "payloads": []}
     for step, exp in enumerate(experiences):
-        if case.get("nan_on_rank") is not None and step == case.get("nan_step", 1) \
-                and dist.rank == case["nan_on_rank"]:
+        poisoned = case.get("nan_on_rank") == dist.rank and step == case.get("nan_step", 1)
+        if poisoned:
             _poison(model)  # a NaN on one rank: every rank must skip this step
-        metrics = learner.update(exp, step)
-        if case.get("nan_on_rank") is not None and step == case.get("nan_step", 1):
-            _heal(model)
-        state = dist.full_state_dict(model)
         if dist.driver:
-            out["states"].append({k: v.clone() for k, v in state.items()})
-            out["metrics"].append(metrics)
+            out["metrics"].append(group.update(exp, step))
+            group.publish()
+        else:
+            follow_one(learner, dist)  # the update
+            follow_one(learner, dist)  # the gather
+        if poisoned:
+            _heal(model)
+        if dist.driver:
+            from rlvr.models.lora import sync_tensors
+
+            out["states"].append({k: v.detach().clone() for k, v in policy.state_dict().items()})
+            out["payloads"].append({m: pub.publish(sync_tensors(policy), step + 1) for m, pub in publishers.items()})
     out["skipped_steps"] = dist.gather_objects(learner.skipped_steps)
     if dist.driver:
+        group.close()
         torch.save(out, case["out"])
+    else:
+        assert not follow_one(learner, dist)  # stop
 
 
 _saved: dict = {}

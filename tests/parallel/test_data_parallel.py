@@ -22,10 +22,14 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[2]
 #: 5 prompts x 3 completions: rank 0 trains 3 groups, rank 1 two (one of them all-equal rewards: zero advantage)
-GRPO = ["trainer.micro_batch_size=3", "trainer.num_minibatches=2", "trainer.lr=1e-3", "run.seed=0"]
+GRPO = ["trainer.micro_batch_size=3", "trainer.num_minibatches=2", "trainer.lr=1e-3", "run.seed=0",
+        "trainer.dist.bucket_mb=0.5"]  # the gather after each update in ~20 buckets
 CASES = {
-    "grpo_ddp": ("ddp", "configs/grpo_arithmetic_tiny.yaml", GRPO),
-    "grpo_fsdp2": ("fsdp2", "configs/grpo_arithmetic_tiny.yaml", GRPO),
+    # one minibatch of 5 groups: rank 0 sums 3 micro-batches, rank 1 two, so the replay's order of sums matters
+    "grpo_ddp": ("ddp", "configs/grpo_arithmetic_tiny.yaml", GRPO + ["trainer.num_minibatches=1"]),
+    # no clipping in effect: FSDP2 sums the norm from the shards, which rounds differently (the replay is exact)
+    "grpo_fsdp2": ("fsdp2", "configs/grpo_arithmetic_tiny.yaml", GRPO + ["trainer.max_grad_norm=1e9",
+                                                                            "trainer.num_minibatches=1"]),
     "ppo_fsdp2": ("fsdp2", "configs/ppo_arithmetic_tiny.yaml",
                   GRPO + ["critic.warmup_steps=0"]),
     "lora_fsdp2": ("fsdp2", "configs/grpo_arithmetic_tiny.yaml",
@@ -120,6 +124,99 @@ def group_run(tmp_path_factory):
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-6000:]
     return {c["name"]: (c["model"], inputs["qwen3" if c["name"] in QWEN3 else "tiny"][1],
                         torch.load(c["out"], weights_only=False)) for c in cases}
+
+
+class _Replay:
+    """This process standing in for a group of two ranks (what the learner asks of its group): it runs rank 0's
+    micro-batches, sets their gradient aside when rank 1's first one starts, and adds it back before the
+    optimizer step, which is what the group's reduction computes (a sum of two floats does not depend on
+    their order)."""
+
+    engine, rank, world_size, driver = "replay", 0, 2, True
+
+    def __init__(self):
+        self.calls, self.first, self.stashed = 0, 0, {}
+
+    def shard(self, model):
+        return model
+
+    def gradient_sync(self, model, sync):  # called before each micro-batch
+        self.calls += 1
+        if self.calls == self.first + 1:  # rank 1's first micro-batch: rank 0's gradient set aside
+            self.stashed = {p: p.grad for p in model.parameters() if p.grad is not None}
+            for p in self.stashed:
+                p.grad = None
+
+    def all_true(self, flag):
+        return flag
+
+    def gather_objects(self, obj):
+        return [obj, ({}, 0.0)]
+
+    def shares(self, items):
+        return [items[r::2] for r in range(2)]
+
+    def peak_memory_mb(self):
+        return 0.0
+
+
+def _replay(case: str, model_path: str, experiences: list) -> tuple[list, list]:
+    """One process replaying the two ranks' micro-batches (:class:`_Replay`): the weights after each update and
+    the payloads a weight publisher makes of them."""
+    from rlvr.config import load_config
+    from rlvr.models.load import load_model_and_tokenizer
+    from rlvr.train.learner import Learner
+    from rlvr.weights.sync import WeightPublisher
+
+    class ReplayLearner(Learner):
+        def _rank_chunks(self, exp, mb_groups):  # rank 0's micro-batches (padded as in the group), then rank 1's
+            per_rank = [list(self._row_chunks(exp, share)) if share else [] for share in self.dist.shares(mb_groups)]
+            n = max(len(c) for c in per_rank)
+            self.dist.calls, self.dist.first = 0, n
+            return [i for c in per_rank for i in c + [None] * (n - len(c))]
+
+        def optimizer_step(self, finite):
+            for p, g in self.dist.stashed.items():
+                p.grad = g if p.grad is None else g + p.grad
+            self.dist.stashed = {}
+            return super().optimizer_step(finite)
+
+    _, config, overrides = CASES[case]
+    cfg = load_config(config, overrides)
+    torch.set_num_threads(1)  # as each rank
+    model, _ = load_model_and_tokenizer(model_path)
+    learner = ReplayLearner(model, cfg, None, dist=_Replay())
+    publishers = {"full": WeightPublisher("full"), "sparse": WeightPublisher("sparse", dtype=torch.bfloat16)}
+    states, payloads = [], []
+    for step, exp in enumerate(experiences):
+        learner.update(copy.deepcopy(exp), step)
+        states.append({k: v.detach().clone() for k, v in model.state_dict().items()})
+        payloads.append({m: pub.publish(model.state_dict(), step + 1) for m, pub in publishers.items()})
+    return states, payloads
+
+
+def _payload_bytes(payload) -> tuple:
+    """Everything a payload carries, as bytes: its counts and every patch's name, kind, shape, values, indices."""
+    def raw(t):
+        return None if t is None else t.contiguous().view(torch.uint8).numpy().tobytes()
+
+    return (payload.version, payload.base_version, payload.nbytes, payload.dense_nbytes, payload.changed,
+            payload.numel, [[(p.name, p.kind, p.shape, raw(p.values), raw(p.indices)) for p in bucket]
+                            for bucket in payload.buckets])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", ["grpo_ddp", "grpo_fsdp2"])
+def test_two_ranks_equal_a_one_process_replay_of_their_micro_batches(group_run, case):
+    """Bit for bit: the weights after each update, and the full and sparse (bf16) payloads published from
+    them, equal a single process that runs rank 0's micro-batches, then rank 1's, and steps on the sum."""
+    model_path, experiences, output = group_run[case]
+    states, payloads = _replay(case, model_path, experiences)
+    for step in range(STEPS):
+        assert _max_diff(output["states"][step], states[step]) == 0.0, (case, step)
+        for method in ("full", "sparse"):
+            assert _payload_bytes(output["payloads"][step][method]) == _payload_bytes(payloads[step][method])
+    assert output["payloads"][1]["sparse"].base_version == 1  # the second publication is a sparse patch
 
 
 def _max_diff(a: dict, b: dict) -> float:

@@ -159,6 +159,31 @@ class DataParallel:
 
         return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
 
+    def gather_buckets(self, model: torch.nn.Module, bucket_mb: float = 256.0):
+        """The whole tensors of ``model``'s state dict, in its order, a bucket at a time: ``[(names, tensor),
+        ...]`` per bucket of at most ``bucket_mb`` MiB (a tensor larger than that is a bucket of its own), where
+        ``names`` are every state-dict name of one tensor (tied weights are gathered once). A collective
+        generator: every rank iterates it to the end; rank 0's buckets hold the gathered tensors, the other
+        ranks' hold ``None`` in their place, and no rank holds more than one bucket beyond its shards
+        (``get_model_state_dict(full_state_dict=True)`` would hold the whole model on rank 0 at once)."""
+        from torch.distributed.tensor import DTensor
+
+        unique: dict[int, list] = {}  # one entry per tensor object (tied weights share one), in state-dict order
+        for name, t in model.state_dict(keep_vars=True).items():
+            unique.setdefault(id(t), [[], t])[0].append(name)
+        bucket, size, limit = [], 0, bucket_mb * 2**20
+        for names, t in unique.values():
+            nbytes = t.numel() * t.element_size()
+            if bucket and size + nbytes > limit:
+                yield bucket
+                bucket, size = [], 0
+            with torch.no_grad():
+                whole = self._timed(t.full_tensor) if isinstance(t, DTensor) else t.detach()
+            bucket.append((names, whole if self.driver else None))
+            size += nbytes
+        if bucket:
+            yield bucket
+
     @staticmethod
     def load_full_state_dict(model: torch.nn.Module, state: dict) -> None:
         """Load rank 0's unsharded ``state`` into every rank's shards (a collective; other ranks pass ``{}``)."""

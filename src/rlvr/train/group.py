@@ -58,11 +58,17 @@ class GroupLearner:
         return metrics
 
     def publish(self) -> dict[str, float]:
-        """Gather the shards into ``policy`` (every rank walks the state dict in the same order)."""
+        """Gather the shards into ``policy``, a bucket at a time (every rank walks the state dict in the same
+        order: :meth:`rlvr.parallel.DataParallel.gather_buckets`); the engine, the weight publisher and the
+        checkpoints then read ``policy``, bit-identical to the learner's weights."""
         t0 = time.perf_counter()
         self._tell("publish")
-        state = self.group.full_state_dict(self.learner.model)
-        self.policy.load_state_dict(state)
+        target = self.policy.state_dict()
+        with torch.no_grad():
+            for bucket in self.group.gather_buckets(self.learner.model, self.learner.config.trainer.dist.bucket_mb):
+                for names, whole in bucket:
+                    for name in names:
+                        target[name].copy_(whole)
         return {"time_gather": time.perf_counter() - t0}
 
     def save_shards(self, folder) -> None:
@@ -88,24 +94,31 @@ class GroupLearner:
 
 def follow(learner: Learner, group: DataParallel) -> None:
     """Ranks 1..N-1: do what rank 0 says, in its order, until it says stop."""
-    while True:
-        group.arrive("the next command")
-        command, args = group.broadcast()
-        if command == "update":
-            exp, step, coefs = args
-            learner.kl_coef, learner.entropy_coef = coefs["kl_coef"], coefs["entropy_coef"]
-            learner.update(exp, step)
-        elif command == "publish":
-            group.full_state_dict(learner.model)
-        elif command == "save":
-            save_sharded(learner.model, learner.optimizer, args[0])
-        elif command == "load":
-            state, with_optimizer = args
-            learner.load_state_dict({**state, **({"optimizer": {}} if with_optimizer else {})})
-        elif command == "stop":
-            return
-        else:
-            raise RuntimeError(f"learner rank {group.rank}: unknown command {command!r} from rank 0")
+    while follow_one(learner, group):
+        pass
+
+
+def follow_one(learner: Learner, group: DataParallel) -> bool:
+    """Do rank 0's next command; False when it was stop."""
+    group.arrive("the next command")
+    command, args = group.broadcast()
+    if command == "update":
+        exp, step, coefs = args
+        learner.kl_coef, learner.entropy_coef = coefs["kl_coef"], coefs["entropy_coef"]
+        learner.update(exp, step)
+    elif command == "publish":
+        for _ in group.gather_buckets(learner.model, learner.config.trainer.dist.bucket_mb):
+            pass
+    elif command == "save":
+        save_sharded(learner.model, learner.optimizer, args[0])
+    elif command == "load":
+        state, with_optimizer = args
+        learner.load_state_dict({**state, **({"optimizer": {}} if with_optimizer else {})})
+    elif command == "stop":
+        return False
+    else:
+        raise RuntimeError(f"learner rank {group.rank}: unknown command {command!r} from rank 0")
+    return True
 
 
 #: the folder of a learner group's checkpoint that holds every rank's shards (model and optimizer)
