@@ -34,7 +34,7 @@ def run_case(case: dict, dist) -> None:
     if cfg.uses_critic():
         from rlvr.train.critic import Critics
 
-        critics = Critics.build(cfg, case["model"])
+        critics = Critics.build(cfg, case["model"], dist=dist)  # sharded like the policy
     if cfg.model.lora.enabled:
         from rlvr.models.lora import apply_lora
 

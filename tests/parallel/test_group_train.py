@@ -2,8 +2,9 @@
 exactly, the same group as Ray actors, and one line per step saying how many ranks ran.
 
 Each launch costs about 10 s of start-up on 2 cores (imports, rendezvous, Ray's start), so there are two: a
-2-rank FSDP2 run of 3 steps as Ray actors (``rlvr train --nproc 2`` with ``trainer.dist.launcher=ray``) with a
-checkpoint at step 2, and its resume from that checkpoint under torchrun (step 3's checkpoint removed).
+2-rank FSDP2 PPO run of 3 steps (the policy and its critic sharded) as Ray actors (``rlvr train --nproc 2`` with
+``trainer.dist.launcher=ray``) with a checkpoint at step 2 (every rank's shards, DCP), and its resume from that
+checkpoint under torchrun (step 3's checkpoint removed).
 """
 
 from __future__ import annotations
@@ -42,10 +43,10 @@ def test_a_learner_group_trains_resumes_and_matches_one_process(tmp_path, fast_o
     from rlvr.train.loop import train
 
     common = [*fast_overrides, "trainer.steps=3", "logging.checkpoint_every=2", "logging.keep_checkpoints=3",
-              "rollout.prompts_per_step=5", "rollout.group_size=3", "trainer.micro_batch_size=3", "run.seed=3",
+              "rollout.prompts_per_step=5", "rollout.group_size=3", "trainer.micro_batch_size=3", "run.seed=3", "critic.warmup_steps=1",
               "reward.weights={correct: 1.0, format: 1.0}"]  # a signal for a barely warm-started model
     # 2 ranks as Ray actors in a placement group (rlvr train --nproc 2 with trainer.dist.launcher=ray)
-    group = _torchrun(["--config", "configs/grpo_arithmetic_tiny.yaml", *common, "trainer.dist.engine=fsdp2",
+    group = _torchrun(["--config", "configs/ppo_arithmetic_tiny.yaml", *common, "trainer.dist.engine=fsdp2",
                        "trainer.dist.launcher=ray", f"run.output_dir={tmp_path / 'group'}", "logging.progress=true"],
                       launcher="rlvr")
     run = next((tmp_path / "group").iterdir())
@@ -56,10 +57,10 @@ def test_a_learner_group_trains_resumes_and_matches_one_process(tmp_path, fast_o
     assert len(records) == 3
     # the checkpoint: the HF export from rank 0, and each rank's shards of the model and the optimizer (DCP)
     shards = run / "checkpoints" / "step_000002" / "shards"
-    assert sorted(p.name for p in shards.iterdir()) == [".metadata", "__0_0.distcp", "__1_0.distcp"]
+    assert sorted(p.name for p in shards.iterdir()) == [".metadata", "__0_0.distcp", "__1_0.distcp", "rng.pt"]
     assert "optimizer" not in torch.load(shards.parent / "trainer_state.pt", weights_only=False)["learner"]
     a2, a = _weights(run, 2), _weights(run, 3)
-    assert max(float((a[k] - a2[k]).abs().max()) for k in a) > 1e-4  # step 3 trained
+    assert max(float((a[k] - a2[k]).abs().max()) for k in a) > 1e-5  # step 3 trained
 
     # resume from step 2 (step 3's checkpoint removed) under torchrun: step 3 again, bit for bit, so a resume is
     # exact and a torchrun group computes what the Ray group computed
@@ -69,10 +70,13 @@ def test_a_learner_group_trains_resumes_and_matches_one_process(tmp_path, fast_o
     _torchrun(["--resume", str(resumed)])
     b = _weights(resumed, 3)
     assert max(float((a[k] - b[k]).abs().max()) for k in a) == 0.0
+    ca, cb = (load_file(r / "checkpoints" / "step_000003" / "critic_0" / "model.safetensors") for r in (run, resumed))
+    assert ca.keys() == cb.keys(), (sorted(ca), sorted(cb))
+    assert all(torch.equal(ca[k], cb[k]) for k in ca), {k: float((ca[k] - cb[k]).abs().max()) for k in ca}  # the critic resumed too
 
     # one process, same config: the same run to float reassociation (rollouts sampled from the same weights)
     torch.set_num_threads(1)
-    single = train(load_config("configs/grpo_arithmetic_tiny.yaml",
+    single = train(load_config("configs/ppo_arithmetic_tiny.yaml",
                                [*common, f"run.output_dir={tmp_path / 'single'}"]), log=lambda *a: None)
     s = _weights(single.run_dir, 3)
     assert s.keys() == a.keys()

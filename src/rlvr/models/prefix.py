@@ -50,6 +50,12 @@ def _new_cache(model):
         return DynamicCache()
 
 
+def _fsdp_sharded(model) -> bool:
+    from torch.distributed.fsdp import FSDPModule
+
+    return isinstance(model, FSDPModule)
+
+
 def shared_prefix_support(model) -> str | None:
     """None when :func:`shared_prefix_outputs` can run ``model``; otherwise the reason it cannot."""
     base = underlying_model(model)
@@ -183,6 +189,11 @@ def shared_prefix_outputs(model, prompt_ids, prompt_mask, completion_ids, comple
         return plain_outputs(model, prompt_ids, prompt_mask, completion_ids, completion_mask)
     if pack_tokens > 0 and packed_length(prompt_ids, prompt_mask, completion_mask) <= pack_tokens:
         return packed_prefix_outputs(model, prompt_ids, prompt_mask, completion_ids, completion_mask)
+    if torch.is_grad_enabled() and _fsdp_sharded(model):
+        # FSDP2 frees a block's parameters after its forward and gathers them again from hooks on the block's
+        # outputs; the KV cache's tensors leave the blocks another way, so a backward through them finds the
+        # parameters freed. Every rank of a learner group takes this branch alike (the same batch shapes).
+        return plain_outputs(model, prompt_ids, prompt_mask, completion_ids, completion_mask)
     first, inverse = prefix_groups(prompt_ids[:, :P - 1], prompt_mask[:, :P - 1])
     _, attention_mask, position_ids = sequence_inputs(prompt_ids, prompt_mask, completion_ids, completion_mask)
     name = cache_argument(model)

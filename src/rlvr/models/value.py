@@ -50,6 +50,12 @@ def build_value_model(path: str | Path, num_outputs: int = 1, num_layers: int | 
         except OSError as err:
             raise ValueError(f"critic.model_path = '{path}': cannot load a checkpoint: {err}") from None
     _zero_head(model)
+    # no dropout before the value head: Hugging Face's token classifiers default to 0.1, which makes every value
+    # estimate noisy and a run depend on each process's random stream (verl's critic sets it to 0 as well);
+    # kept in the config, so a saved critic loads the same
+    model.config.classifier_dropout = 0.0
+    if isinstance(getattr(model, "dropout", None), torch.nn.Dropout):
+        model.dropout.p = 0.0
     return model
 
 

@@ -268,28 +268,35 @@ class DataParallel:
             dist.destroy_process_group()
 
 
-def save_sharded(model: torch.nn.Module, optimizer, folder) -> None:
-    """Write this rank's shards of ``model`` and ``optimizer`` under ``folder`` with ``torch.distributed.checkpoint``
-    (a collective: each rank writes its own file, rank 0 the metadata; the folder must be one every rank can
-    reach, e.g. a shared file system across machines)."""
+def save_sharded(parts: dict, folder) -> None:
+    """Write this rank's shards of every ``{name: (model, optimizer)}`` under ``folder`` with
+    ``torch.distributed.checkpoint`` (a collective: each rank writes its own file, rank 0 the metadata; the
+    folder must be one every rank can reach, e.g. a shared file system across machines)."""
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import get_state_dict
 
-    model_state, optimizer_state = get_state_dict(model, optimizer)
-    dcp.save({"model": model_state, "optimizer": optimizer_state}, checkpoint_id=str(folder))
+    state = {}
+    for name, (model, optimizer) in parts.items():
+        model_state, optimizer_state = get_state_dict(model, optimizer)
+        state[name] = {"model": model_state, "optimizer": optimizer_state}
+    dcp.save(state, checkpoint_id=str(folder))
 
 
-def load_sharded(model: torch.nn.Module, optimizer, folder) -> None:
-    """Read ``model``'s and ``optimizer``'s shards back from ``folder`` (:func:`save_sharded`), each rank its
-    own part with nothing gathered; any world size, including one process without a process group (the
+def load_sharded(parts: dict, folder) -> None:
+    """Read every ``{name: (model, optimizer)}``'s shards back from ``folder`` (:func:`save_sharded`), each rank
+    its own part with nothing gathered; any world size, including one process without a process group (the
     checkpoint is resharded on load)."""
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
-    model_state, optimizer_state = get_state_dict(model, optimizer)
-    state = {"model": model_state, "optimizer": optimizer_state}
+    state = {}
+    for name, (model, optimizer) in parts.items():
+        model_state, optimizer_state = get_state_dict(model, optimizer)
+        state[name] = {"model": model_state, "optimizer": optimizer_state}
     dcp.load(state, checkpoint_id=str(folder))
-    set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"])
+    for name, (model, optimizer) in parts.items():
+        set_state_dict(model, optimizer, model_state_dict=state[name]["model"],
+                       optim_state_dict=state[name]["optimizer"])
 
 
 def rebuild_buffers(model: torch.nn.Module) -> None:

@@ -56,29 +56,31 @@ def explained_variance(values: torch.Tensor, returns: torch.Tensor, mask: torch.
 class Critics:
     """M value models with their own optimizers (M = 1: PPO's critic)."""
 
-    def __init__(self, models: list[torch.nn.Module], config):
-
+    def __init__(self, models: list[torch.nn.Module], config, dist=None):
         self.models = models
         self.config = config
+        self.dist = dist  # a learner group (rlvr.parallel.DataParallel): each critic sharded like the policy
         c = config.critic
+        for model in models if dist is not None else []:
+            dist.shard(model)  # before the optimizer sees the parameters
         self.opt = [make_optimizer(m, c.lr, c.weight_decay, config.trainer.betas, c.lr_warmup_steps)
                     for m in models]
         from rlvr.models.prefix import PrefixSharing
 
-
-        self.prefix = PrefixSharing(getattr(config.trainer, "shared_prefix", "never"), log=log_once)
+        self.prefix = PrefixSharing(getattr(config.trainer, "shared_prefix", "never"), log=log_once,
+                                    agree=dist.all_true if dist is not None else None)
         params = inspect.signature(A.VALUE_LOSSES[c.value_loss]).parameters
         self.support = {k: c.value_loss_params.get(k, params[k].default)
                         for k in ("v_min", "v_max") if k in params}
 
     @classmethod
-    def build(cls, config, actor_path: str | Path) -> "Critics":
+    def build(cls, config, actor_path: str | Path, dist=None) -> "Critics":
         c = config.critic
         path = actor_path if c.model_path == "actor" else c.model_path
         models = [build_value_model(path, c.num_outputs(), c.num_layers, c.hidden_size,
                                     seed=config.run.seed * 101 + m, dtype=config.model.dtype).to(config.run.device)
                   for m in range(c.num_critics)]
-        return cls(models, config)
+        return cls(models, config, dist)
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.models[0].parameters())
@@ -130,8 +132,13 @@ class Critics:
                     counts = dict(batch_num_tokens=mm_all.sum(), batch_num_seqs=(mm_all.sum(-1) > 0).sum())
                     optimizer.zero_grad(set_to_none=True)
                     total, clipfrac = 0.0, 0.0
-                    for idx in micro_batches(mb, cfg.trainer.micro_batch_size, cfg.trainer.max_tokens_per_microbatch,
-                                             exp.rollout.prompt_mask.sum(-1), exp.rollout.completion_mask.sum(-1)):
+                    chunks = self._rank_chunks(exp, mb)  # one process: every micro-batch; a group: this rank's
+                    for i, idx in enumerate(chunks):
+                        if self.dist is not None:  # accumulate locally; reduce across ranks with the last one
+                            self.dist.gradient_sync(model, i == len(chunks) - 1)
+                            if idx is None:  # fewer micro-batches here: a zero-weight one keeps collectives in step
+                                (self._outputs(model, exp, mb[0][:1]) * 0.0).sum().backward()
+                                continue
                         out = self._outputs(model, exp, idx)
                         pred = out[..., 0] if out.shape[-1] == 1 else out  # scalar head or bin logits
                         loss, vm = A.value_loss(c.value_loss, values=pred, old_values=old_values[m][idx],
@@ -142,7 +149,11 @@ class Critics:
                         total += loss.item()
                         clipfrac += vm.get("vf_clipfrac", 0.0) * float(mask[idx].sum() /
                                                                        counts["batch_num_tokens"].clamp(min=1))
+                    if self.dist is not None:  # each rank summed its own micro-batches' parts
+                        total, clipfrac = map(sum, zip(*self.dist.gather_objects((total, clipfrac))))
                     norm = torch.nn.utils.clip_grad_norm_(model.parameters(), c.max_grad_norm)
+                    if hasattr(norm, "full_tensor"):  # a sharded model's norm is a DTensor (over every shard)
+                        norm = norm.full_tensor()
                     optimizer.step()
                     scheduler.step()
                     losses.append(total)
@@ -157,21 +168,61 @@ class Critics:
         metrics["critic/lr"] = self.opt[0][1].get_last_lr()[0]
         return metrics
 
+    def _rank_chunks(self, exp, mb: list[torch.Tensor]) -> list:
+        """The micro-batches of the minibatch ``mb`` (a list of groups' rows) this process trains: all of them
+        in one process; in a learner group, those of this rank's whole groups, padded with ``None`` (a
+        zero-weight micro-batch) to the most any rank has."""
+        def chunks(groups):
+            return list(micro_batches(groups, self.config.trainer.micro_batch_size,
+                                      self.config.trainer.max_tokens_per_microbatch,
+                                      exp.rollout.prompt_mask.sum(-1), exp.rollout.completion_mask.sum(-1)))
+
+        if self.dist is None:
+            return chunks(mb)
+        per_rank = [chunks(share) if share else [] for share in self.dist.shares(mb)]
+        mine = per_rank[self.dist.rank]
+        return mine + [None] * (max(len(c) for c in per_rank) - len(mine))
+
     # ------------------------------------------------------------------ checkpoints
+    def sharded_parts(self) -> dict:
+        """``{name: (model, optimizer)}``: what a learner group's checkpoint keeps in shards."""
+        return {f"critic_{m}": (model, opt) for m, (model, (opt, _)) in enumerate(zip(self.models, self.opt))}
+
     def save_pretrained(self, folder: Path) -> None:
+        """Each critic as a Hugging Face checkpoint ``folder/critic_m``; in a learner group every rank calls it
+        (the shards are gathered) and rank 0 writes."""
         for m, model in enumerate(self.models):
-            model.save_pretrained(Path(folder) / f"critic_{m}")
+            if self.dist is None:
+                model.save_pretrained(Path(folder) / f"critic_{m}")
+                continue
+            state = self.dist.full_state_dict(model)
+            if self.dist.driver:
+                model.save_pretrained(Path(folder) / f"critic_{m}", state_dict=state)
 
     def load_pretrained(self, folder: Path) -> None:
+        """The critics' weights from ``folder/critic_m``; in a learner group every rank calls it and rank 0's
+        copy is sent into every rank's shards."""
         for m, model in enumerate(self.models):
-            model.load_state_dict(load_value_model(Path(folder) / f"critic_{m}").state_dict())
+            if self.dist is None:
+                model.load_state_dict(load_value_model(Path(folder) / f"critic_{m}").state_dict())
+            else:
+                state = load_value_model(Path(folder) / f"critic_{m}").state_dict() if self.dist.driver else {}
+                self.dist.load_full_state_dict(model, state)
 
     def state_dict(self) -> dict:
-        return {"optimizers": [o.state_dict() for o, _ in self.opt],
-                "schedulers": [s.state_dict() for _, s in self.opt]}
+        """The schedulers' state and, in one process, the optimizers' (a group keeps those in its shards)."""
+        state = {"schedulers": [s.state_dict() for _, s in self.opt]}
+        if self.dist is None:
+            state["optimizers"] = [o.state_dict() for o, _ in self.opt]
+        return state
 
     def load_state_dict(self, state: dict) -> None:
-        for (o, s), os_, ss in zip(self.opt, state["optimizers"], state["schedulers"]):
-            o.load_state_dict(os_)
-            s.load_state_dict(ss)
+        for i, (o, s) in enumerate(self.opt):
+            s.load_state_dict(state["schedulers"][i])
+            if "optimizers" not in state:  # a learner group's: the optimizers are in its shards
+                continue
+            if self.dist is None:
+                o.load_state_dict(state["optimizers"][i])
+            else:  # a single-process checkpoint resumed in a group: rank 0's state into every rank's shards
+                self.dist.load_optimizer_state(self.models[i], o, state["optimizers"][i] if self.dist.driver else {})
 

@@ -19,6 +19,7 @@ import torch
 from rlvr.parallel import DataParallel
 from rlvr.parallel.data_parallel import load_sharded, save_sharded
 from rlvr.train.learner import Learner
+from rlvr.utils import rng_state, set_rng_state
 
 #: what rank 0 can tell the other ranks to do next (each is one collective sequence on every rank)
 COMMANDS = ("update", "publish", "save", "load", "stop")
@@ -71,11 +72,10 @@ class GroupLearner:
                         target[name].copy_(whole)
         return {"time_gather": time.perf_counter() - t0}
 
-    def save_shards(self, folder) -> None:
-        """Every rank writes its shards of the model and the optimizer under ``folder`` (``torch.distributed.
-        checkpoint``; a resume reads them back with no gather)."""
+    def save_checkpoint(self, folder) -> None:
+        """Every rank's part of a checkpoint in ``folder`` (:func:`save_checkpoint`)."""
         self._tell("save", str(folder))
-        save_sharded(self.learner.model, self.learner.optimizer, folder)
+        save_checkpoint(self.learner, self.group, folder)
 
     def load_state_dict(self, state: dict) -> None:
         """The trainer state on every rank. A group's checkpoint keeps the optimizer in its shards
@@ -110,7 +110,7 @@ def follow_one(learner: Learner, group: DataParallel) -> bool:
         for _ in group.gather_buckets(learner.model, learner.config.trainer.dist.bucket_mb):
             pass
     elif command == "save":
-        save_sharded(learner.model, learner.optimizer, args[0])
+        save_checkpoint(learner, group, args[0])
     elif command == "load":
         state, with_optimizer = args
         learner.load_state_dict({**state, **({"optimizer": {}} if with_optimizer else {})})
@@ -123,18 +123,40 @@ def follow_one(learner: Learner, group: DataParallel) -> bool:
 
 #: the folder of a learner group's checkpoint that holds every rank's shards (model and optimizer)
 SHARDS = "shards"
+#: the file in SHARDS holding every rank's random state
+RNG_FILE = "rng.pt"
+
+
+def save_checkpoint(learner: Learner, group: DataParallel, folder) -> None:
+    """Every rank's part of a checkpoint, beside rank 0's Hugging Face export of the policy: its shards of the
+    policy and the critics with their optimizers (``folder/shards``, ``torch.distributed.checkpoint``: a
+    resume reads them back with no gather) and the critics' exports (gathered, written by rank 0)."""
+    from pathlib import Path
+
+    save_sharded(learner.sharded_parts(), Path(folder) / SHARDS)
+    rngs = group.gather_objects(rng_state())  # each rank's random state (e.g. a value head's dropout)
+    if group.driver:
+        torch.save(rngs, Path(folder) / SHARDS / RNG_FILE)
+    if learner.critics is not None:
+        learner.critics.save_pretrained(folder)
 
 
 def resume_shards(learner: Learner, group: DataParallel, checkpoint, policy: torch.nn.Module | None = None) -> str:
     """Every rank's part of a resume, at the same point of start-up: a checkpoint with ``shards/`` (a learner
-    group's, of any world size) is read back shard by shard, with the optimizer, and nothing is gathered;
-    another (a single-process run's) sends rank 0's ``policy`` weights into the shards. Returns which."""
+    group's, of any world size) is read back shard by shard, optimizers included, and nothing is gathered;
+    another (a single-process run's) sends rank 0's weights (``policy``, the critics' exports) into the
+    shards. Returns which."""
     from pathlib import Path
 
     folder = Path(checkpoint) / SHARDS
     sharded = group.broadcast(folder.is_dir() if group.driver else None)  # rank 0's view decides for all
     if sharded:
-        load_sharded(learner.model, learner.optimizer, folder)
+        load_sharded(learner.sharded_parts(), folder)
+        rngs = group.broadcast(torch.load(folder / RNG_FILE, weights_only=False) if group.driver else None)
+        if len(rngs) == group.world_size:  # (resumed with another number of ranks: each keeps its own)
+            set_rng_state(rngs[group.rank])  # rank 0's is also set from the trainer state, to the same
         return "shards"
     group.load_full_state_dict(learner.model, policy.state_dict() if group.driver else {})
+    if learner.critics is not None:
+        learner.critics.load_pretrained(checkpoint)
     return "weights"

@@ -586,6 +586,14 @@ class Learner:
         self.ref_reset_step = step
 
     # ------------------------------------------------------------------ checkpoint state
+    def sharded_parts(self) -> dict:
+        """``{name: (model, optimizer)}``: the policy and the critics, what a learner group's checkpoint keeps
+        in shards (:func:`rlvr.parallel.data_parallel.save_sharded`)."""
+        parts = {"policy": (self.model, self.optimizer)}
+        if self.critics is not None:
+            parts.update(self.critics.sharded_parts())
+        return parts
+
     def state_dict(self) -> dict:
         """Everything a resumed run needs besides the weights. In a learner group the optimizer's state is not
         here: every rank saves its shards of it with the model's (:func:`rlvr.parallel.data_parallel.

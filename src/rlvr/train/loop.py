@@ -117,16 +117,6 @@ def _models(config: Config, model_path: str, log, meta: bool = False):
         from rlvr.models.lora import apply_lora
 
         model = apply_lora(model, config.model.lora, base_path=model_path)
-    critics = None
-    if config.uses_critic():
-        from rlvr.train.critic import Critics
-
-        critics = Critics.build(config, model_path)
-        log(f"critic: {config.critic.num_critics} x {critics.num_parameters() / 1e6:.2f}M parameters, "
-            f"value loss {config.critic.value_loss}")
-        if config.algorithm.advantage_estimator == "asyppo" and config.critic.num_critics == 1:
-            log("note: critic.num_critics = 1, so AsyPPO's disagreement masks are disabled (they need "
-                "M >= 2 critics); this run is PPO with GAE")
     teacher = None
     if config.distill.teacher:  # on-policy distillation: a frozen teacher with the student's tokenizer
         from rlvr.models.load import load_teacher
@@ -135,20 +125,34 @@ def _models(config: Config, model_path: str, log, meta: bool = False):
         log(f"distill: teacher {config.distill.teacher} ({sum(p.numel() for p in teacher.parameters()) / 1e6:.2f}M "
             f"parameters), beta {config.distill.coef}, {config.distill.placement}, task weight "
             f"{config.distill.task_weight}")
-    return model, tokenizer, critics, teacher
+    return model, tokenizer, teacher
+
+
+def _critics(config: Config, model_path: str, log, group: DataParallel | None = None):
+    """The critics the estimator needs (PPO, AsyPPO), or None; in a learner group, sharded (a collective)."""
+    if not config.uses_critic():
+        return None
+    from rlvr.train.critic import Critics
+
+    critics = Critics.build(config, model_path, dist=group)
+    log(f"critic: {config.critic.num_critics} x {critics.num_parameters() / 1e6:.2f}M parameters, "
+        f"value loss {config.critic.value_loss}")
+    if config.algorithm.advantage_estimator == "asyppo" and config.critic.num_critics == 1:
+        log("note: critic.num_critics = 1, so AsyPPO's disagreement masks are disabled (they need "
+            "M >= 2 critics); this run is PPO with GAE")
+    return critics
 
 
 def _follow(group: DataParallel) -> None:
     """Ranks 1..N-1 of a learner group: the same learner as rank 0's (its config, model, critics, teacher;
     resumed from its checkpoint), then do what rank 0 says (:func:`rlvr.train.group.follow`)."""
     config, model_path = group.broadcast()
-    model, _, critics, teacher = _models(config, model_path, log=lambda *a: None, meta=config.trainer.dist.meta_init)
+    model, _, teacher = _models(config, model_path, log=lambda *a: None, meta=config.trainer.dist.meta_init)
+    critics = _critics(config, model_path, lambda *a: None, group)
     learner = Learner(model, config, critics, teacher=teacher, dist=group)  # rank 0's weights into the shards
     ckpt = group.broadcast()
     if ckpt is not None:  # this rank's shards of the checkpoint (or rank 0's resumed weights)
         resume_shards(learner, group, ckpt)
-    if ckpt is not None and critics is not None:
-        critics.load_pretrained(ckpt)
     follow(learner, group)
 
 
@@ -159,11 +163,13 @@ def _train(config: Config, run_dir: Path, resume, log, stop_after: int | None,
 
     # --- components
     model_path = resolve_model_path(config, task, config.logging.progress, log)  # status lines when not a tty
-    model, tokenizer, critics, teacher = _models(config, model_path, log)
+    model, tokenizer, teacher = _models(config, model_path, log)
     task_defaults.apply_token_budget(config, task, tokenizer, log)  # before anything reads max_new_tokens
     policy = model  # what the rollout engine samples from, checkpoints save and weight sync publishes
+    if group is not None:
+        group.broadcast((config, model_path))  # the other ranks build the same learner (_follow)
+    critics = _critics(config, model_path, log, group)
     if group is not None:  # the learner's model is sharded: the engine samples from an unsharded copy
-        group.broadcast((config, model_path))
         policy = copy.deepcopy(model)
         learner = GroupLearner(Learner(model, config, critics, teacher=teacher, dist=group), group, policy)
         log(f"learner: {group.world_size} rank(s), {group.engine} on {config.run.device} (rank 0 drives)")
@@ -214,9 +220,9 @@ def _train(config: Config, run_dir: Path, resume, log, stop_after: int | None,
         state = load_trainer_state(ckpt)
         learner.load_state_dict(state["learner"])
         if group is None and "optimizer" not in state["learner"]:  # a learner group's checkpoint, in one process
-            load_sharded(model, learner.optimizer, ckpt / SHARDS)
+            load_sharded(learner.sharded_parts(), ckpt / SHARDS)
         callbacks.load_state_dict(state.get("callbacks", {}))
-        if critics is not None:
+        if critics is not None and group is None:  # (a group's came back with its shards)
             critics.load_pretrained(ckpt)
         start = state["step"]
         source.load_state_dict(state["source"], start) if config.runtime.decoupled() else \
@@ -237,10 +243,10 @@ def _train(config: Config, run_dir: Path, resume, log, stop_after: int | None,
         log(task_defaults.start_report(before, len(eval_problems), model_path))
 
     def save_extra(folder: Path) -> None:  # beside the HF export: critics, a learner group's shards
-        if critics is not None:
+        if group is not None:  # every rank writes its shards; the critics' exports are gathered
+            learner.save_checkpoint(folder)
+        elif critics is not None:
             critics.save_pretrained(folder)
-        if group is not None:
-            learner.save_shards(folder / SHARDS)
 
     def checkpoint(step: int) -> None:
         save_checkpoint(run_dir, step, policy, tokenizer,
