@@ -533,6 +533,10 @@ class DistSection(_Section):
     launcher: Literal["torchrun", "ray"] = Field(
         "torchrun", description="what rlvr train --nproc N starts: torchrun (N processes on this machine), or ray "
         "(N Ray actors in one placement group, one CPU or GPU each, on this machine or runtime.ray_address)")
+    mixed_precision: Literal["auto", "none", "bf16"] = Field(
+        "auto", description="bf16: the sharded models compute in bf16 (parameters gathered in bf16, gradients "
+        "reduced in fp32, fp32 master weights and optimizer state; FSDP2's MixedPrecisionPolicy); none: fp32; "
+        "auto: bf16 on cuda, none on cpu")
     meta_init: bool = Field(True, description="ranks 1..N-1 build the model on the meta device (no memory, no "
                             "weights read) and receive rank 0's weights into their shards; false: every rank loads "
                             "model.path")

@@ -111,6 +111,7 @@ def main() -> None:
     for case in cases:
         group = DataParallel.init(case["engine"], timeout_s=120)
         group.engine = case["engine"]
+        group.mixed_precision = case.get("mixed_precision", "none")
         run_case(case, group)
         group.arrive(f"case {case['name']}")
     if group is not None:

@@ -35,6 +35,8 @@ CASES = {
     "lora_fsdp2": ("fsdp2", "configs/grpo_arithmetic_tiny.yaml",
                    GRPO + ["model.lora.enabled=true", "model.lora.r=4"]),
     "nan_fsdp2": ("fsdp2", "configs/grpo_arithmetic_tiny.yaml", GRPO),
+    # FSDP2's mixed precision (bf16 compute, fp32 reductions and master weights), as on a GPU
+    "bf16_fsdp2": ("fsdp2", "configs/grpo_arithmetic_tiny.yaml", GRPO),
     # rank 1 builds on the meta device but skips rebuilding the rotary buffers: the check must catch it
     "unbuilt_rotary_fsdp2": ("fsdp2", "configs/grpo_arithmetic_tiny.yaml", GRPO),
     # a real architecture: the Qwen3-shaped stand-in (byte-level BPE, ChatML template, untied head, q/k norms)
@@ -115,6 +117,7 @@ def group_run(tmp_path_factory):
         cases.append({"name": name, "engine": engine, "config": config, "overrides": overrides, "model": model_path,
                       "experiences": exp_file, "out": str(tmp / f"{name}.pt"),
                       "meta_init": name not in EAGER, "skip_rebuild": name.startswith("unbuilt"),
+                      "mixed_precision": "bf16" if name.startswith("bf16") else "none",
                       **({"nan_on_rank": 1, "nan_step": 0} if name.startswith("nan") else {})})
     (tmp / "cases.json").write_text(json.dumps(cases))
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "src")}
@@ -263,3 +266,21 @@ def test_an_uninitialised_rotary_buffer_is_caught(group_run):
     the buffers. In every other case rank 1 built on meta too, rebuilt them, and matched one process."""
     err = group_run["unbuilt_rotary_fsdp2"][2]["error"]
     assert "learner rank 1" in err and "model.rotary_emb.inv_freq" in err and "trainer.dist.meta_init=false" in err
+
+
+@pytest.mark.slow
+def test_mixed_precision_trains_fp32_master_weights_along_the_fp32_update(group_run):
+    """bf16 compute (FSDP2's MixedPrecisionPolicy, as on a GPU) keeps fp32 master weights and moves them the way
+    fp32 training does: AdamW moves every weight by about the learning rate, so the test is the direction of the
+    whole update (cosine with the fp32 update), not its largest element."""
+    model_path, experiences, out = group_run["bf16_fsdp2"]
+    start = _single_process("bf16_fsdp2", model_path, [])[0]
+    fp32 = _single_process("bf16_fsdp2", model_path, experiences)[-1]
+    bf16 = out["states"][-1]
+    assert all(v.dtype == torch.float32 for v in bf16.values())  # master weights stay fp32
+    d16 = torch.cat([(bf16[k] - start[k]).flatten() for k in start])
+    d32 = torch.cat([(fp32[k] - start[k]).flatten() for k in start])
+    cos = float(torch.nn.functional.cosine_similarity(d16, d32, dim=0))
+    print(f"bf16 vs fp32 update after {STEPS} updates: cosine {cos:.4f}, norms {d16.norm():.4f} / {d32.norm():.4f}")
+    assert 0.9 < cos < 1 - 1e-6 and abs(float(d16.norm() / d32.norm()) - 1) < 0.1  # (< 1 - 1e-6: bf16 did compute)
+    assert out["skipped_steps"] == [0, 0]

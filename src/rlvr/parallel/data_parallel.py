@@ -64,13 +64,15 @@ class DataParallel:
     world_size: int
     timeout_s: float = 600.0
     device: str = "cpu"
+    mixed_precision: str = "none"  # bf16: FSDP2 MixedPrecisionPolicy(param_dtype=bf16, reduce_dtype=fp32)
     collective_seconds: float = field(default=0.0, repr=False)  # seconds in the collectives below, in all
 
     @classmethod
-    def init(cls, engine: str, timeout_s: float = 600.0, device: str = "cpu") -> DataParallel:
+    def init(cls, engine: str, timeout_s: float = 600.0, device: str = "cpu",
+             mixed_precision: str = "none") -> DataParallel:
         """Join (or form) the default process group from the launcher's environment (``RANK``, ``WORLD_SIZE``,
         ``MASTER_ADDR``, ``MASTER_PORT``: torchrun, or a Ray learner group); a lone process without a launcher
-        forms a group of one."""
+        forms a group of one. ``mixed_precision``: none, bf16, or auto (bf16 on cuda)."""
         if engine not in MESHES:
             raise ValueError(f"trainer.dist.engine must be one of {', '.join(MESHES)} here, not {engine!r}")
         if not dist.is_initialized():
@@ -82,7 +84,9 @@ class DataParallel:
             local = int(os.environ.get("LOCAL_RANK", "0"))
             device = f"cuda:{local}"
             torch.cuda.set_device(local)
-        return cls(engine, dist.get_rank(), dist.get_world_size(), timeout_s, device)
+        if mixed_precision == "auto":
+            mixed_precision = "bf16" if device.startswith("cuda") else "none"
+        return cls(engine, dist.get_rank(), dist.get_world_size(), timeout_s, device, mixed_precision)
 
     @property
     def driver(self) -> bool:
@@ -98,6 +102,8 @@ class DataParallel:
 
         shape, names = MESHES[self.engine](self.world_size)
         mesh = init_device_mesh(self.device.split(":")[0], shape, mesh_dim_names=names)
+        if mp_policy is None and self.mixed_precision == "bf16":  # bf16 compute, fp32 reductions and master weights
+            mp_policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
         kwargs = {"mesh": mesh, "mp_policy": mp_policy or MixedPrecisionPolicy()}
         for block in decoder_blocks(model):
             fully_shard(block, **kwargs)

@@ -103,6 +103,8 @@ class Learner:
             dist.shard(model)  # rank 0's weights into every rank's shards (the others may have built on meta)
             if self.ref_model is not None and self.ref_model is not model:  # the frozen reference, sharded alike
                 dist.shard(self.ref_model)
+            if teacher is not None:  # a distillation teacher too (every rank runs its forward on every row)
+                dist.shard(teacher)
         self.optimizer, self.scheduler = make_optimizer(
             model, t.lr, t.weight_decay, t.betas, t.warmup_steps, schedule=t.lr_schedule,
             total_steps=t.steps * t.ppo_epochs * t.num_minibatches, min_lr_ratio=t.min_lr_ratio,

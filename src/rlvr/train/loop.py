@@ -94,7 +94,8 @@ def train(config: Config | None = None, resume: str | Path | None = None, log=pr
     require_extras(config)  # a missing extra (tracker, peft, vllm) fails here, before anything is built
     group = None
     if config.trainer.dist.engine != "none":  # a learner group (rlvr.parallel): rank 0 drives, the others follow
-        group = DataParallel.init(config.trainer.dist.engine, config.trainer.dist.timeout_s, config.run.device)
+        d = config.trainer.dist
+        group = DataParallel.init(d.engine, d.timeout_s, config.run.device, d.mixed_precision)
     seed_everything(config.run.seed)
     try:
         with deterministic_algorithms(config.run.deterministic):  # + batch-invariant sampling (SamplingParams)
