@@ -5,8 +5,9 @@
 
 Runs, each in this process, one after the other, with the peak memory reset between them:
 1. the default recipe (configs/grpo_arithmetic_tiny.yaml) on the device, one learner process;
-2. a ~100M-parameter Qwen3-shaped stand-in (random weights, a 32k byte-level BPE vocabulary, a chat template) in
-   bf16, as an FSDP2 learner group of one (trainer.dist.engine=fsdp2), full fine-tuning;
+2. a ~100M-parameter Qwen3-shaped stand-in (random weights, a 32k byte-level BPE vocabulary, a chat template) as
+   an FSDP2 learner group of one (trainer.dist.engine=fsdp2) with bf16 mixed precision (bf16 compute, fp32
+   reductions, fp32 master weights and AdamW state: trainer.dist.mixed_precision=bf16), full fine-tuning;
 3. the same with LoRA (r 16 on the attention and MLP projections);
 4. run 1 with the vLLM engine, if vLLM imports there.
 For each: seconds per step, generated tokens/s, trained tokens/s, peak device memory, and the update's MFU
@@ -121,7 +122,7 @@ def main() -> None:
     steps = 3 if small else 12
     base = [f"trainer.steps={steps}", f"logging.checkpoint_every={steps}", "logging.num_samples=4",
             "logging.samples_every=1"]
-    stand_in = [*base, f"model.path={qwen}", "model.dtype=bfloat16", "rollout.max_new_tokens=32",
+    stand_in = [*base, f"model.path={qwen}", "trainer.dist.mixed_precision=bf16", "rollout.max_new_tokens=32",
                 "rollout.prompts_per_step=8" if small else "rollout.prompts_per_step=64", "rollout.group_size=8",
                 "trainer.micro_batch_size=64", "reward.weights={correct: 1.0, format: 1.0}", "trainer.lr=1e-5",
                 "trainer.skip_zero_advantage=never"]  # a random model earns no reward: train every row anyway
