@@ -17,6 +17,8 @@ first appears), in one scratch folder that links the repository's ``configs/``, 
   ``--dry-run``: it takes an hour; commands that would run a whole study differ only in how, so
   they are validated once per study and backend).
 * ``rlvr sandbox bench``: run with at most :data:`BENCH_PROGRAMS` programs.
+* ``rlvr sandbox check``: run with ``--only`` :data:`CHECK_ATTACKS` (the command, its table and its exit status);
+  tests/sandbox/test_hostile.py runs every attack of the suite, one test each.
 * other ``rlvr`` subcommands (``kl-table``, ``export``, ...): run as they are.
 * ``make run`` / ``make test``: parsed, not run: ``make run`` is turned into the ``rlvr train``
   command of the Makefile's ``run:`` recipe (its CONFIG and the command's ARGS) and run small;
@@ -59,6 +61,9 @@ FORCED = ["trainer.steps=2", "sft.steps=10"]
 SMALL = ["sft.batch_size=16", "sft.warmup_steps=2", "trainer.warmup_steps=0", "rollout.prompts_per_step=4", "rollout.group_size=4",
          "trainer.num_minibatches=1", "eval.num_problems=4", "eval.samples_per_problem=2",
          "logging.progress=false", "logging.plots=false", "logging.checkpoint_every=1"]
+#: ``rlvr sandbox check`` runs these attacks (one of each family: resources, escapes, information);
+#: tests/sandbox/test_hostile.py runs all of them
+CHECK_ATTACKS = "R1,E1,I1"
 #: ``rlvr sandbox bench`` judges at most this many programs per slot count.
 BENCH_PROGRAMS = 10
 
@@ -307,6 +312,8 @@ def test_readme_command(workspace, page, command):
             workspace.run_cli(_small(argv, sub))
         elif argv[:2] == ["sandbox", "bench"]:
             workspace.run_cli(_bench_small(argv))
+        elif argv[:2] == ["sandbox", "check"] and "--only" not in argv:
+            workspace.run_cli([*argv, "--only", CHECK_ATTACKS])
         else:
             workspace.run_cli(argv)
     else:

@@ -4,16 +4,24 @@ embedding matches it; the default-size fixture the other tests use is unchanged.
 
 from __future__ import annotations
 
+import functools
+
 import pytest
 
 from rlvr.models.stand_in import build_bpe_tokenizer, build_stand_in, corpus_lines
+
+@functools.cache
+def _bpe(vocab_size: int):
+    """Built once per size for this module (the 32k one takes seconds); the tests only read it."""
+    return build_bpe_tokenizer(vocab_size)
+
 
 TEXT = "<|im_start|>user\nWhat is 123 + 4567?<|im_end|>\n<|im_start|>assistant\n4690<|im_end|>\n"
 
 
 @pytest.mark.parametrize("vocab_size", [100, 32768])
 def test_the_vocabulary_has_exactly_the_size_asked_for_and_round_trips(vocab_size):
-    tok = build_bpe_tokenizer(vocab_size)
+    tok = _bpe(vocab_size)
     assert len(tok) == vocab_size
     ids = tok(TEXT, add_special_tokens=False)["input_ids"]
     assert tok.decode(ids) == TEXT
@@ -24,7 +32,7 @@ def test_the_vocabulary_has_exactly_the_size_asked_for_and_round_trips(vocab_siz
 
 
 def test_a_large_vocabulary_merges_more_than_a_small_one():
-    small, large = build_bpe_tokenizer(100), build_bpe_tokenizer(32768)
+    small, large = _bpe(100), _bpe(32768)
     n_small = len(small("12+7*3-45=12+7=19;19*3=57;57-45=12", add_special_tokens=False)["input_ids"])
     n_large = len(large("12+7*3-45=12+7=19;19*3=57;57-45=12", add_special_tokens=False)["input_ids"])
     assert n_large < n_small  # "45", "57", "19" are single tokens only in the large vocabulary
