@@ -40,6 +40,8 @@ def prompt_seeds(seed: int, prompts: Sequence[str]) -> list[int]:
     seen: dict[str, int] = {}
     out = []
     for text in prompts:
+        if not isinstance(text, str):  # a prompt given as token ids (RolloutEngine.generate_ids)
+            text = "ids:" + ",".join(map(str, text))
         k = seen.get(text, 0)
         seen[text] = k + 1
         out.append((int(seed) * 1_000_003 + zlib.crc32(text.encode("utf-8")) * 7_919 + k * 104_729) % (2**62))
@@ -117,13 +119,37 @@ def check_loss_mask(loss_mask: torch.Tensor, completion_mask: torch.Tensor) -> N
 
 
 class RolloutEngine(Protocol):
-    """Anything that turns prompts into sampled completions with their log-probs."""
+    """Anything that turns prompts into sampled completions with their log-probs. ``generate_ids`` takes the
+    prompts as token ids, used as they are (no tokenization: a multi-turn episode's context is the ids the
+    engine sampled plus the environment's), with this call's stop conditions."""
 
     policy_version: int
 
     def generate(self, prompts: Sequence[str], params: SamplingParams) -> Rollout: ...
 
+    def generate_ids(self, prompt_ids: Sequence[Sequence[int]], params: SamplingParams,
+                     stops=None) -> Rollout: ...
+
     def update_weights(self, state_dict: dict[str, torch.Tensor], policy_version: int) -> None: ...
+
+
+def encode_prompts(tokenizer, prompts: Sequence) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(input_ids, attention_mask)`` ``[B, P]``, left-padded: text prompts through the tokenizer, prompts given
+    as token ids (lists) used exactly as they are."""
+    if all(isinstance(p, str) for p in prompts):
+        enc = tokenizer(list(prompts), return_tensors="pt", padding=True, padding_side="left")
+        return enc["input_ids"], enc["attention_mask"]
+    if any(isinstance(p, str) for p in prompts):
+        raise TypeError("prompts are all text or all token ids, not a mix")
+    width = max((len(p) for p in prompts), default=0)
+    if any(len(p) == 0 for p in prompts):
+        raise ValueError("a prompt of token ids is empty")
+    ids = torch.full((len(prompts), width), tokenizer.pad_token_id, dtype=torch.long)
+    mask = torch.zeros((len(prompts), width), dtype=torch.long)
+    for b, p in enumerate(prompts):
+        ids[b, width - len(p):] = torch.as_tensor(list(p), dtype=torch.long)
+        mask[b, width - len(p):] = 1
+    return ids, mask
 
 
 def kept_ids(scores: torch.Tensor) -> torch.Tensor:

@@ -9,7 +9,7 @@ from typing import Sequence
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, StoppingCriteria, StoppingCriteriaList
 
-from rlvr.rollout.base import Rollout, SamplingParams, kept_ids, pad_support, prompt_seeds
+from rlvr.rollout.base import Rollout, SamplingParams, encode_prompts, kept_ids, pad_support, prompt_seeds
 from rlvr.rollout.stops import StopConditions
 
 
@@ -74,10 +74,20 @@ class HFRolloutEngine:
         rollout.versions = torch.full((len(expanded),), start_version, dtype=torch.long)
         return rollout
 
-    def _generate(self, prompts: Sequence[str], params: SamplingParams) -> Rollout:
+    def generate_ids(self, prompt_ids: Sequence[Sequence[int]], params: SamplingParams,
+                     stops: StopConditions | None = None) -> Rollout:
+        """:meth:`generate` on prompts given as token ids (used as they are), ending at ``stops`` (default: the
+        engine's) for this call only."""
+        saved, self.stops = self.stops, stops if stops is not None else self.stops
+        try:
+            return self.generate([list(map(int, p)) for p in prompt_ids], params)
+        finally:
+            self.stops = saved
+
+    def _generate(self, prompts: Sequence, params: SamplingParams) -> Rollout:
         tok = self.tokenizer
-        enc = tok(list(prompts), return_tensors="pt", padding=True, padding_side="left")
-        enc = {k: v.to(self.model.device) for k, v in enc.items() if k in ("input_ids", "attention_mask")}
+        ids, mask = encode_prompts(tok, prompts)
+        enc = {"input_ids": ids.to(self.model.device), "attention_mask": mask.to(self.model.device)}
         greedy = params.temperature <= 0
         was_training = self.model.training
         self.model.eval()

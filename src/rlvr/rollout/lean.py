@@ -46,7 +46,7 @@ from typing import Sequence
 
 import torch
 
-from rlvr.rollout.base import Rollout, SamplingParams, kept_ids, prompt_seeds
+from rlvr.rollout.base import Rollout, SamplingParams, encode_prompts, kept_ids, prompt_seeds
 from rlvr.rollout.hf import _concat
 from rlvr.rollout.stops import StopConditions
 
@@ -310,6 +310,16 @@ class LeanRolloutEngine:
         rollout.versions = torch.full((len(prompts) * n,), start_version, dtype=torch.long)
         return rollout
 
+    def generate_ids(self, prompt_ids: Sequence[Sequence[int]], params: SamplingParams,
+                     stops: StopConditions | None = None) -> Rollout:
+        """:meth:`generate` on prompts given as token ids (used as they are), ending at ``stops`` (default: the
+        engine's) for this call only."""
+        saved, self.stops = self.stops, stops if stops is not None else self.stops
+        try:
+            return self.generate([list(map(int, p)) for p in prompt_ids], params)
+        finally:
+            self.stops = saved
+
     def _hf_fallback(self, module, prompts, params, generator) -> Rollout:
         from rlvr.rollout.hf import HFRolloutEngine, seeded_generation
 
@@ -322,9 +332,8 @@ class LeanRolloutEngine:
     def _generate(self, parts: _Parts, prompts: Sequence[str], params: SamplingParams,
                   generator: torch.Generator | None, module) -> Rollout:
         tok = self.tokenizer
-        enc = tok(list(prompts), return_tensors="pt", padding=True, padding_side="left")
         device = parts.embed.weight.device
-        ids, pmask = enc["input_ids"].to(device), enc["attention_mask"].to(device)
+        ids, pmask = (t.to(device) for t in encode_prompts(tok, prompts))
         G, N = params.n, params.max_new_tokens
         B0, P = ids.shape
         B, L = B0 * G, P + N

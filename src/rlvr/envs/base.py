@@ -1,0 +1,72 @@
+"""The environment protocol of a multi-turn episode (``../shared/design/agentic.md``, "Recommendation").
+
+An environment is text in, text out; rlvr, not the environment, assembles the token ids:
+
+* ``reset(problem, seed) -> str``: the first prompt text of an episode (a group's G episodes reset with the
+  same seed, so they face the same environment);
+* ``step(action) -> EnvStep``: the text the policy wrote this turn (its sampled tokens decoded, the turn's stop
+  string included, special tokens such as EOS left out) gives the environment's observation, this turn's
+  reward and whether the episode is over. The observation is appended after the action and is not trained on
+  (it is outside the loss mask); the observation of the last turn is never appended;
+* ``stop``: the strings that end the policy's turn besides the model's own stop tokens, read before every turn
+  (an environment may change them as the episode goes on);
+* ``close()``: release what the environment holds.
+
+An episode ends when ``step`` says done, after ``max_turns`` turns, or when its tokens (the policy's and the
+observations') reach the episode's token budget (:mod:`rlvr.rollout.episodes`). Turn rewards sum to the
+episode's reward.
+
+Environments are named in a registry (as :mod:`rlvr.algorithms.kl` names its estimators):
+:func:`register_env` adds one, :func:`make_env` builds one by name with its options.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
+
+
+@dataclass
+class EnvStep:
+    """What the environment answers to one action."""
+
+    observation: str = ""  # text appended after the action (not trained on); ignored when the episode ends
+    reward: float = 0.0  # this turn's reward; an episode's reward is the sum over its turns
+    done: bool = False  # the episode is over
+    info: dict = field(default_factory=dict)  # anything to log (not used by training)
+
+
+@runtime_checkable
+class Environment(Protocol):
+    """A multi-turn environment (see the module docstring)."""
+
+    stop: tuple[str, ...]
+
+    def reset(self, problem, seed: int) -> str: ...
+
+    def step(self, action: str) -> EnvStep: ...
+
+    def close(self) -> None: ...
+
+
+#: environment name -> class (or factory) taking the environment's options as keyword arguments
+ENVIRONMENTS: dict[str, type] = {}
+
+
+def register_env(name: str):
+    """Class decorator: make an environment buildable by name (:func:`make_env`)."""
+
+    def wrap(cls):
+        if name in ENVIRONMENTS:
+            raise ValueError(f"environment {name!r} is already registered")
+        ENVIRONMENTS[name] = cls
+        return cls
+
+    return wrap
+
+
+def make_env(name: str, **options) -> Environment:
+    """A new environment ``name`` built with ``options``; an unknown name is an error naming the known ones."""
+    if name not in ENVIRONMENTS:
+        raise ValueError(f"unknown environment {name!r}; registered: {', '.join(sorted(ENVIRONMENTS))}")
+    return ENVIRONMENTS[name](**options)

@@ -1,0 +1,158 @@
+"""Multi-turn episodes (rlvr.rollout.episodes): exact ids and masks with a scripted engine and environment, the
+limits, no re-tokenization with a BPE tokenizer that merges digits, and one forward over an episode's ids that
+reproduces the lean and HF engines' log-probs on the loss mask."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from rlvr.envs.base import EnvStep
+from rlvr.models.load import load_model_and_tokenizer
+from rlvr.models.logprobs import completion_logits, token_logprobs
+from rlvr.models.tiny import save_tiny
+from rlvr.rollout.base import Rollout, SamplingParams
+from rlvr.rollout.episodes import EpisodeLimits, run_episodes
+from rlvr.rollout.hf import HFRolloutEngine
+from rlvr.rollout.lean import LeanRolloutEngine
+from rlvr.rollout.stops import StopConditions
+
+
+class ScriptedEngine:
+    """Writes the next of ``turns`` (lists of token ids) for every row, log-prob -(id) / 100, applying the
+    call's stop conditions as an engine does (a stop token ends the turn and is kept)."""
+
+    def __init__(self, tokenizer, turns: list[list[int]]):
+        self.tokenizer, self.turns, self.calls = tokenizer, turns, []
+        self.policy_version = 7
+        self.stops = StopConditions.for_model(None, tokenizer)
+
+    def generate_ids(self, prompt_ids, params, stops=None):
+        self.calls.append(([list(p) for p in prompt_ids], params.max_new_tokens, stops))
+        script = self.turns[len(self.calls) - 1][: params.max_new_tokens]
+        B = len(prompt_ids)
+        ids = torch.tensor([script] * B)
+        logp = -ids.float() / 100
+        comp, mask, logp, finish, texts = (stops or self.stops).finalize(ids, logp, self.tokenizer)
+        return Rollout(prompt_ids=torch.zeros(B, 1, dtype=torch.long), prompt_mask=torch.ones(B, 1, dtype=torch.long),
+                       completion_ids=comp, completion_mask=mask, rollout_logp=logp, finish_reason=finish,
+                       prompt_index=torch.arange(B), texts=texts, policy_version=self.policy_version)
+
+
+class ScriptedEnv:
+    """Observation ``o{k};`` after turn k, done after ``done_after`` turns (never, if None), reward k on turn k;
+    turn 1 ends at ``=``, later turns at ``later_stop`` (besides the model's own stop tokens)."""
+
+    def __init__(self, done_after: int | None = 2, later_stop=()):
+        self.stop, self.later_stop, self.done_after, self.actions = ("=",), later_stop, done_after, []
+
+    def reset(self, problem, seed):
+        return problem
+
+    def step(self, action):
+        self.actions.append(action)
+        self.stop = self.later_stop
+        k = len(self.actions)
+        return EnvStep(observation=f"o{k};", reward=float(k), done=self.done_after is not None and k >= self.done_after)
+
+    def close(self):
+        pass
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    return load_model_and_tokenizer(save_tiny(tmp_path_factory.mktemp("ep") / "tiny", seed=1))
+
+
+def _ids(tok, text):
+    return tok(text, add_special_tokens=False)["input_ids"]
+
+
+def test_the_completion_is_actions_and_observations_with_exact_masks(tiny):
+    _, tok = tiny
+    a1, a2 = _ids(tok, "12+7="), _ids(tok, "19-3=16") + [tok.eos_token_id]
+    engine = ScriptedEngine(tok, [a1 + _ids(tok, "99"), a2])  # turn 1 must stop at the environment's "="
+    env = ScriptedEnv(done_after=2)
+    r = run_episodes(engine, tok, [env], ["12+7-3="], [0], SamplingParams(max_new_tokens=16), EpisodeLimits(4, 64))
+    o1 = _ids(tok, "o1;")
+    n = len(a1) + len(o1) + len(a2)
+    assert r.completion_ids[0, :n].tolist() == a1 + o1 + a2  # the observation of the last turn is not appended
+    assert r.completion_mask[0].tolist() == [1] * n
+    assert r.loss_mask[0].tolist() == [1] * len(a1) + [0] * len(o1) + [1] * len(a2)
+    assert (r.rollout_logp[0][r.loss_mask[0] == 0] == 0).all()
+    assert torch.equal(r.rollout_logp[0][r.loss_mask[0] == 1], -torch.tensor(a1 + a2).float() / 100)
+    assert tok.bos_token_id not in r.completion_ids[0, len(a1):len(a1) + len(o1)].tolist()  # no BOS inside
+    assert env.actions == ["12+7=", "19-3=16"]  # the stop string included, EOS left out
+    assert r.finish_reason == ["stop"] and r.extras["turn_rewards"] == [[1.0, 2.0]]
+    assert r.extras["turn_spans"] == [[(0, len(a1)), (len(a1) + len(o1), n)]]
+    assert r.extras["observation_tokens"] == [len(o1)] and r.num_generated_tokens == len(a1) + len(a2)
+    # turn 2's context is the prompt, then exactly the ids of turn 1 and the observation
+    assert engine.calls[1][0][0] == tok("12+7-3=")["input_ids"] + a1 + o1
+    assert tok.convert_tokens_to_ids("=") in engine.calls[0][2].token_ids  # one-token stop string: a stop id
+
+
+def test_limits_max_turns_and_the_token_budget(tiny):
+    _, tok = tiny
+    a = _ids(tok, "1=")
+    r = run_episodes(ScriptedEngine(tok, [a] * 3), tok, [ScriptedEnv(done_after=None, later_stop=("=",))], ["p"], [0],
+                     SamplingParams(max_new_tokens=8), EpisodeLimits(max_turns=3, max_total_tokens=64))
+    assert r.finish_reason == ["max_turns"] and r.extras["turns"] == [3]
+    assert r.loss_mask[0].sum() == 3 * len(a)
+    for budget in range(1, 12):  # the budget is never passed, whatever it is
+        env = ScriptedEnv(done_after=None, later_stop=("=",))
+        r = run_episodes(ScriptedEngine(tok, [a] * 10), tok, [env], ["p"], [0], SamplingParams(max_new_tokens=8),
+                         EpisodeLimits(max_turns=10, max_total_tokens=budget))
+        assert int(r.completion_mask.sum()) <= budget and r.finish_reason == ["length"], budget
+    # a turn that reaches its token cap without a stop ends the episode (length)
+    r = run_episodes(ScriptedEngine(tok, [_ids(tok, "123456")]), tok, [ScriptedEnv()], ["p"], [0],
+                     SamplingParams(max_new_tokens=4), EpisodeLimits(4, 64))
+    assert r.finish_reason == ["length"] and r.extras["turns"] == [1] and r.loss_mask is r.completion_mask
+
+
+def test_sampled_ids_are_never_re_tokenized(stand_in):
+    """A byte-level BPE (the Qwen3 stand-in's) merges "12" into one token; a policy that sampled "1" then "2"
+    keeps those two ids, where decoding and encoding again would give one."""
+    _, tok = load_model_and_tokenizer(stand_in("qwen3_instruct"))
+    one, two = _ids(tok, "1"), _ids(tok, "2")
+    assert len(_ids(tok, "12")) == 1 and one + two != _ids(tok, "12")
+    eq = _ids(tok, "=")
+    engine = ScriptedEngine(tok, [one + two + eq, one + two + [tok.eos_token_id]])
+    r = run_episodes(engine, tok, [ScriptedEnv(done_after=2)], ["What is 12?"], [0], SamplingParams(max_new_tokens=8),
+                     EpisodeLimits(4, 64))
+    obs = _ids(tok, "o1;")
+    assert r.completion_ids[0, : 3 + len(obs) + 3].tolist() == one + two + eq + obs + one + two + [tok.eos_token_id]
+    assert engine.calls[1][0][0][-(3 + len(obs)):] == one + two + eq + obs  # the next turn saw the same ids
+
+
+class EveryTokenEnv:
+    """Ends every turn after one token (every printable character is a stop string), answers ``"ab;"``."""
+
+    def __init__(self, turns: int):
+        self.stop = tuple(chr(c) for c in range(32, 127))
+        self.turns, self.k = turns, 0
+
+    def reset(self, problem, seed):
+        return problem
+
+    def step(self, action):
+        self.k += 1
+        return EnvStep(observation="ab;", reward=1.0, done=self.k >= self.turns)
+
+    def close(self):
+        pass
+
+
+@pytest.mark.parametrize("engine_cls", [LeanRolloutEngine, HFRolloutEngine])
+def test_one_forward_over_the_episode_reproduces_the_engine_log_probs(tiny, engine_cls):
+    model, tok = tiny
+    engine = engine_cls(model, tok)
+    envs = [EveryTokenEnv(turns=3 + b) for b in range(4)]
+    r = run_episodes(engine, tok, envs, ["12+7=", "3-4=", "5*6=", "hello="], [0] * 4,
+                     SamplingParams(temperature=1.0, max_new_tokens=4, seed=5), EpisodeLimits(6, 40))
+    assert r.loss_mask is not None and (r.loss_mask.sum(-1) >= 1).all()
+    assert any(o > 0 for o in r.extras["observation_tokens"])
+    with torch.no_grad():
+        logits = completion_logits(model, r.prompt_ids, r.prompt_mask, r.completion_ids, r.completion_mask)
+    logp = token_logprobs(logits.float(), r.completion_ids)
+    m = r.loss_mask.bool()
+    assert torch.allclose(logp[m], r.rollout_logp[m], atol=1e-4), (logp[m] - r.rollout_logp[m]).abs().max()
