@@ -43,6 +43,7 @@ ACCEPTED: dict[tuple[str, str], str] = {
     ("critic.model_path", "unknown"): "'actor', a hub id or a local folder; checked when the critic loads",
     ("critic.model_path", "path"): "a local checkpoint folder is a path by design",
     ("distill.teacher", "empty"): "empty means no distillation (the default)",
+    ("env.name", "empty"): "empty means single-turn, no environment (the default)",
     ("distill.teacher", "unknown"): "a hub id or a local folder; only loading the teacher can tell",
     ("distill.teacher", "path"): "a local checkpoint folder is a path by design",
     ("task.name", "unknown"): "tasks may be registered (register_task) after the config is loaded; "

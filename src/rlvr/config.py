@@ -860,6 +860,38 @@ class DistillSection(_Section):
                                                               "runs on run.device, beside the learner)")
 
 
+class EnvSection(_Section):
+    """Multi-turn episodes (``rlvr.envs``, ``rlvr.rollout.episodes``): each row of a batch is an episode in which
+    the policy and an environment take turns; the policy is trained on its own tokens only."""
+
+    name: str = Field("", description="a registered environment (e.g. chain_oracle); empty: single-turn")
+    options: dict[str, FreeValue] = Field(default_factory=dict, description="the environment's options")
+    max_turns: int = Field(4, ge=1, description="policy turns per episode at most")
+    max_total_tokens: int | None = Field(None, ge=1, description="an episode's completion (the policy's tokens "
+                                         "and the observations') at most; null: max_turns x "
+                                         "rollout.max_new_tokens (which caps each turn)")
+    verifier: bool = Field(False, description="add the task's verifier reward on the whole transcript to the "
+                           "sum of the turn rewards (otherwise the verifier's components are only logged)")
+
+    @model_validator(mode="after")
+    def _known_env(self) -> "EnvSection":
+        if not self.name:
+            if self.options:
+                raise ValueError("env.options given without env.name; name the environment or drop the options")
+            return self
+        from rlvr.envs import ENVIRONMENTS
+
+        if self.name not in ENVIRONMENTS:
+            raise ValueError(f"env.name = {self.name!r} is not a registered environment; registered: "
+                             f"{', '.join(sorted(ENVIRONMENTS))}")
+        _check_params("env.options", self.options, ENVIRONMENTS[self.name], self.name, skip=("task",),
+                      what="an option of environment")
+        return self
+
+    def token_budget(self, max_new_tokens: int) -> int:
+        return self.max_total_tokens if self.max_total_tokens is not None else self.max_turns * max_new_tokens
+
+
 class Config(_Section):
     run: RunSection = Field(default_factory=RunSection)
     model: ModelSection = Field(default_factory=ModelSection)
@@ -877,6 +909,7 @@ class Config(_Section):
     replay: ReplaySection = Field(default_factory=ReplaySection)
     plasticity: "PlasticitySection" = Field(default_factory=lambda: PlasticitySection())
     distill: DistillSection = Field(default_factory=DistillSection)
+    env: EnvSection = Field(default_factory=EnvSection)
 
     @model_validator(mode="before")
     @classmethod
@@ -931,10 +964,24 @@ class Config(_Section):
         _check_replay(self)
         self._check_second_wave()
         self._check_dist()
+        self._check_env()
         if self.critic.num_critics > 1 and self.algorithm.advantage_estimator != "asyppo":
             raise ValueError(f"critic.num_critics = {self.critic.num_critics} needs "
                              "algorithm.advantage_estimator=asyppo (gae uses one critic); set one of them")
         return self
+
+    def _check_env(self) -> None:
+        """What multi-turn episodes (env.name) do not run with yet."""
+        if not self.env.name:
+            return
+        blocked = {"rollout.engine=vllm (its ids-in entry point is not built yet; use lean or hf)":
+                   self.rollout.engine == "vllm",
+                   "rollout.aggregation_ratio > 0 (aggregation prompts are single-turn)": self.rollout.aggregation_ratio > 0,
+                   "rollout.greedy_baseline (ReMax's baseline is a single-turn completion)": self.rollout.greedy_baseline,
+                   "runtime.partial_rollouts (weights change between turns)": self.runtime.partial_rollouts}
+        for what, on in blocked.items():
+            if on:
+                raise ValueError(f"env.name={self.env.name}: {what} is not supported with environments yet")
 
     def _check_dist(self) -> None:
         """What a learner group (trainer.dist) does not run yet: each of these changes the learner on rank 0 only."""

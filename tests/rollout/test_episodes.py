@@ -156,3 +156,58 @@ def test_one_forward_over_the_episode_reproduces_the_engine_log_probs(tiny, engi
     logp = token_logprobs(logits.float(), r.completion_ids)
     m = r.loss_mask.bool()
     assert torch.allclose(logp[m], r.rollout_logp[m], atol=1e-4), (logp[m] - r.rollout_logp[m]).abs().max()
+
+
+class AnswerEnv:
+    """One turn, no observation: the task's verifier is the reward (a single-turn task as an environment)."""
+
+    def __init__(self, task):
+        self.task, self.stop = task, ()
+
+    def reset(self, problem, seed):
+        self.problem = problem
+        return problem.prompt
+
+    def step(self, action):
+        return EnvStep(reward=self.task.score(self.problem, action)["reward"], done=True)
+
+    def close(self):
+        pass
+
+
+@pytest.mark.parametrize("engine_cls", [LeanRolloutEngine, HFRolloutEngine])
+def test_one_turn_without_observations_is_the_single_turn_rollout_bit_for_bit(tiny, engine_cls):
+    import copy
+
+    from rlvr.config import load_config
+    from rlvr.experience.batch import Experience
+    from rlvr.tasks import make_task
+    from rlvr.train.learner import Learner
+
+    model, tok = tiny
+    task = make_task("arithmetic", num_train=50, num_eval=10)
+    problems = task.problems("train")[:3]
+    params = SamplingParams(temperature=1.0, max_new_tokens=6, n=4, seed=11)
+    single = engine_cls(model, tok).generate([p.prompt for p in problems], params)
+    rows = [p for p in problems for _ in range(4)]
+    multi = run_episodes(engine_cls(model, tok), tok, [AnswerEnv(task) for _ in rows], rows, [0] * len(rows), params,
+                         EpisodeLimits(max_turns=1, max_total_tokens=6), group_size=4)
+    for name in ("prompt_ids", "prompt_mask", "completion_ids", "completion_mask", "rollout_logp", "versions"):
+        assert torch.equal(getattr(single, name), getattr(multi, name)), name
+    assert multi.loss_mask is multi.completion_mask
+    assert single.texts == multi.texts and single.finish_reason == multi.finish_reason
+    rewards = torch.tensor([sum(r) for r in multi.extras["turn_rewards"]])
+    assert torch.equal(rewards, torch.tensor([task.score(p, t)["reward"] for p, t in zip(rows, single.texts)]))
+    # and the learner's step on either is the same step (rewards with a spread in every group, so it moves)
+    cfg = load_config("configs/grpo_arithmetic_tiny.yaml", ["trainer.micro_batch_size=4", "trainer.num_minibatches=1"])
+    rewards = torch.tensor([1.0, 0.0, 0.5, 0.0] * 3)
+    states = []
+    for r in (single, multi):
+        m = copy.deepcopy(model)
+        r.prompt_index = torch.arange(3).repeat_interleave(4)
+        exp = Experience(rollout=r, rewards=rewards, reward_components={"reward": rewards, "correct": rewards},
+                         group=r.prompt_index.clone(), problems=rows)
+        Learner(m, cfg).update(exp, 0)
+        states.append(m.state_dict())
+    assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])
+    assert any(not torch.equal(states[0][k], v) for k, v in model.state_dict().items())

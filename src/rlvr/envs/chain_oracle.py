@@ -27,10 +27,10 @@ _FIRST_STEP = re.compile(r"^([0-9]+)([+*-])([0-9]+)=$")
 class ChainOracle:
     """The environment of one ``arithmetic_chain`` problem (see the module docstring)."""
 
-    def __init__(self, task=None, **task_options):
+    def __init__(self, task=None):
         from rlvr.tasks import make_task
 
-        self.task = task if task is not None else make_task("arithmetic_chain", **task_options)
+        self.task = task if task is not None else make_task("arithmetic_chain")  # a run passes its own task
         self.stop: tuple[str, ...] = ("=",)
         self.problem = None
         self.transcript = ""

@@ -4,28 +4,43 @@ from __future__ import annotations
 
 import os
 
+import torch
+
 from rlvr.rollout.base import SamplingParams
 from rlvr.tasks.base import score
 
 
 def evaluate(engine, task, problems: list, temperature: float, top_p: float, max_new_tokens: int,
-             samples_per_problem: int, seed: int = 1234) -> dict[str, float]:
+             samples_per_problem: int, seed: int = 1234, episodes=None) -> dict[str, float]:
     """Greedy exact-match accuracy and mean reward of sampled completions on ``problems``, plus the
     greedy and sampled mean of every other reward component (``greedy_<name>``, ``sampled_<name>``).
 
     Sampling uses its own seeded RNG stream (the training RNG is left untouched), so the number
-    is reproducible and comparable before and after training.
+    is reproducible and comparable before and after training. ``episodes``
+    (:class:`rlvr.rollout.episodes.Episodes`): each completion is a multi-turn episode with its environment
+    (``max_new_tokens`` per turn); the task's verifier reads the whole transcript, and the episodes' summed
+    turn rewards are ``greedy_env_reward`` / ``sampled_env_reward`` (with ``sampled_turns``).
     """
     from rlvr.rollout.hf import seeded_generation
 
     prompts = [p.prompt for p in problems]
+    greedy_params = SamplingParams(temperature=0, max_new_tokens=max_new_tokens, n=1)
+    sampled_params = SamplingParams(temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens,
+                                    n=samples_per_problem)
     with seeded_generation(seed):
-        greedy = engine.generate(prompts, SamplingParams(temperature=0, max_new_tokens=max_new_tokens, n=1))
-        sampled = engine.generate(prompts, SamplingParams(temperature=temperature, top_p=top_p,
-                                                          max_new_tokens=max_new_tokens, n=samples_per_problem))
+        if episodes is None:
+            greedy = engine.generate(prompts, greedy_params)
+            sampled = engine.generate(prompts, sampled_params)
+        else:
+            greedy = episodes.rollout(engine, task, problems, greedy_params)
+            sampled = episodes.rollout(engine, task, problems, sampled_params)
     g = score(task, problems, greedy.texts)
     rows = [problems[i] for i in sampled.prompt_index.tolist()]
     s = score(task, rows, sampled.texts)
+    if episodes is not None:
+        for out_, r in ((g, greedy), (s, sampled)):
+            out_["env_reward"] = torch.tensor([sum(x) for x in r.extras["turn_rewards"]], dtype=torch.float32)
+            out_["turns"] = torch.tensor(r.extras["turns"], dtype=torch.float32)
     out = {
         "greedy_accuracy": float(g["correct"].mean()),
         "sampled_reward": float(s["reward"].mean()),

@@ -89,6 +89,11 @@ def overlong_penalty(lengths: torch.Tensor, max_len: int, buffer_len: int, facto
     return torch.clamp(-(lengths.float() - expected) / buffer_len, max=0.0) * factor
 
 
+def _per_row(value, rollout) -> bool:
+    """Whether a rollout's extra is a per-row list (a multi-turn episode's turn rewards, spans, transcript)."""
+    return isinstance(value, list) and len(value) == len(rollout.finish_reason)
+
+
 def select_rows(exp: Experience, idx: torch.Tensor) -> Experience:
     """The rows ``idx`` of an experience batch (all per-row fields sliced alike)."""
     r = exp.rollout
@@ -101,7 +106,8 @@ def select_rows(exp: Experience, idx: torch.Tensor) -> Experience:
         num_generated_tokens=int(r.completion_mask[idx].sum()), versions=r.versions[idx],
         loss_mask=None if r.loss_mask is r.completion_mask else r.loss_mask[idx],
         support_ids=None if r.support_ids is None else r.support_ids[idx],
-        token_versions=None if r.token_versions is None else r.token_versions[idx])
+        token_versions=None if r.token_versions is None else r.token_versions[idx],
+        extras={k: ([v[i] for i in il] if _per_row(v, r) else v) for k, v in r.extras.items()})
     extras = {k: (v[idx] if isinstance(v, torch.Tensor) and v.shape[:1] == exp.rewards.shape else v)
               for k, v in exp.extras.items()}
     return Experience(rollout=rollout, rewards=exp.rewards[idx],
@@ -146,7 +152,9 @@ def concat_experience(parts: list[Experience], pad_id: int) -> Experience:
                    else _pad_cat([r.loss_mask for r in rs], 0, left=False)),
         support_ids=pad_support([r.support_ids for r in rs], [r.completion_ids.shape[1] for r in rs]),
         token_versions=(None if all(r.token_versions is None for r in rs)
-                        else _pad_cat([r.versions_per_token() for r in rs], -1, left=False)))
+                        else _pad_cat([r.versions_per_token() for r in rs], -1, left=False)),
+        extras={k: sum((r.extras[k] for r in rs), []) for k, v in rs[0].extras.items()
+                if all(_per_row(r.extras.get(k), r) for r in rs)})
     keys = parts[0].reward_components.keys()
     extras = {k: torch.cat([p.extras[k] for p in parts]) for k, v in parts[0].extras.items()
               if isinstance(v, torch.Tensor)}

@@ -283,8 +283,10 @@ class RolloutProducer:
     """Makes one :class:`Experience` of ``prompts_per_step`` groups per :meth:`produce` call."""
 
     def __init__(self, engine: RolloutEngine, task, params: SamplingParams, prompts_per_step: int,
-                 plan=None, selection=None, transforms=(), augments=(), rewards: RewardPipeline | None = None):
+                 plan=None, selection=None, transforms=(), augments=(), rewards: RewardPipeline | None = None,
+                 episodes=None, env_verifier: bool = False):
         self.engine, self.task, self.params = engine, task, params
+        self.episodes, self.env_verifier = episodes, env_verifier  # multi-turn (the env config section)
         self.rewards = rewards or RewardPipeline()  # reward components beside the verifier (RMs, judges, ...)
         self.prompts_per_step = prompts_per_step
         self.plan = plan or PlainPlan()
@@ -298,10 +300,18 @@ class RolloutProducer:
 
     def generate_and_score(self, problems: list, seed: int | None) -> Experience:
         t0 = time.perf_counter()
-        rollout = self.engine.generate([p.prompt for p in problems], dataclasses.replace(self.params, seed=seed))
+        params = dataclasses.replace(self.params, seed=seed)
+        if self.episodes is not None:  # multi-turn: the policy and an environment take turns
+            rollout = self.episodes.rollout(self.engine, self.task, problems, params)
+        else:
+            rollout = self.engine.generate([p.prompt for p in problems], params)
         t1 = time.perf_counter()
         rows = [problems[i] for i in rollout.prompt_index.tolist()]
         components = score(self.task, rows, rollout.texts)
+        if self.episodes is not None:  # the episode's reward: its turn rewards summed (+ the verifier's)
+            env_reward = torch.tensor([sum(r) for r in rollout.extras["turn_rewards"]], dtype=torch.float32)
+            components["env_reward"] = env_reward
+            components["reward"] = env_reward + (components["reward"] if self.env_verifier else 0.0)
         extra, seconds = self.rewards(rows, rollout.texts, rollout.prompt_index)
         components.update(extra)
         if "reward_failed_group" in extra and bool(extra["reward_failed_group"].any()):  # reward.on_failure
@@ -348,5 +358,9 @@ def build_producer(config, engine: RolloutEngine, task, policy_path: str | None 
     context = {"device": config.run.device, "policy_path": policy_path}
     rewards = RewardPipeline([build_component(spec, **context) for spec in rw.components], rw.on_failure,
                              rw.max_failures)
+    from rlvr.rollout.episodes import Episodes
+
+    episodes = Episodes.from_config(config)  # multi-turn with an environment, or None
     return RolloutProducer(engine, task, params, r.prompts_per_step, plan=plan, selection=selection,
-                           transforms=transforms, augments=augments, rewards=rewards)
+                           transforms=transforms, augments=augments, rewards=rewards, episodes=episodes,
+                           env_verifier=config.env.verifier)

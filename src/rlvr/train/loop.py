@@ -37,6 +37,7 @@ from rlvr.experience.producer import build_producer
 from rlvr.experience.staleness import RolloutTimeout, RolloutWorkerError
 from rlvr.extras import require_extras
 from rlvr.models.load import BUILTIN_TINY, build_on_meta, load_model_and_tokenizer
+from rlvr.rollout.episodes import Episodes
 from rlvr.records.checkpoint import latest_checkpoint, load_trainer_state, remove_leftovers, save_checkpoint
 from rlvr.records.logger import RunLogger
 from rlvr.records.progress import StepProgress
@@ -193,10 +194,11 @@ def _train(config: Config, run_dir: Path, resume, log, stop_after: int | None,
             f"({config.rollout_dtype()} engine copy)")
     logger = RunLogger(run_dir)
     eval_problems = task.problems("eval", config.eval.num_problems)
+    episodes = Episodes.from_config(config)  # multi-turn: evaluation runs episodes too
 
     def run_eval(step: int) -> dict:
         result = evaluate(engine, task, eval_problems, r.temperature, r.top_p, r.max_new_tokens,
-                          config.eval.samples_per_problem, seed=config.run.seed + 1234)
+                          config.eval.samples_per_problem, seed=config.run.seed + 1234, episodes=episodes)
         logger.log({"step": step, **{f"eval/{k}": v for k, v in result.items()}})
         return result
 
@@ -414,6 +416,14 @@ def rollout_metrics(exp: Experience) -> dict[str, float]:
     }
     if "gen_rounds" in exp.extras:
         out["gen_rounds"] = exp.extras["gen_rounds"]
+    r = exp.rollout
+    if "turns" in r.extras:  # multi-turn episodes (env config section)
+        n = len(r.finish_reason)
+        out["env/turns"] = sum(r.extras["turns"]) / n
+        out["env/observation_tokens"] = sum(r.extras["observation_tokens"]) / n
+        out["env/policy_tokens"] = float(r.loss_mask.float().sum(-1).mean())
+        for reason in ("stop", "length", "max_turns"):
+            out[f"env/finish_{reason}"] = sum(f == reason for f in r.finish_reason) / n
     if "aggregation" in exp.extras:  # aggregation-aware RL: accuracy on aggregation vs plain prompts
         is_agg = exp.extras["aggregation"]
         correct = exp.reward_components["correct"]
@@ -439,6 +449,9 @@ def sample_rows(exp: Experience, n: int) -> list[dict]:
         rows.append({"prompt": exp.problems[i].prompt, "answer": exp.problems[i].answer,
                      "completion": exp.rollout.texts[i], "finish_reason": exp.rollout.finish_reason[i],
                      "length": int(exp.rollout.completion_mask[i].sum()), "reward": float(exp.rewards[i])})
+        if "transcript" in exp.rollout.extras:  # a multi-turn episode: [["policy", text], ["env", text], ...]
+            rows[-1]["transcript"] = exp.rollout.extras["transcript"][i]
+            rows[-1]["turn_rewards"] = exp.rollout.extras["turn_rewards"][i]
         if len(rows) == n:
             break
     return rows

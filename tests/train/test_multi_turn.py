@@ -1,0 +1,76 @@
+"""Multi-turn training (the env config section): a chain_oracle run trains end to end, logs its episodes, and
+the learner gives no gradient to the environment's tokens."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+CHAIN = ["task.options={min_digits: 1, max_digits: 1, ops: '+-', num_operands: 3, num_train: 500, num_eval: 50}",
+         "rollout.prompts_per_step=4", "rollout.group_size=4", "trainer.micro_batch_size=8",
+         "trainer.num_minibatches=2", "sft.steps=10", "sft.batch_size=16", "sft.warmup_steps=2",
+         "trainer.warmup_steps=0", "eval.num_problems=8", "eval.samples_per_problem=2", "logging.progress=false",
+         "logging.plots=false", "logging.num_samples=2", "logging.samples_every=1"]
+
+
+@pytest.mark.slow
+def test_a_chain_oracle_run_trains_and_logs_its_episodes(tmp_path):
+    from rlvr.config import load_config
+    from rlvr.train.loop import train
+
+    cfg = load_config("configs/grpo_chain_oracle_tiny.yaml", [*CHAIN, "trainer.steps=2", f"run.output_dir={tmp_path}"])
+    result = train(cfg, log=lambda *a: None)
+    records = [json.loads(x) for x in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
+    steps = [r for r in records if "reward_mean" in r]
+    assert len(steps) == 2
+    for r in steps:
+        assert 1 <= r["env/turns"] <= 2 and r["env/finish_stop"] + r["env/finish_length"] + r["env/finish_max_turns"] == 1
+        assert "reward/env_reward" in r and r["env/policy_tokens"] > 0
+    evals = [r for r in records if "eval/greedy_env_reward" in r]
+    assert len(evals) == 2 and all(0 <= r["eval/sampled_env_reward"] <= 1 for r in evals)  # held-out episodes
+    samples = [json.loads(x) for x in (result.run_dir / "samples.jsonl").read_text().splitlines()]
+    parts = samples[0]["samples"][0]["transcript"] if "samples" in samples[0] else samples[0]["transcript"]
+    assert parts[0][0] == "policy" and all(role in ("policy", "env") for role, _ in parts)
+    assert "".join(text for _, text in parts).replace("</s>", "") != ""
+
+
+def test_observation_tokens_get_no_gradient(tmp_path):
+    """The learner's loss reads the loss mask: the gradient of the loss with respect to every observation token's
+    log-prob is exactly 0 (and not 0 on the policy's tokens). With the completion mask instead it would not be."""
+    from rlvr.config import load_config
+    from rlvr.experience.batch import Experience
+    from rlvr.models.load import load_model_and_tokenizer
+    from rlvr.models.tiny import save_tiny
+    from rlvr.rollout.base import SamplingParams
+    from rlvr.rollout.episodes import EpisodeLimits, run_episodes
+    from rlvr.rollout.lean import LeanRolloutEngine
+    from rlvr.train.learner import Learner
+
+    from tests.rollout.test_episodes import EveryTokenEnv
+
+    model, tok = load_model_and_tokenizer(save_tiny(tmp_path / "tiny", seed=1))
+    r = run_episodes(LeanRolloutEngine(model, tok), tok, [EveryTokenEnv(3) for _ in range(4)],
+                     ["1+2="] * 2 + ["3-4="] * 2, [0] * 4, SamplingParams(temperature=1.0, max_new_tokens=4, seed=1),
+                     EpisodeLimits(4, 32))
+    r.prompt_index = torch.tensor([0, 0, 1, 1])
+    assert ((r.completion_mask == 1) & (r.loss_mask == 0)).any()
+    rewards = torch.tensor([1.0, 0.0, 0.0, 1.0])
+    exp = Experience(rollout=r, rewards=rewards, reward_components={"reward": rewards, "correct": rewards},
+                     group=r.prompt_index.clone(), problems=[None] * 4)
+    grads = torch.zeros(r.completion_ids.shape)
+
+    class Watched(Learner):
+        def _forward_stats(self, model, exp, idx, policy=True):
+            stats = super()._forward_stats(model, exp, idx, policy)
+            if stats[0].requires_grad:  # the training forward: record d loss / d logp per token
+                stats[0].register_hook(lambda g, idx=idx: grads.index_put_((idx,), g.detach(), accumulate=True))
+            return stats
+
+    cfg = load_config("configs/grpo_arithmetic_tiny.yaml", ["trainer.micro_batch_size=4", "trainer.num_minibatches=1",
+                                                            "kl.placement=none", "trainer.entropy_coef=0"])
+    Watched(model, cfg).update(exp, 0)
+    observation = (r.completion_mask == 1) & (r.loss_mask == 0)
+    assert (grads[observation] == 0).all()
+    assert (grads[r.loss_mask == 1] != 0).any()
