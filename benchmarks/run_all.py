@@ -105,6 +105,8 @@ def main(argv=None) -> int:
     __import__("reward_server").main(["--quick"] if args.quick else [])
     # a learner group: 1, 2, 3 ranks (torchrun, gloo) against one process on the default recipe
     __import__("learner_group").main(["--steps", "4", "--ranks", "2"] if args.quick else [])
+    # multi-turn episodes with a slow tool: lockstep turns vs interleaved episodes (environment-level async)
+    __import__("episodes_async").main(["--repeats", "1"] if args.quick else [])
     return 0
 
 

@@ -872,6 +872,12 @@ class EnvSection(_Section):
                                          "rollout.max_new_tokens (which caps each turn)")
     verifier: bool = Field(False, description="add the task's verifier reward on the whole transcript to the "
                            "sum of the turn rewards (otherwise the verifier's components are only logged)")
+    workers: int = Field(8, ge=0, description="threads stepping the environments of a batch (0: inline)")
+    step_timeout_s: float = Field(60.0, gt=0, description="an environment step that takes longer ends its "
+                                  "episode (finish reason timeout, counted in env/timeouts)")
+    interleave: bool = Field(False, description="environment-level asynchrony (ROLL Flash): the policy's next "
+                             "turn is sampled for whichever episodes' steps have finished, not in lockstep turns "
+                             "(then a batch is not reproducible bit for bit when step times vary)")
 
     @model_validator(mode="after")
     def _known_env(self) -> "EnvSection":

@@ -211,3 +211,50 @@ def test_one_turn_without_observations_is_the_single_turn_rollout_bit_for_bit(ti
         states.append(m.state_dict())
     assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])
     assert any(not torch.equal(states[0][k], v) for k, v in model.state_dict().items())
+
+
+class SlowEnv:
+    """Each step sleeps ``delay`` seconds, then answers ``"ab;"``; done after ``turns`` turns."""
+
+    def __init__(self, delay: float, turns: int = 2):
+        self.stop, self.delay, self.turns, self.k = ("=",), delay, turns, 0
+
+    def reset(self, problem, seed):
+        return problem
+
+    def step(self, action):
+        import time
+
+        time.sleep(self.delay)
+        self.k += 1
+        return EnvStep(observation="ab;", reward=1.0, done=self.k >= self.turns)
+
+    def close(self):
+        pass
+
+
+def test_a_step_past_its_timeout_ends_the_episode_and_is_counted(tiny):
+    import time
+
+    _, tok = tiny
+    a = _ids(tok, "1=")
+    envs = [SlowEnv(0.0), SlowEnv(3.0), SlowEnv(0.0)]
+    t0 = time.monotonic()
+    r = run_episodes(ScriptedEngine(tok, [a] * 4), tok, envs, ["p", "q", "r"], [0] * 3, SamplingParams(max_new_tokens=4),
+                     EpisodeLimits(max_turns=4, max_total_tokens=64, env_workers=4, step_timeout_s=0.3))
+    assert time.monotonic() - t0 < 2.5  # nobody waited for the 3-second step
+    assert r.finish_reason == ["stop", "timeout", "stop"] and r.extras["timeouts"] == [0, 1, 0]
+    assert r.extras["turn_rewards"][1] == [0.0] and r.extras["turns"] == [2, 1, 2]
+
+
+@pytest.mark.parametrize("interleave", [False, True])
+def test_lockstep_and_interleaved_episodes_have_the_same_structure(tiny, interleave):
+    _, tok = tiny
+    a = _ids(tok, "1=")
+    envs = [SlowEnv(d, turns=3) for d in (0.05, 0.0, 0.02, 0.0)]
+    r = run_episodes(ScriptedEngine(tok, [a] * 12), tok, envs, ["p"] * 4, [0] * 4, SamplingParams(max_new_tokens=4),
+                     EpisodeLimits(max_turns=4, max_total_tokens=64, env_workers=4, interleave=interleave))
+    obs = _ids(tok, "ab;")
+    assert r.finish_reason == ["stop"] * 4 and r.extras["turns"] == [3] * 4
+    assert r.completion_ids[0].tolist() == a + obs + a + obs + a
+    assert r.loss_mask[0].tolist() == [1] * len(a) + [0] * len(obs) + [1] * len(a) + [0] * len(obs) + [1] * len(a)

@@ -12,14 +12,17 @@ and appended. The episode's completion is ``action_1 + observation_1 + action_2 
   ``rollout_logp`` is 0 elsewhere.
 
 An episode ends when the environment says done (finish reason ``stop``), after ``max_turns`` turns
-(``max_turns``), or when a turn reaches its token cap without a stop, or the episode's tokens would pass
-``max_total_tokens`` (``length``: a turn cut there is still shown to the environment, for its reward). The
-observation of the last turn is never appended. A row's reward is the sum of its turn rewards.
+(``max_turns``), when a turn reaches its token cap without a stop, or the episode's tokens would pass
+``max_total_tokens`` (``length``: a turn cut there is still shown to the environment, for its reward), or when an
+environment step takes longer than ``step_timeout_s`` (``timeout``). The observation of the last turn is never
+appended. A row's reward is the sum of its turn rewards.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import time
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Sequence
 
@@ -35,12 +38,17 @@ class EpisodeLimits:
 
     max_turns: int = 4  # policy turns
     max_total_tokens: int = 256  # the completion: the policy's tokens and the observations', together
+    env_workers: int = 8  # threads stepping environments (0: each step inline, in this thread)
+    step_timeout_s: float = 60.0  # an environment step that takes longer ends its episode ("timeout")
+    interleave: bool = False  # the next turn for whichever episodes are ready (no lockstep turns)
 
     def __post_init__(self):
         if self.max_turns < 1:
             raise ValueError(f"max_turns must be >= 1, not {self.max_turns}")
         if self.max_total_tokens < 1:
             raise ValueError(f"max_total_tokens must be >= 1, not {self.max_total_tokens}")
+        if self.env_workers < 0 or self.step_timeout_s <= 0:
+            raise ValueError("env_workers must be >= 0 and step_timeout_s > 0")
 
 
 @dataclass
@@ -52,6 +60,7 @@ class _Episode:
     turn_spans: list[tuple[int, int]] = field(default_factory=list)  # [start, end) of each action in ids
     turn_rewards: list[float] = field(default_factory=list)
     observation_tokens: int = 0
+    timeouts: int = 0
     finish: str | None = None
 
 
@@ -72,42 +81,141 @@ def turn_stops(base: StopConditions, strings: Sequence[str], tokenizer) -> StopC
 
 def run_episodes(engine, tokenizer, envs: Sequence, problems: Sequence, seeds: Sequence[int],
                  params: SamplingParams, limits: EpisodeLimits, group_size: int = 1) -> Rollout:
-    """One episode per environment ``envs[b]`` on ``problems[b]`` (reset with ``seeds[b]``), all in lockstep
-    turns. ``params.max_new_tokens`` caps each turn; ``params.n`` is ignored (a group is G environments).
-    Returns the episodes as a :class:`Rollout` (see the module docstring); ``extras`` holds each row's
-    ``turn_rewards``, ``turn_spans``, ``turns``, ``observation_tokens`` and ``transcript``.
+    """One episode per environment ``envs[b]`` on ``problems[b]`` (reset with ``seeds[b]``). ``params.max_new_tokens``
+    caps each turn; ``params.n`` is ignored (a group is G environments). Returns the episodes as a
+    :class:`Rollout` (see the module docstring); ``extras`` holds each row's ``turn_rewards``, ``turn_spans``,
+    ``turns``, ``observation_tokens``, ``transcript`` and ``timeouts``.
+
+    Environment steps run in a thread pool of ``limits.env_workers`` (0: inline), each within
+    ``limits.step_timeout_s``: a step that takes longer ends its episode (finish reason ``timeout``, the
+    observation not appended, the turn's reward 0) and is counted. ``limits.interleave``: the policy's next turn
+    is sampled for whichever episodes' steps have finished, without waiting for the slowest (environment-level
+    asynchrony, ROLL Flash); otherwise turns are lockstep, every live episode's turn in one engine call, and a
+    batch is reproducible bit for bit whatever the steps' timing.
 
     ``group_size`` G: rows come in groups of G consecutive environments; when a group's first prompts and stops
     agree, its first turn is one engine call with ``n = G`` (one prefill per prompt, and the very samples the
     single-turn path draws: with ``max_turns = 1`` and no observation the episodes equal ``engine.generate``).
-    Each later turn samples from its own seeded stream (``params.seed`` + the turn)."""
+    Every later engine call samples from its own seeded stream (``params.seed`` + the call's index)."""
     episodes = [_Episode(prompt=list(tokenizer(env.reset(problem, int(seed)))["input_ids"]))
                 for env, problem, seed in zip(envs, problems, seeds)]
     version = engine.policy_version
-    base = engine.stops
-    for turn in range(limits.max_turns):
-        live = [b for b, e in enumerate(episodes) if e.finish is None]
-        if not live:
-            break
-        seed = params.seed if params.seed is None or turn == 0 else (params.seed + 1_000_003 * turn) % (2**62)
-        turn_params = dataclasses.replace(params, seed=seed, n=1)
-        if turn == 0 and group_size > 1 and _grouped(episodes, envs, group_size):
-            calls = [(tuple(envs[b].stop), list(range(b, b + group_size)), group_size)
-                     for b in range(0, len(episodes), group_size)]
-            calls = _merge(calls)
-        else:
-            by_stops: dict[tuple, list[int]] = {}  # one engine call per distinct set of stop strings
-            for b in live:
-                by_stops.setdefault(tuple(envs[b].stop), []).append(b)
-            calls = [(strings, rows, 1) for strings, rows in by_stops.items()]
-        for strings, rows, n in calls:
-            stops = turn_stops(base, strings, tokenizer)
-            cap = min(params.max_new_tokens, max(limits.max_total_tokens - len(episodes[b].ids) for b in rows))
-            contexts = [episodes[b].prompt + episodes[b].ids for b in rows[::n]]
-            out = engine.generate_ids(contexts, dataclasses.replace(turn_params, max_new_tokens=cap, n=n), stops)
-            for i, b in enumerate(rows):
-                _take_turn(episodes[b], envs[b], out, i, tokenizer, limits, turn)
+    pool = ThreadPoolExecutor(limits.env_workers, thread_name_prefix="rlvr-env") if limits.env_workers else None
+    ready = list(range(len(episodes)))  # episodes waiting for the policy's turn
+    pending: dict = {}  # future -> (row, the action's turn was cut, deadline)
+    calls = 0
+    try:
+        while ready or pending:
+            if ready and (limits.interleave or not pending):
+                rows, ready = sorted(ready), []
+                for b, cut, action in _policy_turn(engine, tokenizer, envs, episodes, rows, params, limits, calls,
+                                                   group_size):
+                    fut = pool.submit(envs[b].step, action) if pool else _done(envs[b].step, action)
+                    pending[fut] = (b, cut, time.monotonic() + limits.step_timeout_s)
+                calls += 1
+            finished = _wait(pending, limits.interleave)
+            for fut in finished:
+                b, cut, _ = pending.pop(fut)
+                if _after_step(episodes[b], fut, cut, tokenizer, limits):
+                    ready.append(b)
+    finally:
+        if pool is not None:
+            pool.shutdown(wait=False, cancel_futures=True)  # a hung step's thread is left behind, not waited on
     return _rollout(episodes, tokenizer, version)
+
+
+def _done(fn, *args) -> Future:
+    """``fn(*args)`` run now, as a finished future (no pool)."""
+    fut: Future = Future()
+    try:
+        fut.set_result(fn(*args))
+    except BaseException as err:  # noqa: BLE001 - raised where the result is read
+        fut.set_exception(err)
+    return fut
+
+
+def _wait(pending: dict, interleave: bool) -> list:
+    """The futures to handle now: lockstep, all of them (each waited on until its deadline); interleaved, the
+    first to finish, with any others finished by then. A future past its deadline counts as finished (its
+    step timed out)."""
+    if not pending:
+        return []
+    while True:
+        now = time.monotonic()
+        late = [f for f, (_, _, deadline) in pending.items() if deadline <= now and not f.done()]
+        done = [f for f in pending if f.done()]
+        if (interleave and (done or late)) or (not interleave and len(done) + len(late) == len(pending)):
+            return [f for f in pending if f in done or f in late]
+        waiting = [f for f in pending if not f.done()]
+        next_deadline = min(pending[f][2] for f in waiting)
+        wait(waiting, timeout=max(0.0, next_deadline - now), return_when=FIRST_COMPLETED)
+
+
+def _policy_turn(engine, tokenizer, envs, episodes, rows, params, limits, call: int, group_size: int):
+    """Sample the next turn of the episodes ``rows``; yields ``(row, cut, action text)`` for each."""
+    seed = params.seed if params.seed is None or call == 0 else (params.seed + 1_000_003 * call) % (2**62)
+    turn_params = dataclasses.replace(params, seed=seed, n=1)
+    if call == 0 and group_size > 1 and len(rows) == len(episodes) and _grouped(episodes, envs, group_size):
+        batches = _merge([(tuple(envs[b].stop), list(range(b, b + group_size)), group_size)
+                          for b in range(0, len(episodes), group_size)])
+    else:
+        by_stops: dict[tuple, list[int]] = {}  # one engine call per distinct set of stop strings
+        for b in rows:
+            by_stops.setdefault(tuple(envs[b].stop), []).append(b)
+        batches = [(strings, group, 1) for strings, group in by_stops.items()]
+    for strings, group, n in batches:
+        stops = turn_stops(engine.stops, strings, tokenizer)
+        cap = min(params.max_new_tokens, max(limits.max_total_tokens - len(episodes[b].ids) for b in group))
+        contexts = [episodes[b].prompt + episodes[b].ids for b in group[::n]]
+        out = engine.generate_ids(contexts, dataclasses.replace(turn_params, max_new_tokens=cap, n=n), stops)
+        for i, b in enumerate(group):
+            cut, action = _record_action(episodes[b], out, i, tokenizer, limits)
+            yield b, cut, action
+
+
+def _record_action(e: _Episode, out: Rollout, i: int, tokenizer, limits: EpisodeLimits) -> tuple[bool, str]:
+    """Append row ``i`` of ``out`` (the policy's turn) to the episode, within its token budget; returns whether
+    the turn was cut (its cap or the budget reached before a stop) and its text for the environment."""
+    n = int(out.completion_mask[i].sum())
+    room = limits.max_total_tokens - len(e.ids)
+    ids, logp = out.completion_ids[i, :n].tolist(), out.rollout_logp[i, :n].tolist()
+    cut = n > room or out.finish_reason[i] == "length"
+    ids, logp = ids[:room], logp[:room]
+    start = len(e.ids)
+    e.ids += ids
+    e.loss += [1] * len(ids)
+    e.logp += logp
+    e.turn_spans.append((start, len(e.ids)))
+    return cut, tokenizer.decode(ids, skip_special_tokens=True)
+
+
+def _after_step(e: _Episode, fut: Future, cut: bool, tokenizer, limits: EpisodeLimits) -> bool:
+    """The environment's answer to the episode's last turn: its reward, the end of the episode or the observation
+    appended. Returns whether the episode goes on (its next turn is the policy's)."""
+    if not fut.done():  # past its deadline
+        e.turn_rewards.append(0.0)
+        e.timeouts += 1
+        e.finish = "timeout"
+        return False
+    result = fut.result()  # an exception in the environment's step is raised here
+    e.turn_rewards.append(float(result.reward))
+    if cut:  # (as a single-turn completion that hit its cap: length, whatever the environment says)
+        e.finish = "length"
+    elif result.done:
+        e.finish = "stop"
+    elif len(e.turn_spans) >= limits.max_turns:
+        e.finish = "max_turns"
+    else:
+        obs = list(tokenizer(result.observation, add_special_tokens=False)["input_ids"]) if result.observation else []
+        if len(e.ids) + len(obs) >= limits.max_total_tokens:  # no room for the observation and another turn
+            e.finish = "length"
+            return False
+        e.ids += obs
+        e.loss += [0] * len(obs)
+        e.logp += [0.0] * len(obs)
+        e.observation_tokens += len(obs)
+        return True
+    return False
 
 
 def _grouped(episodes: list[_Episode], envs: Sequence, G: int) -> bool:
@@ -125,36 +233,6 @@ def _merge(calls: list[tuple]) -> list[tuple]:
         _, have, _ = merged.get(strings, (strings, [], n))
         merged[strings] = (strings, have + rows, n)
     return list(merged.values())
-
-
-def _take_turn(e: _Episode, env, out: Rollout, i: int, tokenizer, limits: EpisodeLimits, turn: int) -> None:
-    n = int(out.completion_mask[i].sum())
-    room = limits.max_total_tokens - len(e.ids)
-    ids, logp = out.completion_ids[i, :n].tolist(), out.rollout_logp[i, :n].tolist()
-    cut = n > room or out.finish_reason[i] == "length"
-    ids, logp = ids[:room], logp[:room]
-    start = len(e.ids)
-    e.ids += ids
-    e.loss += [1] * len(ids)
-    e.logp += logp
-    e.turn_spans.append((start, len(e.ids)))
-    result = env.step(tokenizer.decode(ids, skip_special_tokens=True))
-    e.turn_rewards.append(float(result.reward))
-    if cut:  # (as a single-turn completion that hit its cap: length, whatever the environment says)
-        e.finish = "length"
-    elif result.done:
-        e.finish = "stop"
-    elif turn == limits.max_turns - 1:
-        e.finish = "max_turns"
-    else:
-        obs = list(tokenizer(result.observation, add_special_tokens=False)["input_ids"]) if result.observation else []
-        if len(e.ids) + len(obs) >= limits.max_total_tokens:  # no room for the observation and another turn
-            e.finish = "length"
-            return
-        e.ids += obs
-        e.loss += [0] * len(obs)
-        e.logp += [0.0] * len(obs)
-        e.observation_tokens += len(obs)
 
 
 def transcript(ids: list[int], loss: list[int], tokenizer) -> list[list[str]]:
@@ -192,6 +270,8 @@ def _rollout(episodes: list[_Episode], tokenizer, version: int) -> Rollout:
     extras = {"turn_rewards": [e.turn_rewards for e in episodes], "turn_spans": [e.turn_spans for e in episodes],
               "turns": [len(e.turn_spans) for e in episodes],
               "observation_tokens": [e.observation_tokens for e in episodes],
+              "timeouts": [e.timeouts for e in episodes],
+              "versions": [[version] * len(e.turn_spans) for e in episodes],  # each turn's policy version
               "transcript": [transcript(e.ids, e.loss, tokenizer) for e in episodes]}
     return Rollout(prompt_ids=prompt_ids, prompt_mask=prompt_mask, completion_ids=completion_ids,
                    completion_mask=completion_mask, rollout_logp=logp, finish_reason=[e.finish for e in episodes],
@@ -218,7 +298,8 @@ class Episodes:
         if not env.name:
             return None
         return cls(env.name, dict(env.options),
-                   EpisodeLimits(env.max_turns, env.token_budget(config.rollout.max_new_tokens)))
+                   EpisodeLimits(env.max_turns, env.token_budget(config.rollout.max_new_tokens), env.workers,
+                                 env.step_timeout_s, env.interleave))
 
     def rollout(self, engine, task, problems: list, params: SamplingParams) -> Rollout:
         import inspect

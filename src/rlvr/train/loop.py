@@ -422,8 +422,9 @@ def rollout_metrics(exp: Experience) -> dict[str, float]:
         out["env/turns"] = sum(r.extras["turns"]) / n
         out["env/observation_tokens"] = sum(r.extras["observation_tokens"]) / n
         out["env/policy_tokens"] = float(r.loss_mask.float().sum(-1).mean())
-        for reason in ("stop", "length", "max_turns"):
+        for reason in ("stop", "length", "max_turns", "timeout"):
             out[f"env/finish_{reason}"] = sum(f == reason for f in r.finish_reason) / n
+        out["env/timeouts"] = float(sum(r.extras["timeouts"]))
     if "aggregation" in exp.extras:  # aggregation-aware RL: accuracy on aggregation vs plain prompts
         is_agg = exp.extras["aggregation"]
         correct = exp.reward_components["correct"]
