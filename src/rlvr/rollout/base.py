@@ -133,6 +133,21 @@ class RolloutEngine(Protocol):
     def update_weights(self, state_dict: dict[str, torch.Tensor], policy_version: int) -> None: ...
 
 
+class IdsPrompts:
+    """``generate_ids`` for an engine whose ``generate`` takes prompts as text or as lists of token ids
+    (:func:`encode_prompts`) and whose ``stops`` attribute ends its completions (the lean and HF engines)."""
+
+    def generate_ids(self, prompt_ids: Sequence[Sequence[int]], params: SamplingParams, stops=None) -> Rollout:
+        """``generate`` on prompts given as token ids (used as they are), ending at ``stops``
+        (:class:`~rlvr.rollout.stops.StopConditions`; default: the engine's) for this call only."""
+        saved = self.stops
+        self.stops = stops if stops is not None else saved
+        try:
+            return self.generate([list(map(int, p)) for p in prompt_ids], params)
+        finally:
+            self.stops = saved
+
+
 def encode_prompts(tokenizer, prompts: Sequence) -> tuple[torch.Tensor, torch.Tensor]:
     """``(input_ids, attention_mask)`` ``[B, P]``, left-padded: text prompts through the tokenizer, prompts given
     as token ids (lists) used exactly as they are."""

@@ -9,7 +9,7 @@ from typing import Sequence
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, StoppingCriteria, StoppingCriteriaList
 
-from rlvr.rollout.base import Rollout, SamplingParams, encode_prompts, kept_ids, pad_support, prompt_seeds
+from rlvr.rollout.base import IdsPrompts, Rollout, SamplingParams, encode_prompts, kept_ids, pad_support, prompt_seeds
 from rlvr.rollout.stops import StopConditions
 
 
@@ -29,7 +29,7 @@ def seeded_generation(seed: int | None):
         yield
 
 
-class HFRolloutEngine:
+class HFRolloutEngine(IdsPrompts):
     """Batched sampling with ``model.generate``; returns per-token log-probs of the samples.
 
     The engine shares the policy's module in the single-process mode (``update_weights`` then only
@@ -73,16 +73,6 @@ class HFRolloutEngine:
         rollout.policy_version = start_version
         rollout.versions = torch.full((len(expanded),), start_version, dtype=torch.long)
         return rollout
-
-    def generate_ids(self, prompt_ids: Sequence[Sequence[int]], params: SamplingParams,
-                     stops: StopConditions | None = None) -> Rollout:
-        """:meth:`generate` on prompts given as token ids (used as they are), ending at ``stops`` (default: the
-        engine's) for this call only."""
-        saved, self.stops = self.stops, stops if stops is not None else self.stops
-        try:
-            return self.generate([list(map(int, p)) for p in prompt_ids], params)
-        finally:
-            self.stops = saved
 
     def _generate(self, prompts: Sequence, params: SamplingParams) -> Rollout:
         tok = self.tokenizer

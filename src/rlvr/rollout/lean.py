@@ -46,7 +46,7 @@ from typing import Sequence
 
 import torch
 
-from rlvr.rollout.base import Rollout, SamplingParams, encode_prompts, kept_ids, prompt_seeds
+from rlvr.rollout.base import IdsPrompts, Rollout, SamplingParams, encode_prompts, kept_ids, prompt_seeds
 from rlvr.rollout.hf import _concat
 from rlvr.rollout.stops import StopConditions
 
@@ -232,7 +232,7 @@ def sample_next(logits: torch.Tensor, params: SamplingParams, generator: torch.G
     return token, logp.gather(-1, token.unsqueeze(-1)).squeeze(-1), support
 
 
-class LeanRolloutEngine:
+class LeanRolloutEngine(IdsPrompts):
     """Prefill once per prompt, a static KV cache, an inline sampling loop (see the module docstring)."""
 
     def __init__(self, model, tokenizer, batch_size: int = 512, policy_version: int = 0,
@@ -309,16 +309,6 @@ class LeanRolloutEngine:
         rollout.policy_version = start_version
         rollout.versions = torch.full((len(prompts) * n,), start_version, dtype=torch.long)
         return rollout
-
-    def generate_ids(self, prompt_ids: Sequence[Sequence[int]], params: SamplingParams,
-                     stops: StopConditions | None = None) -> Rollout:
-        """:meth:`generate` on prompts given as token ids (used as they are), ending at ``stops`` (default: the
-        engine's) for this call only."""
-        saved, self.stops = self.stops, stops if stops is not None else self.stops
-        try:
-            return self.generate([list(map(int, p)) for p in prompt_ids], params)
-        finally:
-            self.stops = saved
 
     def _hf_fallback(self, module, prompts, params, generator) -> Rollout:
         from rlvr.rollout.hf import HFRolloutEngine, seeded_generation
