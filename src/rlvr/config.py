@@ -980,9 +980,7 @@ class Config(_Section):
         """What multi-turn episodes (env.name) do not run with yet."""
         if not self.env.name:
             return
-        blocked = {"rollout.engine=vllm (its ids-in entry point is not built yet; use lean or hf)":
-                   self.rollout.engine == "vllm",
-                   "rollout.aggregation_ratio > 0 (aggregation prompts are single-turn)": self.rollout.aggregation_ratio > 0,
+        blocked = {"rollout.aggregation_ratio > 0 (aggregation prompts are single-turn)": self.rollout.aggregation_ratio > 0,
                    "rollout.greedy_baseline (ReMax's baseline is a single-turn completion)": self.rollout.greedy_baseline,
                    "runtime.partial_rollouts (weights change between turns)": self.runtime.partial_rollouts}
         for what, on in blocked.items():

@@ -284,3 +284,21 @@ def test_missing_vllm_and_async_vllm_are_one_line_errors(monkeypatch, capsys):
     rc = main(["train", "--config", "configs/grpo_arithmetic_tiny.yaml", "rollout.engine=vllm", "runtime.mode=async"])
     out, err = capsys.readouterr()
     assert rc == 2 and "rollout.engine = 'vllm' runs colocated" in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_multi_turn_episode_on_the_vllm_engine_matches_a_forward_on_the_loss_mask(fake_vllm, tiny):
+    """Token ids in (generate_ids, with the environment's stop strings), the episode's log-probs on its loss mask
+    equal one forward over the whole episode, observations included in the context."""
+    from rlvr.rollout.episodes import EpisodeLimits, run_episodes
+
+    from tests.rollout.test_episodes import EveryTokenEnv
+
+    engine, model, tok = _engine(tiny)
+    envs = [EveryTokenEnv(turns=3) for _ in range(3)]
+    r = run_episodes(engine, tok, envs, ["1+2=", "7-9=", "hello="], [0] * 3,
+                     SamplingParams(temperature=1.0, max_new_tokens=4, seed=2), EpisodeLimits(5, 32))
+    assert r.loss_mask is not r.completion_mask and all(t == 3 for t in r.extras["turns"])
+    with torch.no_grad():
+        lp = _sampling_logp(model, r, 1.0, 1.0)
+    m = r.loss_mask.bool()
+    assert torch.allclose(lp[m], r.rollout_logp[m], atol=1e-5)

@@ -37,7 +37,7 @@ from typing import Sequence
 
 import torch
 
-from rlvr.rollout.base import Rollout, SamplingParams
+from rlvr.rollout.base import IdsPrompts, Rollout, SamplingParams
 from rlvr.rollout.stops import StopConditions
 
 _SEED_MOD = 2 ** 63 - 1
@@ -60,7 +60,7 @@ def prompt_seed(seed: int, index: int) -> int:
     return (z ^ (z >> 31)) % _SEED_MOD
 
 
-class VLLMRolloutEngine:
+class VLLMRolloutEngine(IdsPrompts):
     """Batched sampling with ``vllm.LLM.generate``; log-probs of the sampled tokens come with it."""
 
     def __init__(self, model_path: str, tokenizer, *, source_model=None, dtype: str = "float32",
@@ -151,7 +151,8 @@ class VLLMRolloutEngine:
     def generate(self, prompts: Sequence[str], params: SamplingParams) -> Rollout:
         tok = self.tokenizer
         self._wake()
-        ids = tok(list(prompts))["input_ids"]
+        # prompts as text, or as token ids used as they are (generate_ids: a multi-turn episode's context)
+        ids = tok(list(prompts))["input_ids"] if all(isinstance(p, str) for p in prompts) else [list(p) for p in prompts]
         requests = [{"prompt_token_ids": list(p)} for p in ids]
         outputs = self.llm.generate(requests, [self.sampling_params(params, i) for i in range(len(ids))],
                                     use_tqdm=False)
