@@ -16,7 +16,8 @@ CHAIN = ["task.options={min_digits: 1, max_digits: 1, ops: '+-', num_operands: 3
 
 
 @pytest.mark.slow
-def test_a_chain_oracle_run_trains_and_logs_its_episodes(tmp_path):
+def test_a_chain_oracle_run_trains_logs_its_episodes_and_rlvr_eval_plays_them(tmp_path, capsys):
+    from rlvr.cli import main
     from rlvr.config import load_config
     from rlvr.train.loop import train
 
@@ -34,6 +35,16 @@ def test_a_chain_oracle_run_trains_and_logs_its_episodes(tmp_path):
     parts = samples[0]["samples"][0]["transcript"] if "samples" in samples[0] else samples[0]["transcript"]
     assert parts[0][0] == "policy" and all(role in ("policy", "env") for role, _ in parts)
     assert "".join(text for _, text in parts).replace("</s>", "") != ""
+
+    # rlvr eval on its checkpoint plays episodes (the run's config names the environment); pass@k mode writes
+    # each sample's transcript
+    assert main(["eval", "--checkpoint", str(result.run_dir), "--json", "eval.num_problems=4"]) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert "greedy_env_reward" in out and "sampled_turns" in out
+    assert main(["eval", "--checkpoint", str(result.run_dir), "--k", "1,2", "--out", str(tmp_path / "k"),
+                 "eval.num_problems=4"]) == 0
+    rows = [json.loads(x) for x in next((tmp_path / "k").rglob("samples.jsonl")).read_text().splitlines()]
+    assert len(rows) == 4 and len(rows[0]["transcripts"]) == 2 and rows[0]["transcripts"][0][0][0] == "policy"
 
 
 def test_observation_tokens_get_no_gradient(tmp_path):

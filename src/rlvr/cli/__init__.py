@@ -396,8 +396,11 @@ def _eval(args) -> int:
     engine = eval_engine(model_path, config, task, log=lambda msg: print(msg, file=sys.stderr))
     r = config.rollout
     problems = task.problems("eval", config.eval.num_problems)
+    from rlvr.rollout.episodes import Episodes
+
     result = evaluate(engine, task, problems, r.temperature, r.top_p, r.max_new_tokens,
-                      config.eval.samples_per_problem, seed=config.run.seed + 1234)
+                      config.eval.samples_per_problem, seed=config.run.seed + 1234,
+                      episodes=Episodes.from_config(config))  # a multi-turn run's checkpoint: episodes
     if args.json:
         print(json.dumps({"checkpoint": str(model_path), "num_problems": len(problems),
                           "engine": config.rollout.engine, **result}))

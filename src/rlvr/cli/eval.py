@@ -140,6 +140,7 @@ def eval_k(args) -> int:
     """``rlvr eval --k``: n samples per held-out problem for each checkpoint, then the report."""
     from rlvr.config import load_config
     from rlvr.eval.evaluate import sample_eval_rows
+    from rlvr.rollout.episodes import Episodes
     from rlvr.eval.metrics import summarize_samples
     from rlvr.eval.report import eval_markdown, plot_pass_at_k
     from rlvr.tasks import make_task
@@ -171,7 +172,8 @@ def eval_k(args) -> int:
         status(f"[{label}] {model_path}: {len(problems)} problems x {n} samples -> {folder}")
         rows = sample_eval_rows(engine, task, problems, folder, n, r.temperature, r.top_p,
                                 r.max_new_tokens, seed=config.run.seed + 1234,
-                                batch_problems=max(1, r.batch_size // n), meta=meta, progress=_progress(config))
+                                batch_problems=max(1, r.batch_size // n), meta=meta, progress=_progress(config),
+                                episodes=Episodes.from_config(config))  # multi-turn runs: pass@k over episodes
         summaries[label] = summarize_samples(rows, ks, seed=config.run.seed)
         folders[label] = str(folder)
     title = f"{config.task.name}: {len(problems)} held-out problems, n={n}, T={r.temperature:g}"

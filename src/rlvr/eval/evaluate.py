@@ -70,7 +70,7 @@ META_FILE = "meta.json"
 
 def sample_eval_rows(engine, task, problems: list, out_dir, n: int, temperature: float, top_p: float,
                      max_new_tokens: int, seed: int, batch_problems: int = 32, meta: dict | None = None,
-                     progress: bool = False) -> list[dict]:
+                     progress: bool = False, episodes=None) -> list[dict]:
     """One greedy and ``n`` sampled completions per problem, as per-problem rows (resumable).
 
     Rows are appended to ``out_dir/samples.jsonl`` one batch of ``batch_problems`` problems at a
@@ -79,7 +79,9 @@ def sample_eval_rows(engine, task, problems: list, out_dir, n: int, temperature:
     result does not depend on where a run was interrupted. ``meta`` (what shapes the samples:
     checkpoint, task, sampling) is stored in ``out_dir/meta.json``; a rerun with different
     ``meta`` raises instead of mixing samples. Asking for more problems than a previous run
-    extends it (problems are a prefix-stable list).
+    extends it (problems are a prefix-stable list). ``episodes`` (:class:`rlvr.rollout.episodes.Episodes`): each
+    completion is a multi-turn episode (its text the whole transcript, rows add ``transcripts`` and
+    ``env_rewards``); pass@k is then over episodes.
     """
     import json
     from pathlib import Path
@@ -92,6 +94,9 @@ def sample_eval_rows(engine, task, problems: list, out_dir, n: int, temperature:
     out_dir.mkdir(parents=True, exist_ok=True)
     meta = {**(meta or {}), "n": n, "temperature": temperature, "top_p": top_p,
             "max_new_tokens": max_new_tokens, "seed": seed, "batch_problems": batch_problems}
+    if episodes is not None:
+        meta["env"] = {"name": episodes.name, "options": episodes.options, "max_turns": episodes.limits.max_turns,
+                       "max_total_tokens": episodes.limits.max_total_tokens}
     _check_meta(out_dir / META_FILE, meta)
     atomic_write_text(out_dir / META_FILE, json.dumps(meta, indent=1, sort_keys=True) + "\n")
     done = _load_complete_batches(out_dir / SAMPLES_FILE, problems, batch_problems)
@@ -100,7 +105,7 @@ def sample_eval_rows(engine, task, problems: list, out_dir, n: int, temperature:
                desc="eval (problems)", disable=not progress, dynamic_ncols=True)
     for start in starts:
         batch = problems[start:start + batch_problems]
-        rows = _sample_batch(engine, task, batch, start, n, temperature, top_p, max_new_tokens, seed)
+        rows = _sample_batch(engine, task, batch, start, n, temperature, top_p, max_new_tokens, seed, episodes)
         with open(out_dir / SAMPLES_FILE, "a") as f:
             f.write("".join(json.dumps(r) + "\n" for r in rows))
             f.flush()
@@ -112,17 +117,22 @@ def sample_eval_rows(engine, task, problems: list, out_dir, n: int, temperature:
 
 
 def _sample_batch(engine, task, batch: list, start: int, n: int, temperature: float, top_p: float,
-                  max_new_tokens: int, seed: int) -> list[dict]:
+                  max_new_tokens: int, seed: int, episodes=None) -> list[dict]:
     from rlvr.eval.metrics import distinct_n
     from rlvr.tasks.base import SupportsChainVerifier
 
     from rlvr.rollout.hf import seeded_generation
 
     prompts = [p.prompt for p in batch]
+    greedy_params = SamplingParams(temperature=0, max_new_tokens=max_new_tokens, n=1)
+    sampled_params = SamplingParams(temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, n=n)
     with seeded_generation(seed * 1_000_003 + start):
-        greedy = engine.generate(prompts, SamplingParams(temperature=0, max_new_tokens=max_new_tokens, n=1))
-        sampled = engine.generate(prompts, SamplingParams(temperature=temperature, top_p=top_p,
-                                                          max_new_tokens=max_new_tokens, n=n))
+        if episodes is None:
+            greedy = engine.generate(prompts, greedy_params)
+            sampled = engine.generate(prompts, sampled_params)
+        else:  # multi-turn: each completion an episode with its environment
+            greedy = episodes.rollout(engine, task, batch, greedy_params)
+            sampled = episodes.rollout(engine, task, batch, sampled_params)
     chain = isinstance(task, SupportsChainVerifier)
     lengths = sampled.completion_mask.sum(-1).tolist()
     ids = [row[:L] for row, L in zip(sampled.completion_ids.tolist(), lengths)]
@@ -140,6 +150,10 @@ def _sample_batch(engine, task, batch: list, start: int, n: int, temperature: fl
             "cot": [int(c and bool(task.verify_chain(problem, t))) for c, t in zip(correct, texts)] if chain else None,
             "lengths": [lengths[j] for j in idx], "distinct_2": distinct_n([ids[j] for j in idx], 2),
         })
+        if episodes is not None:
+            rows[-1].update(greedy_transcript=greedy.extras["transcript"][i],
+                            transcripts=[sampled.extras["transcript"][j] for j in idx],
+                            env_rewards=[sum(sampled.extras["turn_rewards"][j]) for j in idx])
     return rows
 
 
