@@ -85,3 +85,22 @@ def test_observation_tokens_get_no_gradient(tmp_path):
     observation = (r.completion_mask == 1) & (r.loss_mask == 0)
     assert (grads[observation] == 0).all()
     assert (grads[r.loss_mask == 1] != 0).any()
+
+
+def test_turn_rewards_sit_on_their_turns_last_tokens_and_sum_to_the_row_reward():
+    """GAE with gamma = lambda = 1 and zero values gives each token the rewards of the turns from its own on."""
+    from rlvr import algorithms as A
+    from rlvr.train.learner import rewards_on_tokens
+
+    # row 0: turn 1 = tokens 0-1, observation 2-3, turn 2 = tokens 4-5; row 1: one turn of 3 tokens, then padding
+    mask = torch.tensor([[1, 1, 0, 0, 1, 1], [1, 1, 1, 0, 0, 0]], dtype=torch.float32)
+    extras = {"turn_rewards": [[0.25, 1.0], [0.5]], "turn_spans": [[(0, 2), (4, 6)], [(0, 3)]]}
+    rewards = torch.tensor([1.75, 0.5])  # row 0: its turns (1.25) and a verifier's 0.5 on top
+    tok = rewards_on_tokens(rewards, mask, extras)
+    assert tok.tolist() == [[0.0, 0.25, 0.0, 0.0, 0.0, 1.5], [0.0, 0.0, 0.5, 0.0, 0.0, 0.0]]
+    assert torch.allclose(tok.sum(-1), rewards)
+    adv, _ = A.compute_advantages("gae", rewards=rewards, token_rewards=tok, values=torch.zeros_like(mask),
+                                  mask=mask, group=torch.tensor([0, 1]), gamma=1.0, lam=1.0, whiten=False)
+    assert torch.allclose(adv[0][mask[0] > 0], torch.tensor([1.75, 1.75, 1.5, 1.5]))
+    # a single-turn row (no extras) keeps the outcome on its last token
+    assert rewards_on_tokens(rewards, mask, {}).tolist()[1] == [0.0, 0.0, 0.5, 0.0, 0.0, 0.0]

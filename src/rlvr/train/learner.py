@@ -318,7 +318,7 @@ class Learner:
         rewards = exp.rewards
         for ctl in self.controllers_in("rewards"):  # dynamic reward weights (rlvr.control.controllers)
             rewards = ctl.rewards(rewards, exp, self)
-        token_rewards = _outcome_on_last_token(rewards, mask)
+        token_rewards = rewards_on_tokens(rewards, mask, exp.rollout.extras)  # multi-turn: each turn's on its end
         distill = cfg.distill
         if b.teacher_logp is not None and distill.placement == "reward":  # the teacher's term in the reward
             token_rewards = distill.task_weight * token_rewards + A.distillation_advantage(
@@ -701,6 +701,27 @@ def merge_sums(per_rank: list[dict]) -> dict:
 
 def _acc(sums: dict, key: str, value: float) -> None:
     sums[key] = sums.get(key, 0.0) + value
+
+
+def rewards_on_tokens(rewards: torch.Tensor, mask: torch.Tensor, extras: dict) -> torch.Tensor:
+    """Token-level rewards ``[B, T]`` that sum to each row's reward: the outcome on the row's last loss token; for
+    a multi-turn episode (``turn_rewards`` and ``turn_spans`` in the rollout's extras) each turn's reward on that
+    turn's last sampled token and the rest of the row's reward (e.g. the verifier's) on its last loss token, so a
+    return-based estimator (GAE) credits a turn with what came after it (SkyRL's placement). Group-relative
+    estimators read only the row sums, which do not change."""
+    out = _outcome_on_last_token(rewards, mask)
+    turns, spans = extras.get("turn_rewards"), extras.get("turn_spans")
+    if turns is None or spans is None:
+        return out
+    for b in range(out.shape[0]):
+        placed = [(end - 1, r) for (start, end), r in zip(spans[b], turns[b]) if end > start and mask[b, end - 1] > 0]
+        if not placed:  # (no loss token left, e.g. a group dropped by reward.on_failure)
+            continue
+        row_last = int(torch.nonzero(mask[b] > 0).max())
+        out[b, row_last] -= sum(r for _, r in placed)  # the outcome there was the whole reward: keep the rest
+        for t, r in placed:
+            out[b, t] += r
+    return out
 
 
 def _outcome_on_last_token(rewards: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
