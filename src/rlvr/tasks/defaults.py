@@ -224,6 +224,13 @@ def apply_token_budget(config: Any, task: Any, tokenizer: Any, log=print) -> int
     r = config.rollout
     current = r.max_new_tokens
     explicit = "max_new_tokens" in r.model_fields_set
+    env = getattr(config, "env", None)
+    if env is not None and env.name:  # multi-turn: max_new_tokens caps a turn; the episode's budget is the bound
+        budget = env.token_budget(current)
+        if need > budget:
+            warn(f"env.max_total_tokens={budget} is shorter than the longest reference answer of task "
+                 f"{config.task.name} ({need} tokens with EOS): such episodes can never be right; raise it")
+        return current
     if need <= current:
         if not explicit and getattr(task, "uses_chat_template", False):
             warn(f"rollout.max_new_tokens is {current} (the default) for a chat model; completions are cut "
