@@ -104,3 +104,17 @@ def test_turn_rewards_sit_on_their_turns_last_tokens_and_sum_to_the_row_reward()
     assert torch.allclose(adv[0][mask[0] > 0], torch.tensor([1.75, 1.75, 1.5, 1.5]))
     # a single-turn row (no extras) keeps the outcome on its last token
     assert rewards_on_tokens(rewards, mask, {}).tolist()[1] == [0.0, 0.0, 0.5, 0.0, 0.0, 0.0]
+
+
+@pytest.mark.slow
+def test_episodes_in_two_async_rollout_workers_stay_within_the_staleness_bound(tmp_path):
+    from rlvr.config import load_config
+    from rlvr.train.loop import train
+
+    cfg = load_config("configs/grpo_chain_oracle_tiny.yaml", [
+        *CHAIN, "trainer.steps=4", f"run.output_dir={tmp_path}", "runtime.mode=async", "runtime.num_rollout_workers=2",
+        "runtime.max_staleness=1", "runtime.worker_threads=1", "runtime.learner_threads=1", "eval.num_problems=4"])
+    result = train(cfg, log=lambda *a: None)
+    steps = [json.loads(x) for x in (result.run_dir / "metrics.jsonl").read_text().splitlines() if '"reward_mean"' in x]
+    assert len(steps) == 4 and max(r["staleness_max"] for r in steps) <= 1
+    assert all(r["env/turns"] >= 1 for r in steps)
