@@ -2,5 +2,7 @@
 
 from rlvr.envs.base import ENVIRONMENTS, Environment, EnvStep, make_env, register_env
 from rlvr.envs.chain_oracle import ChainOracle
+from rlvr.envs.tools import TOOLS, Calc, PythonTool, ToolCalls, calculator
 
-__all__ = ["ENVIRONMENTS", "ChainOracle", "EnvStep", "Environment", "make_env", "register_env"]
+__all__ = ["ENVIRONMENTS", "TOOLS", "Calc", "ChainOracle", "EnvStep", "Environment", "PythonTool", "ToolCalls",
+           "calculator", "make_env", "register_env"]
