@@ -184,7 +184,7 @@ class GradientWeighting(Controller):
         self._metrics: dict[str, float] = {}
 
     def rewards(self, rewards, exp, learner):
-        mask = exp.rollout.completion_mask.float()
+        mask = exp.rollout.loss_mask.float()  # the tokens the policy wrote (multi-turn: not the observations)
         grads = []
         for n in self.names:
             r = exp.reward_components[n].float()
