@@ -106,7 +106,20 @@ class ToolCalls:
 
 @register_env("calc")
 class Calc(ToolCalls):
-    """``tools`` with the calculator, at most 2 calls, each costing 0.3 of the reward."""
+    """``tools`` with the calculator, at most 2 calls, each costing 0.3 of the reward. Its warm start
+    (:meth:`sft_transcript`) calls the calculator on a random ``sft_call_share`` of the problems, whatever their
+    difficulty: the format is taught, the decision when to call is left to RL."""
 
-    def __init__(self, task=None, max_calls: int = 2, call_cost: float = 0.3):
+    def __init__(self, task=None, max_calls: int = 2, call_cost: float = 0.3, sft_call_share: float = 0.5):
         super().__init__(task, ("calculator",), max_calls, call_cost)
+        self.sft_call_share = float(sft_call_share)
+
+    def sft_transcript(self, problem, rng) -> list[tuple[str, bool]]:
+        """The warm-start target of ``problem``: ``[("[47*6]", True), ("{282}", False), ("282", True)]`` (a call;
+        the environment's result is not trained on) or ``[("282", True)]``."""
+        answer = problem.answer
+        operands, ops = problem.meta.get("operands"), problem.meta.get("ops")
+        if not operands or len(operands) != 2 or rng.random() >= self.sft_call_share:
+            return [(answer, True)]
+        call = f"{operands[0]}{ops[0]}{operands[1]}"
+        return [(f"[{call}]", True), ("{" + calculator(call) + "}", False), (answer, True)]

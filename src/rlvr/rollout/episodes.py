@@ -60,6 +60,7 @@ class _Episode:
     turn_spans: list[tuple[int, int]] = field(default_factory=list)  # [start, end) of each action in ids
     turn_rewards: list[float] = field(default_factory=list)
     observation_tokens: int = 0
+    observations: int = 0  # observations appended (a tool environment: the calls answered)
     timeouts: int = 0
     finish: str | None = None
 
@@ -214,6 +215,7 @@ def _after_step(e: _Episode, fut: Future, cut: bool, tokenizer, limits: EpisodeL
         e.loss += [0] * len(obs)
         e.logp += [0.0] * len(obs)
         e.observation_tokens += len(obs)
+        e.observations += 1
         return True
     return False
 
@@ -271,6 +273,7 @@ def _rollout(episodes: list[_Episode], tokenizer, version: int) -> Rollout:
               "turns": [len(e.turn_spans) for e in episodes],
               "observation_tokens": [e.observation_tokens for e in episodes],
               "timeouts": [e.timeouts for e in episodes],
+              "observations": [e.observations for e in episodes],
               "versions": [[version] * len(e.turn_spans) for e in episodes],  # each turn's policy version
               "transcript": [transcript(e.ids, e.loss, tokenizer) for e in episodes]}
     return Rollout(prompt_ids=prompt_ids, prompt_mask=prompt_mask, completion_ids=completion_ids,

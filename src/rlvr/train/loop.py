@@ -421,6 +421,7 @@ def rollout_metrics(exp: Experience) -> dict[str, float]:
         n = len(r.finish_reason)
         out["env/turns"] = sum(r.extras["turns"]) / n
         out["env/observation_tokens"] = sum(r.extras["observation_tokens"]) / n
+        out["env/observations"] = sum(r.extras["observations"]) / n  # a tool environment: calls answered
         out["env/policy_tokens"] = float(r.loss_mask.float().sum(-1).mean())
         for reason in ("stop", "length", "max_turns", "timeout"):
             out[f"env/finish_{reason}"] = sum(f == reason for f in r.finish_reason) / n

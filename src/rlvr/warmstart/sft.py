@@ -141,19 +141,39 @@ def completion_end_id(tokenizer, task) -> int:
     return tokenizer.eos_token_id
 
 
-def encode_sft_batch(tokenizer, problems: list, targets: list[str], end_id: int | None = None):
+def encode_sft_batch(tokenizer, problems: list, targets: list, end_id: int | None = None):
     """Left-padded prompts and right-padded targets (``end_id`` appended, default EOS), as the rollout
-    engine lays them out."""
+    engine lays them out. A target is a text, or a multi-turn transcript (:func:`encode_sft_transcripts`:
+    here its segments are joined, all trained)."""
+    return encode_sft_transcripts(tokenizer, problems, targets, end_id)[:4]
+
+
+def encode_sft_transcripts(tokenizer, problems: list, targets: list, end_id: int | None = None):
+    """:func:`encode_sft_batch` with a fifth tensor, the loss mask: a target may be a multi-turn transcript,
+    ``[(text, trained), ...]``, each segment tokenized on its own (as an episode's ids are: the policy's turns and
+    the environment's observations apart) and trained on only where ``trained`` (the policy's parts, and the
+    ``end_id`` after the last)."""
     end_id = tokenizer.eos_token_id if end_id is None else end_id
     enc = tokenizer([p.prompt for p in problems], return_tensors="pt", padding=True, padding_side="left")
-    tgt = [tokenizer(t, add_special_tokens=False)["input_ids"] + [end_id] for t in targets]
+    tgt, train = [], []
+    for t in targets:
+        segments = [(t, True)] if isinstance(t, str) else list(t)
+        ids, flags = [], []
+        for text, trained in segments:
+            part = tokenizer(text, add_special_tokens=False)["input_ids"]
+            ids += part
+            flags += [int(bool(trained))] * len(part)
+        tgt.append(ids + [end_id])
+        train.append(flags + [1])
     T = max(len(t) for t in tgt)
     ids = torch.full((len(tgt), T), tokenizer.pad_token_id)
     mask = torch.zeros((len(tgt), T), dtype=torch.long)
-    for i, t in enumerate(tgt):
+    loss_mask = torch.zeros((len(tgt), T), dtype=torch.long)
+    for i, (t, f) in enumerate(zip(tgt, train)):
         ids[i, :len(t)] = torch.tensor(t)
         mask[i, :len(t)] = 1
-    return enc["input_ids"], enc["attention_mask"], ids, mask
+        loss_mask[i, :len(t)] = torch.tensor(f)
+    return enc["input_ids"], enc["attention_mask"], ids, mask, loss_mask
 
 
 def sft_batch(task, batch: list, aggregation_ratio: float, aggregation_k: int,
@@ -318,9 +338,9 @@ def train_sft(model, tokenizer, task, steps: int, lr: float, batch_size: int, wa
     for _ in range(steps):
         idx = torch.randint(len(problems), (batch_size,), generator=g).tolist()
         batch, targets = sft_batch(task, [problems[i] for i in idx], aggregation_ratio, aggregation_k, rng)
-        p_ids, p_mask, c_ids, c_mask = encode_sft_batch(tokenizer, batch, targets, end_id)
+        p_ids, p_mask, c_ids, c_mask, loss_mask = encode_sft_transcripts(tokenizer, batch, targets, end_id)
         optimizer.zero_grad(set_to_none=True)
-        loss = sft_backward(model, p_ids, p_mask, c_ids, c_mask)
+        loss = sft_backward(model, p_ids, p_mask, c_ids, c_mask, loss_mask=loss_mask)
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         scheduler.step()
@@ -359,21 +379,25 @@ def below_target_warning(metric: str, reached: float | None, target: float | Non
             "steps (sft.steps) help")
 
 
-def sft_backward(model, p_ids, p_mask, c_ids, c_mask, micro_tokens: int = MICRO_TOKENS) -> torch.Tensor:
+def sft_backward(model, p_ids, p_mask, c_ids, c_mask, micro_tokens: int = MICRO_TOKENS,
+                 loss_mask: torch.Tensor | None = None) -> torch.Tensor:
     """Backward of the batch's mean answer-token cross-entropy; returns the loss (detached). Rows go
     through in micro-batches of at most ``micro_tokens`` tokens (:data:`MICRO_TOKENS`), each normalised by
-    the whole batch's answer tokens, so the accumulated gradient is the batch's."""
+    the whole batch's answer tokens, so the accumulated gradient is the batch's. ``loss_mask``: the tokens
+    trained on (a transcript's policy parts; default every answer token); the forward attends to all of
+    ``c_mask``."""
+    lm = c_mask if loss_mask is None else loss_mask * c_mask
     rows = max(1, micro_tokens // (p_ids.shape[1] + c_ids.shape[1]))
     if rows >= p_ids.shape[0]:  # one micro-batch: the plain computation
         logp = token_logprobs(completion_logits(model, p_ids, p_mask, c_ids, c_mask), c_ids)
-        loss = -(logp * c_mask).sum() / c_mask.sum()
+        loss = -(logp * lm).sum() / lm.sum()
         loss.backward()
         return loss.detach()
-    total, loss = c_mask.sum(), torch.zeros(())
+    total, loss = lm.sum(), torch.zeros(())
     for i in range(0, p_ids.shape[0], rows):
         s = slice(i, i + rows)
         logp = token_logprobs(completion_logits(model, p_ids[s], p_mask[s], c_ids[s], c_mask[s]), c_ids[s])
-        part = -(logp * c_mask[s]).sum() / total
+        part = -(logp * lm[s]).sum() / total
         part.backward()
         loss = loss + part.detach()
     return loss
@@ -474,10 +498,34 @@ def train_by_rule(model, tokenizer, task, sft_cfg, progress: bool = True, log=pr
     return result, val
 
 
+class TranscriptTask:
+    """A task whose warm-start targets are an environment's transcripts (``env.sft_transcript(problem, rng)``:
+    ``[(text, trained), ...]``, the environment's parts not trained on); everything else is the task's."""
+
+    def __init__(self, task, env):
+        self.task, self.env = task, env
+        self.rng = random.Random("rlvr.sft.transcripts")
+
+    def format_sft_target(self, problem):
+        return self.env.sft_transcript(problem, self.rng)
+
+    def __getattr__(self, name):
+        return getattr(self.task, name)
+
+
 def warm_start(task, task_name: str, task_options: dict, sft_cfg, progress: bool = True,
-               log=print) -> Path:
-    """The cached warm-start checkpoint for this task and SFT config, built if missing."""
+               log=print, env=None) -> Path:
+    """The cached warm-start checkpoint for this task and SFT config, built if missing. ``env``: ``(name,
+    options, environment)``: an environment with ``sft_transcript`` warm-starts on its transcripts (keyed by
+    its name and options too)."""
     key_fields = sft_key_fields(sft_cfg)
+    if env is not None and hasattr(env[2], "sft_transcript"):
+        if sft_cfg.target_accuracy is not None:
+            raise ValueError(f"sft.target_accuracy with env.name={env[0]}: a warm start on the environment's "
+                             "transcripts is validated by episodes, not yet built; set sft.target_accuracy=null "
+                             "(fixed sft.steps)")
+        key_fields = {**key_fields, "env": env[0], "env_options": env[1]}
+        task = TranscriptTask(task, env[2])
     key = warm_start_key(task_name, task_options, key_fields, TINY_ARCH)
     path = cache_root() / "warmstart" / key
     if (path / "config.json").exists():
@@ -569,7 +617,17 @@ def resolve_model_path(config, task, progress: bool = True, log=print) -> str:
     if config.model.path != BUILTIN_TINY:
         return config.model.path
     if config.model.warm_start:
-        return str(warm_start(task, config.task.name, config.task.options, config.sft, progress, log))
+        env = None
+        if config.env.name:  # an environment with transcripts of its own warm-starts on them (rlvr.envs)
+            import inspect
+
+            from rlvr.envs import ENVIRONMENTS
+
+            cls = ENVIRONMENTS[config.env.name]
+            takes_task = "task" in inspect.signature(cls).parameters
+            env = (config.env.name, dict(config.env.options),
+                   cls(**({"task": task} if takes_task else {}), **config.env.options))
+        return str(warm_start(task, config.task.name, config.task.options, config.sft, progress, log, env=env))
     path = cache_root() / "tiny-untrained"
     if not (path / "config.json").exists():
         save_tiny(path, seed=config.sft.seed)
