@@ -61,6 +61,9 @@ def test_a_calc_episode_with_a_scripted_policy(tmp_path):
     r = run_episodes(engine, tok, [env], [problem], [0], SamplingParams(max_new_tokens=16), EpisodeLimits(3, 64))
     assert r.texts == [f"[{a}*{b}]{{{a * b}}}{problem.answer}"] and r.finish_reason == ["stop"]
     assert r.extras["turn_rewards"] == [[0.0, pytest.approx(0.7)]]
+    from rlvr.rollout.episodes import env_correct
+
+    assert env_correct(r).tolist() == [1.0]  # the environment's judgement (the task's verifier can't read "[..]{..}")
     obs = ids("{" + str(a * b) + "}")
     start = len(ids(f"[{a}*{b}]"))
     assert r.loss_mask[0, start:start + len(obs)].tolist() == [0] * len(obs)

@@ -33,7 +33,9 @@ class EnvStep:
     observation: str = ""  # text appended after the action (not trained on); ignored when the episode ends
     reward: float = 0.0  # this turn's reward; an episode's reward is the sum over its turns
     done: bool = False  # the episode is over
-    info: dict = field(default_factory=dict)  # anything to log (not used by training)
+    #: anything to log; ``correct`` on the last step is the episode's correctness (the ``correct`` reward
+    #: component, accuracy and evaluation read it instead of the task's verifier on the whole transcript)
+    info: dict = field(default_factory=dict)
 
 
 @runtime_checkable

@@ -47,7 +47,7 @@ class ChainOracle:
             self.transcript += observation
             return EnvStep(observation=observation, info={"oracle": observation != "?;"})
         correct = self.task.score(self.problem, self.transcript)["correct"]
-        return EnvStep(reward=float(correct), done=True)
+        return EnvStep(reward=float(correct), done=True, info={"correct": float(correct)})
 
     def _first_result(self, action: str) -> str:
         meta = self.problem.meta

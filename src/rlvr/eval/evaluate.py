@@ -37,10 +37,15 @@ def evaluate(engine, task, problems: list, temperature: float, top_p: float, max
     g = score(task, problems, greedy.texts)
     rows = [problems[i] for i in sampled.prompt_index.tolist()]
     s = score(task, rows, sampled.texts)
-    if episodes is not None:
+    if episodes is not None:  # the training reward (the turn rewards) and the environment's judgement
+        from rlvr.rollout.episodes import env_correct
+
         for out_, r in ((g, greedy), (s, sampled)):
             out_["env_reward"] = torch.tensor([sum(x) for x in r.extras["turn_rewards"]], dtype=torch.float32)
             out_["turns"] = torch.tensor(r.extras["turns"], dtype=torch.float32)
+            out_["reward"] = out_["env_reward"]
+            if (judged := env_correct(r)) is not None:
+                out_["correct"] = judged
     out = {
         "greedy_accuracy": float(g["correct"].mean()),
         "sampled_reward": float(s["reward"].mean()),
@@ -134,6 +139,11 @@ def _sample_batch(engine, task, batch: list, start: int, n: int, temperature: fl
             greedy = episodes.rollout(engine, task, batch, greedy_params)
             sampled = episodes.rollout(engine, task, batch, sampled_params)
     chain = isinstance(task, SupportsChainVerifier)
+    judged = greedy_judged = None  # multi-turn: the environment's judgement of each episode, where it gives one
+    if episodes is not None:
+        from rlvr.rollout.episodes import env_correct
+
+        judged, greedy_judged = env_correct(sampled), env_correct(greedy)
     lengths = sampled.completion_mask.sum(-1).tolist()
     ids = [row[:L] for row, L in zip(sampled.completion_ids.tolist(), lengths)]
     rows = []
@@ -141,10 +151,11 @@ def _sample_batch(engine, task, batch: list, start: int, n: int, temperature: fl
         idx = [j for j, p in enumerate(sampled.prompt_index.tolist()) if p == i]
         texts = [sampled.texts[j] for j in idx]
         scores = [task.score(problem, t) for t in texts]
-        correct = [int(s["correct"] > 0) for s in scores]
+        correct = [int(s["correct"] > 0) for s in scores] if judged is None else [int(judged[j] > 0) for j in idx]
         rows.append({
             "index": start + i, "prompt": problem.prompt, "answer": problem.answer,
-            "greedy": greedy.texts[i], "greedy_correct": int(task.score(problem, greedy.texts[i])["correct"] > 0),
+            "greedy": greedy.texts[i], "greedy_correct": int(task.score(problem, greedy.texts[i])["correct"] > 0) if greedy_judged is None
+            else int(greedy_judged[i] > 0),
             "greedy_finish": greedy.finish_reason[i], "finish": [sampled.finish_reason[j] for j in idx],
             "completions": texts, "answers": [task.extract_answer(t) for t in texts], "correct": correct,
             "cot": [int(c and bool(task.verify_chain(problem, t))) for c, t in zip(correct, texts)] if chain else None,

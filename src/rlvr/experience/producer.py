@@ -312,6 +312,10 @@ class RolloutProducer:
             env_reward = torch.tensor([sum(r) for r in rollout.extras["turn_rewards"]], dtype=torch.float32)
             components["env_reward"] = env_reward
             components["reward"] = env_reward + (components["reward"] if self.env_verifier else 0.0)
+            from rlvr.rollout.episodes import env_correct
+
+            if (judged := env_correct(rollout)) is not None:  # the environment's judgement of each episode
+                components["correct"] = judged
         extra, seconds = self.rewards(rows, rollout.texts, rollout.prompt_index)
         components.update(extra)
         if "reward_failed_group" in extra and bool(extra["reward_failed_group"].any()):  # reward.on_failure

@@ -62,6 +62,7 @@ class _Episode:
     observation_tokens: int = 0
     observations: int = 0  # observations appended (a tool environment: the calls answered)
     timeouts: int = 0
+    info: dict = field(default_factory=dict)  # the environment's info of the last step
     finish: str | None = None
 
 
@@ -200,6 +201,7 @@ def _after_step(e: _Episode, fut: Future, cut: bool, tokenizer, limits: EpisodeL
         return False
     result = fut.result()  # an exception in the environment's step is raised here
     e.turn_rewards.append(float(result.reward))
+    e.info = dict(result.info or {})
     if cut:  # (as a single-turn completion that hit its cap: length, whatever the environment says)
         e.finish = "length"
     elif result.done:
@@ -274,6 +276,7 @@ def _rollout(episodes: list[_Episode], tokenizer, version: int) -> Rollout:
               "observation_tokens": [e.observation_tokens for e in episodes],
               "timeouts": [e.timeouts for e in episodes],
               "observations": [e.observations for e in episodes],
+              "final_info": [e.info for e in episodes],
               "versions": [[version] * len(e.turn_spans) for e in episodes],  # each turn's policy version
               "transcript": [transcript(e.ids, e.loss, tokenizer) for e in episodes]}
     return Rollout(prompt_ids=prompt_ids, prompt_mask=prompt_mask, completion_ids=completion_ids,
@@ -323,3 +326,12 @@ class Episodes:
                 env.close()
         rollout.prompt_index = torch.arange(len(problems)).repeat_interleave(G)
         return rollout
+
+
+def env_correct(rollout) -> torch.Tensor | None:
+    """Each episode's ``correct`` as its environment judged it (the last step's ``info["correct"]``), or None when
+    an episode has none (then the task's verifier on the transcript stands)."""
+    infos = rollout.extras.get("final_info")
+    if not infos or any("correct" not in i for i in infos):
+        return None
+    return torch.tensor([float(i["correct"]) for i in infos], dtype=torch.float32)
