@@ -74,8 +74,22 @@ def test_a_learner_group_trains_resumes_and_matches_one_process(tmp_path, fast_o
     assert ca.keys() == cb.keys(), (sorted(ca), sorted(cb))
     assert all(torch.equal(ca[k], cb[k]) for k in ca), {k: float((ca[k] - cb[k]).abs().max()) for k in ca}  # the critic resumed too
 
-    # one process, same config: the same run to float reassociation (rollouts sampled from the same weights)
+    # the group's sharded checkpoint resumed in one process (trainer.dist.engine=none: the shards read without a
+    # process group, resharded from 2 ranks to 1): step 3 again, to float reassociation
+    import yaml
+
     torch.set_num_threads(1)
+    alone = tmp_path / "alone"
+    shutil.copytree(run, alone)
+    shutil.rmtree(alone / "checkpoints" / "step_000003")
+    cfg = yaml.safe_load((alone / "config.yaml").read_text())
+    cfg["trainer"]["dist"]["engine"] = "none"
+    (alone / "config.yaml").write_text(yaml.safe_dump(cfg))
+    train(resume=alone, log=lambda *a: None)
+    c = _weights(alone, 3)
+    assert max(float((a[k] - c[k]).abs().max()) for k in a) < 1e-5
+
+    # one process, same config: the same run to float reassociation (rollouts sampled from the same weights)
     single = train(load_config("configs/ppo_arithmetic_tiny.yaml",
                                [*common, f"run.output_dir={tmp_path / 'single'}"]), log=lambda *a: None)
     s = _weights(single.run_dir, 3)
