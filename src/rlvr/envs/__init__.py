@@ -2,7 +2,8 @@
 
 from rlvr.envs.base import ENVIRONMENTS, Environment, EnvStep, make_env, register_env
 from rlvr.envs.chain_oracle import ChainOracle
+from rlvr.envs.guess import Guess
 from rlvr.envs.tools import TOOLS, Calc, PythonTool, ToolCalls, calculator
 
-__all__ = ["ENVIRONMENTS", "TOOLS", "Calc", "ChainOracle", "EnvStep", "Environment", "PythonTool", "ToolCalls",
+__all__ = ["ENVIRONMENTS", "TOOLS", "Calc", "ChainOracle", "EnvStep", "Guess", "Environment", "PythonTool", "ToolCalls",
            "calculator", "make_env", "register_env"]

@@ -182,6 +182,8 @@ def sft_batch(task, batch: list, aggregation_ratio: float, aggregation_k: int,
     is turned into aggregation examples over ``1..aggregation_k`` noisy candidates."""
     from rlvr.tasks.base import Problem, aggregation_prompt
 
+    if hasattr(task, "sft_problem"):  # an environment's transcripts start from the environment's prompt
+        batch = [task.sft_problem(p) for p in batch]
     targets = [task.format_sft_target(p) for p in batch]
     if aggregation_ratio <= 0:
         return batch, targets
@@ -505,6 +507,12 @@ class TranscriptTask:
     def __init__(self, task, env):
         self.task, self.env = task, env
         self.rng = random.Random("rlvr.sft.transcripts")
+
+    def sft_problem(self, problem):
+        """The problem as the environment first shows it (its ``reset`` text as the prompt)."""
+        from rlvr.tasks.base import Problem
+
+        return Problem(prompt=self.env.reset(problem, seed=0), answer=problem.answer, meta=problem.meta)
 
     def format_sft_target(self, problem):
         return self.env.sft_transcript(problem, self.rng)
