@@ -258,3 +258,46 @@ def test_lockstep_and_interleaved_episodes_have_the_same_structure(tiny, interle
     assert r.finish_reason == ["stop"] * 4 and r.extras["turns"] == [3] * 4
     assert r.completion_ids[0].tolist() == a + obs + a + obs + a
     assert r.loss_mask[0].tolist() == [1] * len(a) + [0] * len(obs) + [1] * len(a) + [0] * len(obs) + [1] * len(a)
+
+
+class EqualsEnv:
+    """Turns end at ``=``; answers ``" ok"`` (a word the BPE tokenizer merges); done after ``turns`` turns."""
+
+    def __init__(self, turns: int):
+        self.stop, self.turns, self.k = ("=",), turns, 0
+
+    def reset(self, problem, seed):
+        return problem
+
+    def step(self, action):
+        self.k += 1
+        return EnvStep(observation=" ok", reward=1.0, done=self.k >= self.turns)
+
+    def close(self):
+        pass
+
+
+@pytest.mark.parametrize("engine_cls", [LeanRolloutEngine, HFRolloutEngine])
+def test_on_the_qwen3_stand_in_one_forward_reproduces_the_episode_log_probs(stand_in, engine_cls):
+    """A real architecture (q/k norms, untied head), a byte-level BPE and a chat template: the episode's ids and
+    log-probs on the loss mask are what one forward over them gives. The head is biased towards "=" so the random
+    model ends its turns there (the bias is part of the model: both the engine and the forward see it)."""
+    import warnings
+
+    model, tok = load_model_and_tokenizer(stand_in("qwen3_instruct"))
+    (eq,) = _ids(tok, "=")
+    model.lm_head.register_forward_hook(lambda m, a, out: out + 8.0 * torch.nn.functional.one_hot(
+        torch.tensor(eq), out.shape[-1]).to(out.dtype))
+    prompts = [tok.apply_chat_template([{"role": "user", "content": q}], tokenize=False, add_generation_prompt=True)
+               for q in ("What is 12+7?", "What is 3-4?")]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        r = run_episodes(engine_cls(model, tok), tok, [EqualsEnv(3), EqualsEnv(3)], prompts, [0, 0],
+                         SamplingParams(temperature=1.0, max_new_tokens=8, seed=3), EpisodeLimits(4, 64))
+    assert any("chat template" in str(w.message) for w in caught)  # the missing chat seam is said, not silent
+    assert any(o > 0 for o in r.extras["observation_tokens"]), r.finish_reason
+    with torch.no_grad():
+        logits = completion_logits(model, r.prompt_ids, r.prompt_mask, r.completion_ids, r.completion_mask)
+    logp = token_logprobs(logits.float(), r.completion_ids)
+    m = r.loss_mask.bool()
+    assert torch.allclose(logp[m], r.rollout_logp[m], atol=1e-4), (logp[m] - r.rollout_logp[m]).abs().max()

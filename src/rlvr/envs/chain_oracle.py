@@ -19,6 +19,7 @@ from __future__ import annotations
 import re
 
 from rlvr.envs.base import EnvStep, register_env
+from rlvr.tasks.arithmetic_chain import evaluate_left_to_right
 
 _FIRST_STEP = re.compile(r"^([0-9]+)([+*-])([0-9]+)=$")
 
@@ -55,7 +56,7 @@ class ChainOracle:
         m = _FIRST_STEP.match(action)
         if m is None or (int(m.group(1)), m.group(2), int(m.group(3))) != (a, op, b):
             return "?;"
-        return f"{a + b if op == '+' else a - b if op == '-' else a * b};"
+        return f"{evaluate_left_to_right([a, b], [op])};"
 
     def close(self) -> None:
         pass

@@ -24,6 +24,7 @@ from __future__ import annotations
 import re
 
 from rlvr.envs.base import EnvStep, register_env
+from rlvr.tasks.arithmetic_chain import evaluate_left_to_right
 
 _EXPRESSION = re.compile(r"^\s*(-?[0-9]{1,12})\s*([+*-])\s*(-?[0-9]{1,12})\s*$")
 
@@ -33,8 +34,7 @@ def calculator(expression: str) -> str:
     m = _EXPRESSION.match(expression)
     if m is None:
         return "?"
-    a, op, b = int(m.group(1)), m.group(2), int(m.group(3))
-    return str(a + b if op == "+" else a - b if op == "-" else a * b)
+    return str(evaluate_left_to_right([int(m.group(1)), int(m.group(3))], [m.group(2)]))
 
 
 class PythonTool:

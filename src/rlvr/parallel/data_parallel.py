@@ -42,6 +42,11 @@ MESHES = {
 }
 #: every ``trainer.dist.engine``: none (one learner process) and the meshes above
 DIST_ENGINES = ("none", *MESHES)
+#: ``trainer.dist.mixed_precision`` -> FSDP2's policy (auto: bf16 on cuda, none on cpu; :meth:`DataParallel.init`)
+MIXED_PRECISION = {
+    "none": lambda: None,  # fp32 throughout
+    "bf16": lambda: _mp_policy(torch.bfloat16),  # bf16 compute, fp32 reductions, fp32 master weights
+}
 
 
 def launched_world_size() -> int:
@@ -102,8 +107,7 @@ class DataParallel:
 
         shape, names = MESHES[self.engine](self.world_size)
         mesh = init_device_mesh(self.device.split(":")[0], shape, mesh_dim_names=names)
-        if mp_policy is None and self.mixed_precision == "bf16":  # bf16 compute, fp32 reductions and master weights
-            mp_policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+        mp_policy = mp_policy or MIXED_PRECISION[self.mixed_precision]()
         kwargs = {"mesh": mesh, "mp_policy": mp_policy or MixedPrecisionPolicy()}
         for block in decoder_blocks(model):
             fully_shard(block, **kwargs)
@@ -303,6 +307,12 @@ def load_sharded(parts: dict, folder) -> None:
     for name, (model, optimizer) in parts.items():
         set_state_dict(model, optimizer, model_state_dict=state[name]["model"],
                        optim_state_dict=state[name]["optimizer"])
+
+
+def _mp_policy(dtype: torch.dtype):
+    from torch.distributed.fsdp import MixedPrecisionPolicy
+
+    return MixedPrecisionPolicy(param_dtype=dtype, reduce_dtype=torch.float32)
 
 
 def rebuild_buffers(model: torch.nn.Module) -> None:

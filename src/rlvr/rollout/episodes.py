@@ -99,6 +99,8 @@ def run_episodes(engine, tokenizer, envs: Sequence, problems: Sequence, seeds: S
     agree, its first turn is one engine call with ``n = G`` (one prefill per prompt, and the very samples the
     single-turn path draws: with ``max_turns = 1`` and no observation the episodes equal ``engine.generate``).
     Every later engine call samples from its own seeded stream (``params.seed`` + the call's index)."""
+    if getattr(tokenizer, "chat_template", None):
+        _warn_chat_seam(tokenizer)
     episodes = [_Episode(prompt=list(tokenizer(env.reset(problem, int(seed)))["input_ids"]))
                 for env, problem, seed in zip(envs, problems, seeds)]
     version = engine.policy_version
@@ -124,6 +126,21 @@ def run_episodes(engine, tokenizer, envs: Sequence, problems: Sequence, seeds: S
         if pool is not None:
             pool.shutdown(wait=False, cancel_futures=True)  # a hung step's thread is left behind, not waited on
     return _rollout(episodes, tokenizer, version)
+
+
+def _warn_chat_seam(tokenizer) -> None:
+    """Once per tokenizer: a chat model's episodes get the environment's text as it is, with no turn markers."""
+    if getattr(tokenizer, "_rlvr_chat_seam_warned", False):
+        return
+    import warnings
+
+    warnings.warn("multi-turn episodes with a chat template: observations are appended as raw text after the "
+                  "policy's turn; the template's turn markers (e.g. <|im_start|>user ... <|im_start|>assistant) are "
+                  "not added yet, so write them into the observation text yourself (docs/agentic.md)", stacklevel=3)
+    try:
+        tokenizer._rlvr_chat_seam_warned = True
+    except AttributeError:
+        pass
 
 
 def _done(fn, *args) -> Future:

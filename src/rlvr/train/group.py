@@ -22,7 +22,7 @@ from rlvr.train.learner import Learner
 from rlvr.utils import rng_state, set_rng_state
 
 #: what rank 0 can tell the other ranks to do next (each is one collective sequence on every rank)
-COMMANDS = ("update", "publish", "save", "load", "stop")
+COMMANDS = ("update", "publish", "save", "load", "stop")  # followers: FOLLOWERS
 
 
 class GroupLearner:
@@ -98,28 +98,35 @@ def follow(learner: Learner, group: DataParallel) -> None:
         pass
 
 
+def _update(learner: Learner, group: DataParallel, exp, step: int, coefs: dict) -> None:
+    learner.kl_coef, learner.entropy_coef = coefs["kl_coef"], coefs["entropy_coef"]
+    learner.update(exp, step)
+
+
+def _publish(learner: Learner, group: DataParallel) -> None:
+    for _ in group.gather_buckets(learner.model, learner.config.trainer.dist.bucket_mb):
+        pass
+
+
+def _load(learner: Learner, group: DataParallel, state: dict, with_optimizer: bool) -> None:
+    learner.load_state_dict({**state, **({"optimizer": {}} if with_optimizer else {})})
+
+
+#: what a follower does for each of rank 0's commands (:data:`COMMANDS`; ``stop`` ends :func:`follow`)
+FOLLOWERS = {"update": _update, "publish": _publish,
+             "save": lambda learner, group, folder: save_checkpoint(learner, group, folder), "load": _load}
+
+
 def follow_one(learner: Learner, group: DataParallel) -> bool:
     """Do rank 0's next command; False when it was stop."""
     group.arrive("the next command")
     command, args = group.broadcast()
-    if command == "update":
-        exp, step, coefs = args
-        learner.kl_coef, learner.entropy_coef = coefs["kl_coef"], coefs["entropy_coef"]
-        learner.update(exp, step)
-    elif command == "publish":
-        for _ in group.gather_buckets(learner.model, learner.config.trainer.dist.bucket_mb):
-            pass
-    elif command == "save":
-        save_checkpoint(learner, group, args[0])
-    elif command == "load":
-        state, with_optimizer = args
-        learner.load_state_dict({**state, **({"optimizer": {}} if with_optimizer else {})})
-    elif command == "stop":
+    if command == "stop":
         return False
-    else:
+    if command not in FOLLOWERS:
         raise RuntimeError(f"learner rank {group.rank}: unknown command {command!r} from rank 0")
+    FOLLOWERS[command](learner, group, *args)
     return True
-
 
 #: the folder of a learner group's checkpoint that holds every rank's shards (model and optimizer)
 SHARDS = "shards"
