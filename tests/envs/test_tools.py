@@ -68,3 +68,21 @@ def test_a_calc_episode_with_a_scripted_policy(tmp_path):
     start = len(ids(f"[{a}*{b}]"))
     assert r.loss_mask[0, start:start + len(obs)].tolist() == [0] * len(obs)
     assert torch.equal(r.completion_ids[0, start:start + len(obs)], torch.tensor(obs))
+
+
+def test_evaluation_reports_calls_and_accuracy_by_difficulty():
+    from types import SimpleNamespace
+
+    from rlvr.envs.tools import Calc
+    from rlvr.eval.evaluate import _by_difficulty
+    from rlvr.tasks.base import Problem
+
+    assert Calc.difficulty(Problem("47*6=", "282", {"ops": ["*"]})) == "hard"
+    assert Calc.difficulty(Problem("47+6=", "53", {"ops": ["+"]})) == "easy"
+    # four episodes: hard (2 calls, right), hard (1 call, wrong), easy (0 calls, right), easy (1 observation)
+    extras = {"final_info": [{"calls": 2}, {"calls": 1}, {"calls": 0}, {}], "observations": [2, 1, 0, 1],
+              "difficulty": ["hard", "hard", "easy", "easy"]}
+    out = _by_difficulty(SimpleNamespace(extras=extras), torch.tensor([1.0, 0.0, 1.0, 1.0]), "sampled")
+    assert out == {"sampled_calls": 1.0, "sampled_calls/easy": 0.5, "sampled_accuracy/easy": 1.0,
+                   "sampled_share/easy": 0.5, "sampled_calls/hard": 1.5, "sampled_accuracy/hard": 0.5,
+                   "sampled_share/hard": 0.5}

@@ -114,6 +114,12 @@ class Calc(ToolCalls):
         super().__init__(task, ("calculator",), max_calls, call_cost)
         self.sft_call_share = float(sft_call_share)
 
+    @staticmethod
+    def difficulty(problem) -> str:
+        """``hard`` for a product (the tiny model's weak spot: most of its warm-start errors), ``easy`` for a sum or
+        a difference; evaluation reports accuracy and calls per level (``sampled_calls/hard``, ...)."""
+        return "hard" if "*" in (problem.meta.get("ops") or ()) else "easy"
+
     def sft_transcript(self, problem, rng) -> list[tuple[str, bool]]:
         """The warm-start target of ``problem``: ``[("[47*6]", True), ("{282}", False), ("282", True)]`` (a call;
         the environment's result is not trained on) or ``[("282", True)]``."""

@@ -55,10 +55,28 @@ def evaluate(engine, task, problems: list, temperature: float, top_p: float, max
         "truncated_frac": _share_length(sampled.finish_reason),
         "greedy_truncated_frac": _share_length(greedy.finish_reason),
     }
+    if episodes is not None:
+        out.update(_by_difficulty(greedy, g["correct"], "greedy") | _by_difficulty(sampled, s["correct"], "sampled"))
     for name in g:  # every other verifier component (multi-objective tasks): greedy_<c>, sampled_<c>
         if name not in ("reward", "correct") and name in s:
             out[f"greedy_{name}"] = float(g[name].nanmean())
             out[f"sampled_{name}"] = float(s[name].nanmean())
+    return out
+
+
+def _by_difficulty(rollout, correct: torch.Tensor, prefix: str) -> dict[str, float]:
+    """Episodes' calls (the environment's ``calls``, else the observations appended) overall, and calls and accuracy
+    per difficulty level where the environment names one (``<prefix>_calls/<level>``,
+    ``<prefix>_accuracy/<level>``, ``<prefix>_share/<level>``)."""
+    x = rollout.extras
+    calls = torch.tensor([float(i.get("calls", o)) for i, o in zip(x["final_info"], x["observations"])])
+    out = {f"{prefix}_calls": float(calls.mean())}
+    levels = x.get("difficulty")
+    for level in sorted(set(levels or ())):
+        rows = torch.tensor([d == level for d in levels])
+        out[f"{prefix}_calls/{level}"] = float(calls[rows].mean())
+        out[f"{prefix}_accuracy/{level}"] = float(correct[rows].float().mean())
+        out[f"{prefix}_share/{level}"] = float(rows.float().mean())
     return out
 
 

@@ -341,6 +341,8 @@ class Episodes:
         finally:
             for env in envs:
                 env.close()
+        if callable(getattr(envs[0], "difficulty", None)) if envs else False:  # evaluation's breakdown by level
+            rollout.extras["difficulty"] = [env.difficulty(p) for env, p in zip(envs, rows)]
         rollout.prompt_index = torch.arange(len(problems)).repeat_interleave(G)
         return rollout
 
