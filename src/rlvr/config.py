@@ -864,7 +864,8 @@ class EnvSection(_Section):
     """Multi-turn episodes (``rlvr.envs``, ``rlvr.rollout.episodes``): each row of a batch is an episode in which
     the policy and an environment take turns; the policy is trained on its own tokens only."""
 
-    name: str = Field("", description="a registered environment (e.g. chain_oracle); empty: single-turn")
+    name: str = Field("", description="a registered environment (e.g. chain_oracle), or a class of your own as "
+                      "'package.module:Class' or 'path/to/file.py:Class'; empty: single-turn")
     options: dict[str, FreeValue] = Field(default_factory=dict, description="the environment's options")
     max_turns: int = Field(4, ge=1, description="policy turns per episode at most")
     max_total_tokens: int | None = Field(None, ge=1, description="an episode's completion (the policy's tokens "
@@ -885,12 +886,13 @@ class EnvSection(_Section):
             if self.options:
                 raise ValueError("env.options given without env.name; name the environment or drop the options")
             return self
-        from rlvr.envs import ENVIRONMENTS
+        from rlvr.envs import env_class
 
-        if self.name not in ENVIRONMENTS:
-            raise ValueError(f"env.name = {self.name!r} is not a registered environment; registered: "
-                             f"{', '.join(sorted(ENVIRONMENTS))}")
-        _check_params("env.options", self.options, ENVIRONMENTS[self.name], self.name, skip=("task",),
+        try:
+            cls = env_class(self.name)
+        except ValueError as err:
+            raise ValueError(f"env.name: {err}") from None
+        _check_params("env.options", self.options, cls, self.name, skip=("task", "tokenizer"),
                       what="an option of environment")
         return self
 

@@ -350,3 +350,60 @@ def write_run_meta(run_dir: Path, resumed: bool = False) -> None:
             old.setdefault("resumes", []).append(meta)
             meta = old
     atomic_write_text(path, json.dumps(meta, indent=2) + "\n")
+
+
+def load_object(spec: str, what: str = "object", error: type[Exception] = ValueError):
+    """The callable ``spec`` names: ``"package.module:name"`` or ``"path/to/file.py:name"`` (a user's reward
+    function, environment class, tool).
+
+    A spec whose module part ends in ``.py`` or holds a path separator is a file, loaded by path (relative paths
+    from the working directory; loaded once); anything else is imported. Every failure raises ``error`` with a
+    one-line message that starts with ``what`` and the spec: a malformed spec, a missing file or module, a module
+    that fails to import (its error in one line), a missing or non-callable attribute.
+    """
+    import importlib
+
+    form = "'package.module:name' or 'path/to/file.py:name'".replace("name", what.split()[-1])
+    if not isinstance(spec, str) or ":" not in spec.strip(":"):
+        raise error(f"{what} {spec!r}: expected {form}")
+    module_part, _, attr = spec.rpartition(":")
+    if not module_part or not attr.isidentifier():
+        raise error(f"{what} {spec!r}: expected {form}")
+    if module_part.endswith(".py") or "/" in module_part or "\\" in module_part:
+        module = _load_file(spec, Path(module_part).expanduser(), what, error)
+    else:
+        try:
+            module = importlib.import_module(module_part)
+        except ModuleNotFoundError as err:
+            raise error(f"{what} {spec!r}: no module {err.name!r} (give a file as "
+                        f"'path/to/file.py:{what.split()[-1]}', or install the package)") from None
+        except Exception as err:  # noqa: BLE001 - the user's module; report it in one line
+            raise error(f"{what} {spec!r}: importing {module_part!r} failed: {type(err).__name__}: {err}") from None
+    obj = getattr(module, attr, None)
+    if obj is None:
+        public = sorted(n for n, v in vars(module).items() if callable(v) and not n.startswith("_"))
+        raise error(f"{what} {spec!r}: {module_part!r} has no {attr!r}; its callables: {', '.join(public) or 'none'}")
+    if not callable(obj):
+        raise error(f"{what} {spec!r}: {attr!r} is not callable")
+    return obj
+
+
+def _load_file(spec: str, path: Path, what: str, error: type[Exception]):
+    import importlib.util
+    import sys
+
+    if not path.is_file():
+        raise error(f"{what} {spec!r}: no such file {str(path)!r}")
+    resolved = path.resolve()
+    name = f"rlvr_user_{abs(hash(str(resolved))):x}"
+    if name in sys.modules:
+        return sys.modules[name]
+    module_spec = importlib.util.spec_from_file_location(name, resolved)
+    module = importlib.util.module_from_spec(module_spec)
+    sys.modules[name] = module
+    try:
+        module_spec.loader.exec_module(module)
+    except Exception as err:  # noqa: BLE001
+        del sys.modules[name]
+        raise error(f"{what} {spec!r}: loading {str(path)!r} failed: {type(err).__name__}: {err}") from None
+    return module

@@ -77,8 +77,12 @@ def test_evaluation_reports_calls_and_accuracy_by_difficulty():
     from rlvr.eval.evaluate import _by_difficulty
     from rlvr.tasks.base import Problem
 
-    assert Calc.difficulty(Problem("47*6=", "282", {"ops": ["*"]})) == "hard"
-    assert Calc.difficulty(Problem("47+6=", "53", {"ops": ["+"]})) == "easy"
+    assert Calc.difficulty(Problem("47+6=", "53", {"operands": [47, 6], "ops": ["+"]})) == "hard"
+    assert Calc.difficulty(Problem("7*6=", "42", {"operands": [7, 6], "ops": ["*"]})) == "easy"
+    task = make_task("arithmetic", ops="+-*", same_digits=True)
+    levels = [Calc.difficulty(p) for p in task.problems("train", 2000)]
+    assert 0.45 < levels.count("easy") / len(levels) < 0.55  # an even mix
+    assert all(len({len(str(v)) for v in p.meta["operands"]}) == 1 for p in task.problems("eval"))
     # four episodes: hard (2 calls, right), hard (1 call, wrong), easy (0 calls, right), easy (1 observation)
     extras = {"final_info": [{"calls": 2}, {"calls": 1}, {"calls": 0}, {}], "observations": [2, 1, 0, 1],
               "difficulty": ["hard", "hard", "easy", "easy"]}

@@ -277,6 +277,45 @@ class EqualsEnv:
         pass
 
 
+class ChatEqualsEnv(EqualsEnv):
+    """:class:`EqualsEnv` for a chat model: the prompt and the observations are chat messages (rendered by the
+    template: the seam between turns holds <|im_end|>, <|im_start|>user ... <|im_start|>assistant)."""
+
+    def reset(self, problem, seed):
+        return [{"role": "user", "content": problem}]
+
+    def step(self, action):
+        out = super().step(action)
+        out.observation = [{"role": "user", "content": "ok"}]
+        return out
+
+
+@pytest.mark.parametrize("engine_cls", [LeanRolloutEngine, HFRolloutEngine])
+def test_on_the_qwen3_stand_in_chat_seams_reproduce_the_episode_log_probs(stand_in, engine_cls):
+    """As below, with the chat template's seams between turns: the forward over the episode (special tokens in
+    the observations, outside the loss) still gives the engine's log-probs on every sampled token, and no
+    warning is raised (nothing was appended raw)."""
+    import warnings
+
+    model, tok = load_model_and_tokenizer(stand_in("qwen3_instruct"))
+    (eq,) = _ids(tok, "=")
+    model.lm_head.register_forward_hook(lambda m, a, out: out + 8.0 * torch.nn.functional.one_hot(
+        torch.tensor(eq), out.shape[-1]).to(out.dtype))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        r = run_episodes(engine_cls(model, tok), tok, [ChatEqualsEnv(3), ChatEqualsEnv(3)],
+                         ["What is 12+7?", "What is 3-4?"], [0, 0],
+                         SamplingParams(temperature=1.0, max_new_tokens=8, seed=3), EpisodeLimits(4, 96))
+    start = _ids(tok, "<|im_start|>")[0]
+    assert any(start in row[m == 0].tolist() for row, m in zip(r.completion_ids, r.loss_mask)), r.finish_reason
+    assert not any(start in row[m == 1].tolist() for row, m in zip(r.completion_ids, r.loss_mask))
+    with torch.no_grad():
+        logits = completion_logits(model, r.prompt_ids, r.prompt_mask, r.completion_ids, r.completion_mask)
+    logp = token_logprobs(logits.float(), r.completion_ids)
+    m = r.loss_mask.bool()
+    assert torch.allclose(logp[m], r.rollout_logp[m], atol=1e-4), (logp[m] - r.rollout_logp[m]).abs().max()
+
+
 @pytest.mark.parametrize("engine_cls", [LeanRolloutEngine, HFRolloutEngine])
 def test_on_the_qwen3_stand_in_one_forward_reproduces_the_episode_log_probs(stand_in, engine_cls):
     """A real architecture (q/k norms, untied head), a byte-level BPE and a chat template: the episode's ids and

@@ -17,7 +17,13 @@ observations') reach the episode's token budget (:mod:`rlvr.rollout.episodes`). 
 episode's reward.
 
 Environments are named in a registry (as :mod:`rlvr.algorithms.kl` names its estimators):
-:func:`register_env` adds one, :func:`make_env` builds one by name with its options.
+:func:`register_env` adds one, :func:`make_env` builds one by name with its options. A user's own class needs no
+registration: ``env.name: my_package.envs:Maze`` or ``env.name: path/to/envs.py:Maze`` (:func:`env_class`).
+
+The observation (and the first prompt) may also be a list of chat messages, ``[{"role": "tool", "content":
+"282"}]``: rlvr then renders them with the policy's chat template and appends exactly the tokens that template puts
+between the end of the policy's turn and the start of its next one (:mod:`rlvr.rollout.chat`). A chat model's
+environment returns messages; the built-in character model's environments return text.
 """
 
 from __future__ import annotations
@@ -30,7 +36,8 @@ from typing import Protocol, runtime_checkable
 class EnvStep:
     """What the environment answers to one action."""
 
-    observation: str = ""  # text appended after the action (not trained on); ignored when the episode ends
+    #: appended after the action (not trained on); ignored when the episode ends: text, or chat messages
+    observation: str | list[dict] = ""
     reward: float = 0.0  # this turn's reward; an episode's reward is the sum over its turns
     done: bool = False  # the episode is over
     #: anything to log; ``correct`` on the last step is the episode's correctness (the ``correct`` reward
@@ -44,7 +51,7 @@ class Environment(Protocol):
 
     stop: tuple[str, ...]
 
-    def reset(self, problem, seed: int) -> str: ...
+    def reset(self, problem, seed: int) -> str | list[dict]: ...
 
     def step(self, action: str) -> EnvStep: ...
 
@@ -67,8 +74,27 @@ def register_env(name: str):
     return wrap
 
 
-def make_env(name: str, **options) -> Environment:
-    """A new environment ``name`` built with ``options``; an unknown name is an error naming the known ones."""
-    if name not in ENVIRONMENTS:
-        raise ValueError(f"unknown environment {name!r}; registered: {', '.join(sorted(ENVIRONMENTS))}")
-    return ENVIRONMENTS[name](**options)
+def env_class(name: str):
+    """The class (or factory) ``name`` stands for: a registered name, or ``"package.module:Class"`` /
+    ``"path/to/file.py:Class"`` (a user's environment, imported); anything else is an error naming the
+    registered ones and the spec forms."""
+    if name in ENVIRONMENTS:
+        return ENVIRONMENTS[name]
+    if ":" in name:
+        from rlvr.utils import load_object
+
+        return load_object(name, "environment class")
+    raise ValueError(f"unknown environment {name!r}; registered: {', '.join(sorted(ENVIRONMENTS))}; or a class "
+                     "of your own as 'package.module:Class' or 'path/to/file.py:Class'")
+
+
+def make_env(name: str, given: dict | None = None, **options) -> Environment:
+    """A new environment ``name`` (:func:`env_class`) built with ``options``, plus those of ``given`` (what rlvr can
+    hand an environment: ``task``, ``tokenizer``) that its class takes."""
+    cls = env_class(name)
+    if given:
+        import inspect
+
+        takes = inspect.signature(cls).parameters
+        options = {**{k: v for k, v in given.items() if k in takes}, **options}
+    return cls(**options)

@@ -116,9 +116,10 @@ class Calc(ToolCalls):
 
     @staticmethod
     def difficulty(problem) -> str:
-        """``hard`` for a product (the tiny model's weak spot: most of its warm-start errors), ``easy`` for a sum or
-        a difference; evaluation reports accuracy and calls per level (``sampled_calls/hard``, ...)."""
-        return "hard" if "*" in (problem.meta.get("ops") or ()) else "easy"
+        """``easy`` when every operand has one digit (the warm-started tiny model mostly answers those directly),
+        else ``hard``; evaluation reports accuracy and calls per level (``sampled_calls/hard``, ...)."""
+        operands = problem.meta.get("operands") or ()
+        return "easy" if operands and all(abs(int(v)) < 10 for v in operands) else "hard"
 
     def sft_transcript(self, problem, rng) -> list[tuple[str, bool]]:
         """The warm-start target of ``problem``: ``[("[47*6]", True), ("{282}", False), ("282", True)]`` (a call;

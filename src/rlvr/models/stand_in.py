@@ -26,7 +26,7 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
-__all__ = ["CHATML_TEMPLATE", "STAND_INS", "build_bpe_tokenizer", "build_stand_in", "corpus_lines", "save_stand_in"]
+__all__ = ["CHATML_TEMPLATE", "CHATML_TOOLS_TEMPLATE", "STAND_INS", "build_bpe_tokenizer", "build_stand_in", "corpus_lines", "save_stand_in"]
 
 #: Qwen's ChatML turn format: ``<|im_start|>role\\ncontent<|im_end|>\\n`` per message, then the
 #: generation prompt ``<|im_start|>assistant\\n``.
@@ -35,6 +35,39 @@ CHATML_TEMPLATE = (
     "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}"
     "{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+
+#: ChatML with tools, in the format Qwen2.5/Qwen3 templates render: the tools' JSON schemas in the system turn, an
+#: assistant's structured ``tool_calls`` as ``<tool_call>`` blocks, and consecutive ``tool`` messages as one user turn
+#: of ``<tool_response>`` blocks. A conversation without tools renders exactly as :data:`CHATML_TEMPLATE`.
+CHATML_TOOLS_TEMPLATE = (
+    "{%- if tools %}"
+    "{{- '<|im_start|>system\\n' }}"
+    "{%- if messages[0].role == 'system' %}{{- messages[0].content + '\\n\\n' }}{%- endif %}"
+    "{{- '# Tools\\n\\nYou may call one or more functions. Their signatures, within <tools></tools>:\\n<tools>' }}"
+    "{%- for tool in tools %}{{- '\\n' + (tool | tojson) }}{%- endfor %}"
+    "{{- '\\n</tools>\\n\\nTo call a function, write a JSON object with its name and arguments within "
+    "<tool_call></tool_call> tags:\\n<tool_call>\\n{\"name\": <function-name>, \"arguments\": <args-json-object>}"
+    "\\n</tool_call><|im_end|>\\n' }}"
+    "{%- elif messages[0].role == 'system' %}"
+    "{{- '<|im_start|>system\\n' + messages[0].content + '<|im_end|>\\n' }}"
+    "{%- endif %}"
+    "{%- for message in messages %}"
+    "{%- if message.role == 'system' and loop.first %}"
+    "{%- elif message.role == 'tool' %}"
+    "{%- if loop.first or messages[loop.index0 - 1].role != 'tool' %}{{- '<|im_start|>user' }}{%- endif %}"
+    "{{- '\\n<tool_response>\\n' + message.content + '\\n</tool_response>' }}"
+    "{%- if loop.last or messages[loop.index0 + 1].role != 'tool' %}{{- '<|im_end|>\\n' }}{%- endif %}"
+    "{%- else %}"
+    "{{- '<|im_start|>' + message.role + '\\n' + (message.content or '') }}"
+    "{%- for call in (message.tool_calls or []) %}"
+    "{{- '\\n<tool_call>\\n{\"name\": \"' + call.function.name + '\", \"arguments\": ' "
+    "+ (call.function.arguments | tojson) + '}\\n</tool_call>' }}"
+    "{%- endfor %}"
+    "{{- '<|im_end|>\\n' }}"
+    "{%- endif %}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
 )
 
 SPECIALS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")

@@ -58,18 +58,16 @@ the same way beside any task, with the reward pipeline's failure policy (a failu
 from __future__ import annotations
 
 import functools
-import importlib
-import importlib.util
 import inspect
 import math
 import sys
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 from rlvr.rewards.pool import (DaemonPool, Outcome, RewardTimeoutError, gather_with_timeouts, is_async_callable,
                                run_coroutine)
+from rlvr.utils import load_object
 
 __all__ = ["MODES", "RESERVED_NAMES", "RewardFunction", "RewardFunctionError", "RewardFunctions",
            "load_reward_function", "parse_reward_functions"]
@@ -87,60 +85,14 @@ class RewardFunctionError(ValueError):
 
 
 def load_reward_function(spec: str) -> Callable[..., Any]:
-    """The callable ``spec`` names: ``"package.module:function"`` or ``"path/to/file.py:function"``.
-
-    A spec whose module part ends in ``.py`` or holds a path separator is a file, loaded by path
-    (relative paths from the working directory); anything else is imported.
+    """The callable ``spec`` names: ``"package.module:function"`` or ``"path/to/file.py:function"``
+    (:func:`rlvr.utils.load_object`).
 
     Raises:
         RewardFunctionError: a malformed spec, a missing file or module, a module that fails to
             import (its error in one line), a missing or non-callable attribute.
     """
-    if not isinstance(spec, str) or ":" not in spec.strip(":"):
-        raise RewardFunctionError(f"reward function {spec!r}: expected 'package.module:function' or "
-                                  "'path/to/file.py:function'")
-    module_part, _, attr = spec.rpartition(":")
-    if not module_part or not attr.isidentifier():
-        raise RewardFunctionError(f"reward function {spec!r}: expected 'package.module:function' or "
-                                  "'path/to/file.py:function'")
-    if module_part.endswith(".py") or "/" in module_part or "\\" in module_part:
-        module = _load_file(spec, Path(module_part).expanduser())
-    else:
-        try:
-            module = importlib.import_module(module_part)
-        except ModuleNotFoundError as err:
-            raise RewardFunctionError(f"reward function {spec!r}: no module {err.name!r} (give a file "
-                                      "as 'path/to/file.py:function', or install the package)") from None
-        except Exception as err:  # noqa: BLE001 - the user's module; report it in one line
-            raise RewardFunctionError(f"reward function {spec!r}: importing {module_part!r} failed: "
-                                      f"{type(err).__name__}: {err}") from None
-    fn = getattr(module, attr, None)
-    if fn is None:
-        public = sorted(n for n, v in vars(module).items() if callable(v) and not n.startswith("_"))
-        raise RewardFunctionError(f"reward function {spec!r}: {module_part!r} has no {attr!r}; its "
-                                  f"callables: {', '.join(public) or 'none'}")
-    if not callable(fn):
-        raise RewardFunctionError(f"reward function {spec!r}: {attr!r} is not callable")
-    return fn
-
-
-def _load_file(spec: str, path: Path):
-    if not path.is_file():
-        raise RewardFunctionError(f"reward function {spec!r}: no such file {str(path)!r}")
-    resolved = path.resolve()
-    name = f"rlvr_user_rewards_{abs(hash(str(resolved))):x}"
-    if name in sys.modules:
-        return sys.modules[name]
-    module_spec = importlib.util.spec_from_file_location(name, resolved)
-    module = importlib.util.module_from_spec(module_spec)
-    sys.modules[name] = module
-    try:
-        module_spec.loader.exec_module(module)
-    except Exception as err:  # noqa: BLE001
-        del sys.modules[name]
-        raise RewardFunctionError(f"reward function {spec!r}: loading {str(path)!r} failed: "
-                                  f"{type(err).__name__}: {err}") from None
-    return module
+    return load_object(spec, "reward function", RewardFunctionError)
 
 
 @dataclass(frozen=True)

@@ -99,9 +99,7 @@ def run_episodes(engine, tokenizer, envs: Sequence, problems: Sequence, seeds: S
     agree, its first turn is one engine call with ``n = G`` (one prefill per prompt, and the very samples the
     single-turn path draws: with ``max_turns = 1`` and no observation the episodes equal ``engine.generate``).
     Every later engine call samples from its own seeded stream (``params.seed`` + the call's index)."""
-    if getattr(tokenizer, "chat_template", None):
-        _warn_chat_seam(tokenizer)
-    episodes = [_Episode(prompt=list(tokenizer(env.reset(problem, int(seed)))["input_ids"]))
+    episodes = [_Episode(prompt=_first_prompt(tokenizer, env, env.reset(problem, int(seed))))
                 for env, problem, seed in zip(envs, problems, seeds)]
     version = engine.policy_version
     pool = ThreadPoolExecutor(limits.env_workers, thread_name_prefix="rlvr-env") if limits.env_workers else None
@@ -120,7 +118,7 @@ def run_episodes(engine, tokenizer, envs: Sequence, problems: Sequence, seeds: S
             finished = _wait(pending, limits.interleave)
             for fut in finished:
                 b, cut, _ = pending.pop(fut)
-                if _after_step(episodes[b], fut, cut, tokenizer, limits):
+                if _after_step(episodes[b], envs[b], fut, cut, tokenizer, limits):
                     ready.append(b)
     finally:
         if pool is not None:
@@ -128,15 +126,40 @@ def run_episodes(engine, tokenizer, envs: Sequence, problems: Sequence, seeds: S
     return _rollout(episodes, tokenizer, version)
 
 
+def _first_prompt(tokenizer, env, first) -> list[int]:
+    """The episode's prompt ids: text as it is (the tokenizer's own special tokens added, as a single-turn prompt),
+    or chat messages rendered with the template, the environment's ``tools`` and ``chat_template_kwargs``."""
+    if isinstance(first, str):
+        return list(tokenizer(first)["input_ids"])
+    from rlvr.rollout.chat import render_ids
+
+    return render_ids(tokenizer, list(first), getattr(env, "tools", None), getattr(env, "chat_template_kwargs", None))
+
+
+def _observation_ids(e: _Episode, env, observation, tokenizer) -> list[int]:
+    """The ids appended after the episode's last turn: text tokenized as it is (no special tokens), or chat
+    messages through the template's seam (:func:`rlvr.rollout.chat.seam_ids`)."""
+    if isinstance(observation, str):
+        if observation and getattr(tokenizer, "chat_template", None):
+            _warn_chat_seam(tokenizer)
+        return list(tokenizer(observation, add_special_tokens=False)["input_ids"]) if observation else []
+    from rlvr.rollout.chat import seam_ids
+
+    start, end = e.turn_spans[-1]
+    return seam_ids(tokenizer, e.ids[start:end], list(observation), getattr(env, "tools", None),
+                    getattr(env, "chat_template_kwargs", None))
+
+
 def _warn_chat_seam(tokenizer) -> None:
-    """Once per tokenizer: a chat model's episodes get the environment's text as it is, with no turn markers."""
+    """Once per tokenizer: a chat model's episode got an observation as text, appended with no turn markers."""
     if getattr(tokenizer, "_rlvr_chat_seam_warned", False):
         return
     import warnings
 
-    warnings.warn("multi-turn episodes with a chat template: observations are appended as raw text after the "
-                  "policy's turn; the template's turn markers (e.g. <|im_start|>user ... <|im_start|>assistant) are "
-                  "not added yet, so write them into the observation text yourself (docs/agentic.md)", stacklevel=3)
+    warnings.warn("multi-turn episodes with a chat template: an observation given as text is appended as it is "
+                  "after the policy's turn, with none of the template's turn markers (<|im_start|>user ...); give "
+                  "chat messages instead ([{'role': 'tool', 'content': ...}]) and rlvr renders the seam between "
+                  "turns with the template (docs/agentic.md)", stacklevel=4)
     try:
         tokenizer._rlvr_chat_seam_warned = True
     except AttributeError:
@@ -208,7 +231,7 @@ def _record_action(e: _Episode, out: Rollout, i: int, tokenizer, limits: Episode
     return cut, tokenizer.decode(ids, skip_special_tokens=True)
 
 
-def _after_step(e: _Episode, fut: Future, cut: bool, tokenizer, limits: EpisodeLimits) -> bool:
+def _after_step(e: _Episode, env, fut: Future, cut: bool, tokenizer, limits: EpisodeLimits) -> bool:
     """The environment's answer to the episode's last turn: its reward, the end of the episode or the observation
     appended. Returns whether the episode goes on (its next turn is the policy's)."""
     if not fut.done():  # past its deadline
@@ -226,7 +249,7 @@ def _after_step(e: _Episode, fut: Future, cut: bool, tokenizer, limits: EpisodeL
     elif len(e.turn_spans) >= limits.max_turns:
         e.finish = "max_turns"
     else:
-        obs = list(tokenizer(result.observation, add_special_tokens=False)["input_ids"]) if result.observation else []
+        obs = _observation_ids(e, env, result.observation, tokenizer)
         if len(e.ids) + len(obs) >= limits.max_total_tokens:  # no room for the observation and another turn
             e.finish = "length"
             return False
@@ -325,15 +348,12 @@ class Episodes:
                                  env.step_timeout_s, env.interleave))
 
     def rollout(self, engine, task, problems: list, params: SamplingParams) -> Rollout:
-        import inspect
+        from rlvr.envs import make_env
 
-        from rlvr.envs import ENVIRONMENTS, make_env
-
-        make_env(self.name) if self.name not in ENVIRONMENTS else None  # an unknown name: the error names the known
-        takes_task = "task" in inspect.signature(ENVIRONMENTS[self.name]).parameters
         G = params.n
         rows = [p for p in problems for _ in range(G)]
-        envs = [make_env(self.name, **({"task": task} if takes_task else {}), **self.options) for _ in rows]
+        given = {"task": task, "tokenizer": engine.tokenizer}  # for an environment that asks for them
+        envs = [make_env(self.name, given, **self.options) for _ in rows]
         base = 0 if params.seed is None else int(params.seed)
         seeds = [(base + 7_919 * i) % (2**31) for i in range(len(problems)) for _ in range(G)]
         try:

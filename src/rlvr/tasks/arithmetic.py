@@ -89,6 +89,8 @@ class ArithmeticTask:
         first_line: if True, only the first line of a completion is judged (text after
             the first newline is ignored). Off by default: the trainer cuts completions
             at EOS, so anything after the number is a mistake.
+        same_digits: if True, all operands of a problem have the same number of digits, drawn
+            once per problem (with 1-2 digits: half the problems one-digit, half two-digit).
 
     Verifier rule (strict): surrounding whitespace is stripped and the remaining text
     must be exactly the canonical integer: ASCII digits, an optional leading ``-``, no
@@ -113,6 +115,7 @@ class ArithmeticTask:
         allow_negative: bool = True,
         eval_fraction: float = 0.1,
         first_line: bool = False,
+        same_digits: bool = False,
     ) -> None:
         self.ops = _normalise_ops(ops)
         _check_int("min_digits", min_digits, low=1)
@@ -132,6 +135,7 @@ class ArithmeticTask:
         self.allow_negative = bool(allow_negative)
         self.eval_fraction = float(eval_fraction)
         self.first_line = bool(first_line)
+        self.same_digits = bool(same_digits)
         self._cache: dict[str, list[Problem]] = {}
 
     # ------------------------------------------------------------------ problems
@@ -196,8 +200,9 @@ class ArithmeticTask:
     def _sample(self, rng: random.Random) -> Problem | None:
         """One random problem, or None when it breaks ``allow_negative``."""
         operands = []
+        shared = rng.randint(self.min_digits, self.max_digits) if self.same_digits else None
         for _ in range(self.num_operands):
-            digits = rng.randint(self.min_digits, self.max_digits)
+            digits = shared if shared is not None else rng.randint(self.min_digits, self.max_digits)
             values = _digit_range(digits)
             operands.append(rng.randint(values.start, values.stop - 1))
         ops = [rng.choice(self.ops) for _ in range(self.num_operands - 1)]
@@ -207,6 +212,8 @@ class ArithmeticTask:
         """Every allowed problem, in a fixed order."""
         values = [v for d in range(self.min_digits, self.max_digits + 1) for v in _digit_range(d)]
         for operands in itertools.product(values, repeat=self.num_operands):
+            if self.same_digits and len({len(str(abs(v))) for v in operands}) > 1:
+                continue
             for ops in itertools.product(self.ops, repeat=self.num_operands - 1):
                 problem = self._make(list(operands), list(ops))
                 if problem is not None:

@@ -627,14 +627,10 @@ def resolve_model_path(config, task, progress: bool = True, log=print) -> str:
     if config.model.warm_start:
         env = None
         if config.env.name:  # an environment with transcripts of its own warm-starts on them (rlvr.envs)
-            import inspect
+            from rlvr.envs import make_env
 
-            from rlvr.envs import ENVIRONMENTS
-
-            cls = ENVIRONMENTS[config.env.name]
-            takes_task = "task" in inspect.signature(cls).parameters
             env = (config.env.name, dict(config.env.options),
-                   cls(**({"task": task} if takes_task else {}), **config.env.options))
+                   make_env(config.env.name, {"task": task}, **config.env.options))
         return str(warm_start(task, config.task.name, config.task.options, config.sft, progress, log, env=env))
     path = cache_root() / "tiny-untrained"
     if not (path / "config.json").exists():
