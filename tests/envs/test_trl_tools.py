@@ -134,3 +134,38 @@ def test_a_users_class_is_named_by_its_path_in_the_config(tmp_path):
         load_config(None, ["env.name=nope"])
     env = make_env(spec, {"task": None, "tokenizer": None}, times=2)
     assert env.times == 2 and env.step("x").reward == 1.0
+
+
+@pytest.mark.slow
+def test_a_run_with_trl_tools_on_a_chat_model_trains_and_its_prompt_lists_the_tools(stand_in, tmp_path):
+    """``rlvr train`` with env.name=trl on the Qwen3 stand-in (its template given tools) runs end to end, lockstep
+    and with interleaved episodes; the episodes' prompts carry the tools' schemas."""
+    import json
+    import shutil
+
+    from rlvr.config import load_config
+    from rlvr.train.loop import train
+
+    model = tmp_path / "chat"
+    shutil.copytree(stand_in("qwen3_instruct"), model)
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model)
+    tokenizer.chat_template = CHATML_TOOLS_TEMPLATE
+    tokenizer.save_pretrained(model)
+    for interleave in (False, True):
+        cfg = load_config("configs/grpo_dataset_tiny.yaml", [
+            f"model.path={model}", f"run.output_dir={tmp_path}", f"run.name=i{int(interleave)}", "trainer.steps=2",
+            "trainer.warmup_steps=0", "rollout.prompts_per_step=2", "rollout.group_size=2", "rollout.max_new_tokens=8",
+            "trainer.num_minibatches=1", "eval.num_problems=2", "eval.samples_per_problem=2", "logging.progress=false",
+            "logging.plots=false", "logging.report_to=[]", "logging.samples_every=1", "env.name=trl",
+            "env.options={environment_factory: examples/trl_tools.py:CalculatorEnv, "
+            "tools: [examples/trl_tools.py:multiply]}", "env.max_turns=2", "env.max_total_tokens=64",
+            f"env.interleave={str(interleave).lower()}"])
+        result = train(cfg, log=lambda *a: None)
+        records = [json.loads(x) for x in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
+        assert [r["step"] for r in records if "env/turns" in r] == [1, 2]
+        samples = [json.loads(x) for x in (result.run_dir / "samples.jsonl").read_text().splitlines()]
+        first = samples[0]["samples"][0] if "samples" in samples[0] else samples[0]
+        shown = first["episode_prompt"]
+        assert "calculate" in shown and "multiply" in shown and "<tools>" in shown and "submit" in shown

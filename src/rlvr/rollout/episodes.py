@@ -318,7 +318,8 @@ def _rollout(episodes: list[_Episode], tokenizer, version: int) -> Rollout:
               "observations": [e.observations for e in episodes],
               "final_info": [e.info for e in episodes],
               "versions": [[version] * len(e.turn_spans) for e in episodes],  # each turn's policy version
-              "transcript": [transcript(e.ids, e.loss, tokenizer) for e in episodes]}
+              "transcript": [transcript(e.ids, e.loss, tokenizer) for e in episodes],
+              "prompt_text": [tokenizer.decode(e.prompt) for e in episodes]}  # as the policy first saw it
     return Rollout(prompt_ids=prompt_ids, prompt_mask=prompt_mask, completion_ids=completion_ids,
                    completion_mask=completion_mask, rollout_logp=logp, finish_reason=[e.finish for e in episodes],
                    prompt_index=torch.arange(B), texts=texts, policy_version=version,

@@ -454,6 +454,7 @@ def sample_rows(exp: Experience, n: int) -> list[dict]:
         if "transcript" in exp.rollout.extras:  # a multi-turn episode: [["policy", text], ["env", text], ...]
             rows[-1]["transcript"] = exp.rollout.extras["transcript"][i]
             rows[-1]["turn_rewards"] = exp.rollout.extras["turn_rewards"][i]
+            rows[-1]["episode_prompt"] = exp.rollout.extras["prompt_text"][i]  # the environment's (e.g. with tools)
         if len(rows) == n:
             break
     return rows
