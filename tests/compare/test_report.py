@@ -85,6 +85,7 @@ def test_write_report_files(synthetic_study):
     assert "- **up**" in md and "better than baseline" in md and "no evidence of a difference" in md
     assert "Unfinished runs (not in the table): up/seed2" in md
     assert "`abc123`" in md
+    assert "- before RL (the shared warm start): greedy accuracy 30.0%" in md
     rows = list(csv.DictReader((d / "results.csv").open()))
     assert [r["arm"] for r in rows] == ["base", "same", "up"]
     assert float(rows[0]["greedy_accuracy_mean"]) == pytest.approx(0.5)
@@ -94,6 +95,19 @@ def test_write_report_files(synthetic_study):
     assert len(per_run) == 9 and sum(r["finished"] == "True" for r in per_run) == 8
     for name in ("curve_reward_mean.png", "curve_eval_greedy_accuracy.png", "final_metrics.png"):
         assert (d / "plots" / name).stat().st_size > 1000, name
+
+
+def test_arms_that_start_apart_get_their_own_before(synthetic_study):
+    """An arm evaluated differently at step 0 (episodes with an environment's help) is not averaged into a
+    shared "before": each arm's own step-0 accuracy is written."""
+    for run in synthetic_study.runs:
+        if run.arm == "up" and run.run_dir.exists():
+            recs = _records(FINAL["up"][run.seed], run.seed)
+            recs[0]["eval/greedy_accuracy"] = 0.5
+            (run.run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
+    md = write_report(synthetic_study).read_text()
+    assert "- before RL (each arm's evaluation at step 0): greedy accuracy base 30.0%, same 30.0%, up 50.0%" in md
+    assert "shared warm start" not in md
 
 
 def test_paired_comparison(write_study, tmp_path):

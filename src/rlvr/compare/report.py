@@ -213,9 +213,16 @@ def results_md(study: Study, runs: list[RunSummary], results: list[ArmResult], p
     if commits:
         lines.append("- code: " + ", ".join(f"`{c[:10] if c else 'no git'}`{' (dirty)' if d else ''}"
                                             for c, d in sorted(commits, key=str)))
-    befores = [r.before.get("greedy_accuracy") for r in finished if "greedy_accuracy" in r.before]
-    if befores:
-        lines.append(f"- before RL (the shared warm start): greedy accuracy {100 * stats.mean(befores):.1f}%")
+    befores: dict[str, list[float]] = {}  # arm -> its runs' greedy accuracy at step 0
+    for r in finished:
+        if "greedy_accuracy" in r.before:
+            befores.setdefault(r.arm, []).append(r.before["greedy_accuracy"])
+    if befores and len({round(stats.mean(v), 6) for v in befores.values()}) == 1:
+        lines.append(f"- before RL (the shared warm start): greedy accuracy "
+                     f"{100 * stats.mean(next(iter(befores.values()))):.1f}%")
+    elif befores:  # the arms start apart (e.g. one evaluates episodes with an environment's help)
+        lines.append("- before RL (each arm's evaluation at step 0): greedy accuracy " + ", ".join(
+            f"{arm} {100 * stats.mean(v):.1f}%" for arm, v in befores.items()))
     lines += ["", f"Each cell: mean over seeds [{level}% t-interval]. Accuracies and rewards in %.", ""]
 
     cols = spec.metrics
