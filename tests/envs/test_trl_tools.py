@@ -101,6 +101,35 @@ def test_plain_tool_functions_with_the_tasks_verifier(tok):
     assert env_correct(r).tolist() == [1.0] and r.extras["turn_rewards"][0][-1] == 1.0
 
 
+#: a response template (transformers' parse_response) for a tool-call format the Hermes reader does not know
+FUNCTION_FORMAT = {
+    "defaults": {"role": "assistant"},
+    "start_anchor": "<|im_start|>assistant\n",
+    "fields": {
+        "tool_calls": {"open_pattern": r"<function=(?P<name>\w+)>", "close_pattern": r"</function>\s*",
+                       "repeats": True, "content": "json",
+                       "transform": {"type": "function", "function": {"name": "{name}", "arguments": "{content}"}}},
+        "content": {"close_pattern": r"<\|im_end\|>\s*", "content": "text"},
+    },
+}
+
+
+def test_the_tokenizers_own_response_parser_reads_the_calls(stand_in):
+    _, tokenizer = load_model_and_tokenizer(stand_in("qwen3_instruct"))
+    tokenizer.chat_template = CHATML_TOOLS_TEMPLATE
+    tokenizer.response_template = FUNCTION_FORMAT
+    env = make_env("trl", {"tokenizer": tokenizer}, environment_factory=f"{USER}:Counter")
+    engine = ScriptedEngine(tokenizer, [_ids(tokenizer, '<function=add>{"amount": 5}</function><|im_end|>'),
+                                        _ids(tokenizer, "<function=add>{oops}</function><|im_end|>"),
+                                        _ids(tokenizer, "5<|im_end|>")])
+    r = run_episodes(engine, tokenizer, [env], [Problem("Reach 5.", "5", {})], [0],
+                     SamplingParams(max_new_tokens=256), EpisodeLimits(4, 2048))
+    assert r.extras["turns"] == [3] and sum(r.extras["turn_rewards"][0]) == 1.0
+    assert r.extras["final_info"][0] == {"calls": 1, "tool_failures": 1}
+    assert "invalid tool call" in "".join(text for _, text in r.extras["transcript"][0])
+    assert parse_tool_calls('<function=add>{"amount": 5}</function>') == ([], [])  # the Hermes reader can't
+
+
 def test_max_turns_still_scores_get_reward_and_options_are_checked(tok):
     env = make_env("trl", environment_factory=f"{USER}:Counter")
     engine = ScriptedEngine(tok, [_ids(tok, _call("add", amount=5) + "<|im_end|>")] * 2)

@@ -19,9 +19,11 @@ its chat template. The same code runs here, as ``env.name: trl``::
   calls gets their results as ``tool`` messages, rendered by the template (:mod:`rlvr.rollout.chat`), and the model
   goes on; a turn without one is the answer and ends the episode. A tool that raises answers
   ``{"error": "..."}`` (counted in ``info["tool_failures"]``), as in TRL; async tools are run to completion.
-* **Tool calls** are read in the Hermes format that Qwen2.5/Qwen3 and most open chat models' templates teach:
-  ``<tool_call>{"name": ..., "arguments": {...}}</tool_call>`` (:func:`parse_tool_calls`). A block whose JSON does
-  not parse answers an error message and counts as a failure.
+* **Tool calls** are read by the tokenizer's own parser when it has one (a ``response_template``, transformers'
+  ``parse_response``, which recent checkpoints ship and TRL's ``add_response_schema`` sets), else in the Hermes
+  format that Qwen2.5/Qwen3 and most open chat models' templates teach:
+  ``<tool_call>{"name": ..., "arguments": {...}}</tool_call>`` (:func:`parse_tool_calls`). A call that does not
+  parse answers an error message and counts as a failure.
 * **Rewards**: with ``get_reward``, each step's reward is the change in ``get_reward()`` since the last step, so
   the turn rewards sum to ``get_reward()`` at the episode's end however it ends (done, ``max_turns``, token
   budget). Without it, the task's verifier scores the answer turn (``info["correct"]``); an episode that never
@@ -75,11 +77,12 @@ class TRLEnvironment:
     """A TRL ``environment_factory`` class and/or tool functions as an rlvr environment (module docstring)."""
 
     def __init__(self, task=None, environment_factory: str = "", tools: list[str] | tuple[str, ...] = (),
-                 system: str = "", chat_template_kwargs: dict | None = None):
+                 system: str = "", chat_template_kwargs: dict | None = None, tokenizer=None):
         if not environment_factory and not tools:
             raise ValueError("env.options: the trl environment needs environment_factory ('package.module:Class' "
                              "or 'path/to/file.py:Class') and/or tools (['package.module:function', ...])")
         self.task, self.system = task, system
+        self.parser = tokenizer if getattr(tokenizer, "response_template", None) else None  # its parse_response
         self.instance = load_object(environment_factory, "environment factory")() if environment_factory else None
         if self.instance is not None and not callable(getattr(self.instance, "reset", None)):
             raise ValueError(f"env.options.environment_factory {environment_factory!r}: an environment needs a "
@@ -110,7 +113,7 @@ class TRLEnvironment:
             [{"role": "user", "content": question}]
 
     def step(self, action: str) -> EnvStep:
-        calls, errors = parse_tool_calls(action)
+        calls, errors = self._parse(action)
         if not calls and not errors:  # the answer
             if self._owns_reward():
                 return EnvStep(reward=self._reward_change(), done=True, info=self._info())
@@ -126,6 +129,23 @@ class TRLEnvironment:
             messages.append({"role": "tool", "name": call["name"], "content": self._call(call)})
         reward = self._reward_change() if self._owns_reward() else 0.0
         return EnvStep(observation=messages, reward=reward, info=self._info())
+
+    def _parse(self, action: str) -> tuple[list[dict], list[str]]:
+        """The turn's tool calls and errors: the tokenizer's parser, else the Hermes format."""
+        if self.parser is None:
+            return parse_tool_calls(action)
+        try:
+            message = self.parser.parse_response(action, prefix="", tools=self.tools)
+        except ValueError as err:  # a call region that does not parse (e.g. its JSON)
+            return [], [f"invalid tool call: {str(err).splitlines()[0]}"]
+        calls, errors = [], []
+        for call in message.get("tool_calls") or []:
+            fn = call.get("function", call) if isinstance(call, dict) else None
+            if isinstance(fn, dict) and isinstance(fn.get("name"), str) and isinstance(fn.get("arguments", {}), dict):
+                calls.append({"name": fn["name"], "arguments": fn.get("arguments", {})})
+            else:
+                errors.append('a tool call is {"name": <tool>, "arguments": {...}}')
+        return calls, errors
 
     def _call(self, call: dict) -> str:
         fn = self.functions.get(call["name"])
