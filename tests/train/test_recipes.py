@@ -23,8 +23,11 @@ def _cfg(fast_overrides):
         from rlvr.config import read_yaml
 
         base = fast_overrides + EASY
-        if read_yaml(path).get("task", {}).get("name", "arithmetic") != "arithmetic":
+        recipe = read_yaml(path)
+        if recipe.get("task", {}).get("name", "arithmetic") != "arithmetic":
             base = [o for o in fast_overrides if not o.startswith("task.options")]  # EASY is arithmetic's
+        if recipe.get("env", {}).get("name"):  # multi-turn: the wiring is tested, not learning (a short warm start)
+            base = [*base, "sft.steps=10"]
         return load_config(path, base + [f"run.output_dir={tmp_path}", "trainer.steps=3", *extra])
     return make
 
