@@ -109,6 +109,26 @@ def test_limits_max_turns_and_the_token_budget(tiny):
     assert r.finish_reason == ["length"] and r.extras["turns"] == [1] and r.loss_mask is r.completion_mask
 
 
+def test_an_episode_never_passes_the_models_context(tiny):
+    """The model's positions bound an episode as the token budget does: prompt + completion stay within
+    max_position_embeddings (the episode ends at length), and a prompt that fills the context is an error."""
+    from types import SimpleNamespace
+
+    _, tok = tiny
+    a = _ids(tok, "1=")
+    prompt = "12+34="
+    P = len(tok(prompt)["input_ids"])
+    for context in range(P + 1, P + 12):
+        engine = ScriptedEngine(tok, [a] * 10)
+        engine.model = SimpleNamespace(config=SimpleNamespace(max_position_embeddings=context))
+        r = run_episodes(engine, tok, [ScriptedEnv(done_after=None, later_stop=("=",))], [prompt], [0],
+                         SamplingParams(max_new_tokens=8), EpisodeLimits(max_turns=10, max_total_tokens=64))
+        assert P + int(r.completion_mask.sum()) <= context and r.finish_reason == ["length"], context
+    engine.model.config.max_position_embeddings = P
+    with pytest.raises(ValueError, match="whole context"):
+        run_episodes(engine, tok, [ScriptedEnv()], [prompt], [0], SamplingParams(max_new_tokens=8), EpisodeLimits())
+
+
 def test_sampled_ids_are_never_re_tokenized(stand_in):
     """A byte-level BPE (the Qwen3 stand-in's) merges "12" into one token; a policy that sampled "1" then "2"
     keeps those two ids, where decoding and encoding again would give one."""

@@ -13,7 +13,8 @@ and appended. The episode's completion is ``action_1 + observation_1 + action_2 
 
 An episode ends when the environment says done (finish reason ``stop``), after ``max_turns`` turns
 (``max_turns``), when a turn reaches its token cap without a stop, or the episode's tokens would pass
-``max_total_tokens`` (``length``: a turn cut there is still shown to the environment, for its reward), or when an
+``max_total_tokens`` or the model's context (prompt and completion within its ``max_position_embeddings``)
+(``length``: a turn cut there is still shown to the environment, for its reward), or when an
 environment step takes longer than ``step_timeout_s`` (``timeout``). The observation of the last turn is never
 appended. A row's reward is the sum of its turn rewards.
 """
@@ -54,6 +55,7 @@ class EpisodeLimits:
 @dataclass
 class _Episode:
     prompt: list[int]
+    budget: int = 0  # the completion's tokens at most: max_total_tokens, or less where the context ends first
     ids: list[int] = field(default_factory=list)
     loss: list[int] = field(default_factory=list)
     logp: list[float] = field(default_factory=list)
@@ -101,6 +103,12 @@ def run_episodes(engine, tokenizer, envs: Sequence, problems: Sequence, seeds: S
     Every later engine call samples from its own seeded stream (``params.seed`` + the call's index)."""
     episodes = [_Episode(prompt=_first_prompt(tokenizer, env, env.reset(problem, int(seed))))
                 for env, problem, seed in zip(envs, problems, seeds)]
+    context = _context_length(engine)
+    for e in episodes:
+        e.budget = min(limits.max_total_tokens, context - len(e.prompt))
+        if e.budget < 1:
+            raise ValueError(f"an episode's first prompt is {len(e.prompt)} tokens, the model's whole context "
+                             f"({context} positions): shorten the prompt (or the tools' descriptions)")
     version = engine.policy_version
     pool = ThreadPoolExecutor(limits.env_workers, thread_name_prefix="rlvr-env") if limits.env_workers else None
     ready = list(range(len(episodes)))  # episodes waiting for the policy's turn
@@ -124,6 +132,12 @@ def run_episodes(engine, tokenizer, envs: Sequence, problems: Sequence, seeds: S
         if pool is not None:
             pool.shutdown(wait=False, cancel_futures=True)  # a hung step's thread is left behind, not waited on
     return _rollout(episodes, tokenizer, version)
+
+
+def _context_length(engine) -> int:
+    """The positions the engine's model has (its config's ``max_position_embeddings``; unbounded if unknown)."""
+    config = getattr(getattr(engine, "model", None), "config", None)
+    return int(getattr(config, "max_position_embeddings", 0) or 1 << 30)
 
 
 def _first_prompt(tokenizer, env, first) -> list[int]:
@@ -207,7 +221,7 @@ def _policy_turn(engine, tokenizer, envs, episodes, rows, params, limits, call: 
         batches = [(strings, group, 1) for strings, group in by_stops.items()]
     for strings, group, n in batches:
         stops = turn_stops(engine.stops, strings, tokenizer)
-        cap = min(params.max_new_tokens, max(limits.max_total_tokens - len(episodes[b].ids) for b in group))
+        cap = min(params.max_new_tokens, max(episodes[b].budget - len(episodes[b].ids) for b in group))
         contexts = [episodes[b].prompt + episodes[b].ids for b in group[::n]]
         out = engine.generate_ids(contexts, dataclasses.replace(turn_params, max_new_tokens=cap, n=n), stops)
         for i, b in enumerate(group):
@@ -219,7 +233,7 @@ def _record_action(e: _Episode, out: Rollout, i: int, tokenizer, limits: Episode
     """Append row ``i`` of ``out`` (the policy's turn) to the episode, within its token budget; returns whether
     the turn was cut (its cap or the budget reached before a stop) and its text for the environment."""
     n = int(out.completion_mask[i].sum())
-    room = limits.max_total_tokens - len(e.ids)
+    room = e.budget - len(e.ids)
     ids, logp = out.completion_ids[i, :n].tolist(), out.rollout_logp[i, :n].tolist()
     cut = n > room or out.finish_reason[i] == "length"
     ids, logp = ids[:room], logp[:room]
@@ -250,7 +264,7 @@ def _after_step(e: _Episode, env, fut: Future, cut: bool, tokenizer, limits: Epi
         e.finish = "max_turns"
     else:
         obs = _observation_ids(e, env, result.observation, tokenizer)
-        if len(e.ids) + len(obs) >= limits.max_total_tokens:  # no room for the observation and another turn
+        if len(e.ids) + len(obs) >= e.budget:  # no room for the observation and another turn
             e.finish = "length"
             return False
         e.ids += obs
